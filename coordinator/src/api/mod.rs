@@ -1,0 +1,419 @@
+//! The HTTP API under `/api/v1`: JSON in and out, a bearer token on every
+//! route except `/healthz`, errors as [`types::ApiErrorBody`], and the
+//! OpenAPI document at `/api/v1/openapi.json`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch};
+use axum::{Json, Router};
+use skiff_shared::join::{JoinToken, names};
+use tracing::{info, warn};
+use utoipa::OpenApi;
+
+use crate::auth::{ApiTokenSecret, same_digest};
+use crate::state::{AppState, now_ms};
+use crate::store::{JoinTokenRow, NodeRow, StoreError};
+
+pub mod types;
+use types::*;
+
+/// An API error: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} {id:?}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        warn!(error = %e, "API request failed on the store.");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "coordinator store is unavailable; retry",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ApiErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
+    paths(cluster, list_nodes, get_node, remove_node, label_node, create_join_token, list_join_tokens, revoke_join_token),
+    components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
+        JoinTokenView, JoinTokenStatus, LabelChange, ClusterView)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/cluster", get(cluster))
+        .route("/nodes", get(list_nodes))
+        .route("/nodes/{id}", get(get_node).delete(remove_node))
+        .route("/nodes/{id}/labels", patch(label_node))
+        .route(
+            "/tokens/join",
+            get(list_join_tokens).post(create_join_token),
+        )
+        .route("/tokens/join/{id}", delete(revoke_join_token))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .nest("/api/v1", api)
+        .with_state(state)
+}
+
+/// Refuses any request without a valid, unrevoked API token.
+async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let unauthorized = |message: &str| {
+        let mut r =
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(ApiTokenSecret::parse);
+    let Some(presented) = presented else {
+        return unauthorized("missing or malformed API token; pass --token or set SKIFF_TOKEN");
+    };
+    match state.store.api_token(&presented.id).await {
+        Ok(Some(t)) if t.revoked_at.is_none() && same_digest(&t.secret_hash, &presented.hash()) => {
+            next.run(req).await
+        }
+        Ok(_) => unauthorized("API token is unknown or revoked"),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn node_view(state: &AppState, n: NodeRow) -> NodeView {
+    let session = state.sessions.get(&n.id);
+    let status = if session.is_some() {
+        NodeStatus::Connected
+    } else {
+        NodeStatus::Disconnected
+    };
+    let last_seen_at = if session.is_some() {
+        Some(now_ms())
+    } else {
+        n.last_seen_at
+    };
+    let f = n.facts;
+    NodeView {
+        connected_since: session.map(|s| rfc3339_ms(i64::try_from(s.connected_at_ms).unwrap_or(0))),
+        last_seen_at: last_seen_at.map(rfc3339_ms),
+        joined_at: rfc3339_ms(n.joined_at),
+        status,
+        id: n.id,
+        name: n.name,
+        labels: n.labels,
+        agent_version: n.agent_version,
+        docker_version: f.docker_version,
+        docker_api_version: f.docker_api_version,
+        addresses: f.addresses,
+        remote_addr: n.remote_addr,
+        host: HostView {
+            hostname: f.hostname,
+            os: f.os,
+            kernel: f.kernel,
+            arch: f.arch,
+            cpus: f.cpus,
+            memory_bytes: f.memory_bytes,
+            disks: f
+                .disks
+                .into_iter()
+                .map(|d| DiskView {
+                    mount: d.mount,
+                    filesystem: d.filesystem,
+                    total_bytes: d.total_bytes,
+                    available_bytes: d.available_bytes,
+                })
+                .collect(),
+        },
+        certificate_expires_at: rfc3339_ms(n.cert_not_after),
+        plan_generation: n.plan_generation,
+        plan_error: n.plan_error,
+    }
+}
+
+/// Finds a live node by id or by name.
+async fn find_node(state: &AppState, key: &str) -> Result<NodeRow, ApiError> {
+    if let Some(n) = state.store.node(key).await?
+        && n.removed_at.is_none()
+    {
+        return Ok(n);
+    }
+    state
+        .store
+        .nodes(false)
+        .await?
+        .into_iter()
+        .find(|n| n.name == key)
+        .ok_or_else(|| ApiError::not_found("node", key))
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", responses((status = 200, body = ClusterView)))]
+async fn cluster(State(state): State<Arc<AppState>>) -> ApiResult<ClusterView> {
+    Ok(Json(ClusterView {
+        cluster_id: state.identity.cluster_id.clone(),
+        ca_fingerprint: hex::encode(state.identity.ca.fingerprint()),
+        version: skiff_shared::VERSION.to_owned(),
+        nodes_connected: state.sessions.len(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes", responses((status = 200, body = [NodeView])))]
+async fn list_nodes(State(state): State<Arc<AppState>>) -> ApiResult<Vec<NodeView>> {
+    let nodes = state.store.nodes(false).await?;
+    Ok(Json(
+        nodes.into_iter().map(|n| node_view(&state, n)).collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", params(("id" = String, Path, description = "node id or name")),
+    responses((status = 200, body = NodeView), (status = 404, body = ApiErrorBody)))]
+async fn get_node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<NodeView> {
+    let node = find_node(&state, &id).await?;
+    Ok(Json(node_view(&state, node)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", params(("id" = String, Path, description = "node id or name")),
+    responses((status = 200, body = NodeView), (status = 404, body = ApiErrorBody)))]
+async fn remove_node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<NodeView> {
+    let node = find_node(&state, &id).await?;
+    // Deny first, then close: a reconnect racing the removal is refused at TLS.
+    if let Ok(mut revoked) = state.revoked.write() {
+        revoked.insert(node.id.clone());
+    }
+    state.store.remove_node(&node.id, now_ms()).await?;
+    state.sessions.close(&node.id);
+    info!(node = %node.id, name = %node.name, "Node removed; its certificate is revoked.");
+    let mut view = node_view(&state, node);
+    view.status = NodeStatus::Disconnected;
+    view.connected_since = None;
+    Ok(Json(view))
+}
+
+#[utoipa::path(patch, path = "/api/v1/nodes/{id}/labels", request_body = LabelChange,
+    params(("id" = String, Path, description = "node id or name")),
+    responses((status = 200, body = NodeView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+async fn label_node(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<LabelChange>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<NodeView> {
+    let Json(change) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    for (k, v) in &change.set {
+        names::check_label(k, v).map_err(|m| ApiError::bad_request("invalid_label", m))?;
+    }
+    for k in &change.remove {
+        names::check_label(k, "").map_err(|m| ApiError::bad_request("invalid_label", m))?;
+    }
+    let mut node = find_node(&state, &id).await?;
+    let mut labels: BTreeMap<String, String> = node.labels.clone();
+    for k in &change.remove {
+        labels.remove(k);
+    }
+    labels.extend(change.set);
+    if !state.store.set_node_labels(&node.id, &labels).await? {
+        return Err(ApiError::not_found("node", &id));
+    }
+    node.labels = labels;
+    Ok(Json(node_view(&state, node)))
+}
+
+fn token_view(t: JoinTokenRow, now: i64) -> JoinTokenView {
+    let status = if t.revoked_at.is_some() {
+        JoinTokenStatus::Revoked
+    } else if t.expires_at <= now {
+        JoinTokenStatus::Expired
+    } else if t.uses >= t.uses_allowed {
+        JoinTokenStatus::UsedUp
+    } else {
+        JoinTokenStatus::Active
+    };
+    JoinTokenView {
+        id: t.id,
+        status,
+        created_at: rfc3339_ms(t.created_at),
+        expires_at: rfc3339_ms(t.expires_at),
+        uses: t.uses,
+        uses_allowed: t.uses_allowed,
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens/join", request_body = CreateJoinToken,
+    responses((status = 200, body = CreatedJoinToken), (status = 400, body = ApiErrorBody)))]
+async fn create_join_token(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CreateJoinToken>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<CreatedJoinToken> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let ttl = match &req.ttl {
+        None => state.config.join_token_ttl,
+        Some(s) => humantime::parse_duration(s).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_ttl",
+                format!("invalid ttl {s:?} ({e}); write e.g. \"30m\" or \"24h\""),
+            )
+        })?,
+    };
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(365 * 86400) {
+        return Err(ApiError::bad_request(
+            "invalid_ttl",
+            "ttl must be between 1s and 365d",
+        ));
+    }
+    let uses = req.uses.unwrap_or(1);
+    if uses == 0 || uses > 100_000 {
+        return Err(ApiError::bad_request(
+            "invalid_uses",
+            "uses must be between 1 and 100000",
+        ));
+    }
+    let token = JoinToken::generate(state.identity.ca.fingerprint()).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "random source failed",
+        )
+    })?;
+    let now = now_ms();
+    let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    state
+        .store
+        .insert_join_token(&JoinTokenRow {
+            id: token.id.clone(),
+            secret_hash: JoinToken::secret_hash(&token.secret),
+            created_at: now,
+            expires_at,
+            uses_allowed: i64::from(uses),
+            uses: 0,
+            revoked_at: None,
+        })
+        .await?;
+    info!(token = %token.id, uses, ttl = ?ttl, "Join token created.");
+    Ok(Json(CreatedJoinToken {
+        id: token.id.clone(),
+        token: token.to_string(),
+        expires_at: rfc3339_ms(expires_at),
+        uses_allowed: i64::from(uses),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens/join", responses((status = 200, body = [JoinTokenView])))]
+async fn list_join_tokens(State(state): State<Arc<AppState>>) -> ApiResult<Vec<JoinTokenView>> {
+    let now = now_ms();
+    Ok(Json(
+        state
+            .store
+            .join_tokens()
+            .await?
+            .into_iter()
+            .map(|t| token_view(t, now))
+            .collect(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/tokens/join/{id}", params(("id" = String, Path, description = "token id")),
+    responses((status = 200, body = JoinTokenView), (status = 404, body = ApiErrorBody)))]
+async fn revoke_join_token(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<JoinTokenView> {
+    let now = now_ms();
+    if !state.store.revoke_join_token(&id, now).await? {
+        return Err(ApiError::not_found("join token", &id));
+    }
+    info!(token = %id, "Join token revoked.");
+    let t = state
+        .store
+        .join_tokens()
+        .await?
+        .into_iter()
+        .find(|t| t.id == id);
+    t.map(|t| Json(token_view(t, now)))
+        .ok_or_else(|| ApiError::not_found("join token", &id))
+}

@@ -1,0 +1,147 @@
+//! The HTTP API's JSON types. These are the stable, documented shapes that
+//! `skiff ... --json` prints; fields are only ever added.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// An error answer: a stable machine-readable `code` and a human `message`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Connected,
+    Disconnected,
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Connected => "connected",
+            Self::Disconnected => "disconnected",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiskView {
+    pub mount: String,
+    pub filesystem: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// What the agent reported about its host.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostView {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub disks: Vec<DiskView>,
+}
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub status: NodeStatus,
+    /// RFC 3339; set while connected.
+    pub connected_since: Option<String>,
+    /// RFC 3339; the last time the coordinator heard from the agent.
+    pub last_seen_at: Option<String>,
+    pub joined_at: String,
+    pub agent_version: String,
+    pub docker_version: Option<String>,
+    pub docker_api_version: Option<String>,
+    /// The host's interface addresses, as the agent reported them.
+    pub addresses: Vec<String>,
+    /// The address the agent's connection came from.
+    pub remote_addr: Option<String>,
+    pub host: HostView,
+    /// RFC 3339 expiry of the agent's current client certificate.
+    pub certificate_expires_at: String,
+    /// Generation of the last plan the agent accepted.
+    pub plan_generation: Option<i64>,
+    /// Why the agent refused its last plan, if it did.
+    pub plan_error: Option<String>,
+}
+
+/// Request to create a join token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// Lifetime, e.g. "30m", "24h" (default: the coordinator's join_token_ttl).
+    pub ttl: Option<String>,
+    /// How many nodes may join with it (default 1).
+    pub uses: Option<u32>,
+}
+
+/// A join token, shown in full only in this answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedJoinToken {
+    pub id: String,
+    pub token: String,
+    pub expires_at: String,
+    pub uses_allowed: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinTokenStatus {
+    Active,
+    Expired,
+    UsedUp,
+    Revoked,
+}
+
+impl std::fmt::Display for JoinTokenStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::UsedUp => "used_up",
+            Self::Revoked => "revoked",
+        })
+    }
+}
+
+/// A join token as listed (the secret is never shown again).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenView {
+    pub id: String,
+    pub status: JoinTokenStatus,
+    pub created_at: String,
+    pub expires_at: String,
+    pub uses: i64,
+    pub uses_allowed: i64,
+}
+
+/// Changes to a node's labels.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelChange {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Facts about the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    pub cluster_id: String,
+    pub ca_fingerprint: String,
+    pub version: String,
+    pub nodes_connected: usize,
+}

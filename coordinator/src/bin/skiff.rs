@@ -1,0 +1,10 @@
+//! `skiff`: the command-line client of the coordinator's API.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    skiff_coordinator::cli::main(skiff_coordinator::cli::Cli::parse()).await
+}

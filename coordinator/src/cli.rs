@@ -1,0 +1,570 @@
+//! The `skiff` command-line client.
+//!
+//! The coordinator URL and API token come from `--url`/`--token`, else
+//! `SKIFF_URL`/`SKIFF_TOKEN`, else the config file written by `skiff login`
+//! (`$SKIFF_CONFIG`, or `~/.config/skiff/config.toml`), else the URL
+//! defaults to `http://127.0.0.1:7070`.
+//!
+//! Exit codes: 0 success, 1 the coordinator refused the request, 2 bad
+//! usage or input, 3 the coordinator could not be reached, 4 the token was
+//! refused.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand};
+use hyper::Method;
+use serde::{Deserialize, Serialize};
+
+use crate::api::types::*;
+use crate::client::{Client, ClientError};
+
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Manage a Skiff cluster through its coordinator's API."
+)]
+pub struct Cli {
+    /// Coordinator API URL.
+    #[arg(long, env = "SKIFF_URL", global = true)]
+    pub url: Option<String>,
+    /// API token.
+    #[arg(long, env = "SKIFF_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a URL and token, then save them for later commands.
+    Login(LoginArgs),
+    /// Join tokens for adding servers.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The cluster's servers.
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Coordinator API URL (default: --url, SKIFF_URL or http://127.0.0.1:7070).
+    #[arg(long = "api-url")]
+    pub api_url: Option<String>,
+    /// Read the token from this file instead of --token/SKIFF_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token and print it alone on stdout.
+    Create {
+        /// Lifetime, e.g. 30m, 24h, 7d (default: the coordinator's, 24h).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// How many servers may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List join tokens (never their secrets).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node (by id or name).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node: its session is closed and its certificate revoked for good.
+    Rm { id: String },
+    /// Set labels (key=value) or remove them (key-).
+    Label {
+        id: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+}
+
+/// What `skiff login` saves.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliConfig {
+    pub url: Option<String>,
+    pub token: Option<String>,
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SKIFF_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("skiff").join("config.toml"))
+}
+
+fn load_config() -> Result<CliConfig, Failure> {
+    let Some(path) = config_path() else {
+        return Ok(CliConfig::default());
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| {
+            Failure::usage(format!(
+                "invalid config file {}: {}",
+                path.display(),
+                e.message()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CliConfig::default()),
+        Err(e) => Err(Failure::usage(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// A failed command: a message for stderr and an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 2,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Connect { .. } => 3,
+            e if e.is_unauthorized() => 4,
+            ClientError::Url { .. } => 2,
+            ClientError::Api { status: 400, .. } => 2,
+            _ => 1,
+        };
+        Self {
+            message: e.to_string(),
+            code,
+        }
+    }
+}
+
+/// Runs the CLI; prints results on stdout and one error line on stderr.
+pub async fn main(cli: Cli) -> ExitCode {
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("skiff: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let saved = load_config()?;
+    let url = cli
+        .url
+        .clone()
+        .or(saved.url.clone())
+        .unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let token = cli.token.clone().or(saved.token.clone());
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Login(args) => {
+            let url = args.api_url.unwrap_or(url);
+            let token = match args.token_file {
+                Some(p) => std::fs::read_to_string(&p)
+                    .map_err(|e| {
+                        Failure::usage(format!("cannot read token file {}: {e}", p.display()))
+                    })?
+                    .trim()
+                    .to_owned(),
+                None => cli.token.ok_or_else(|| {
+                    Failure::usage("login needs --token, SKIFF_TOKEN or --token-file")
+                })?,
+            };
+            let client = Client::new(&url, Some(token.clone()))?;
+            let cluster: ClusterView = client.call(Method::GET, "/cluster", None::<&()>).await?;
+            let path = config_path().ok_or_else(|| {
+                Failure::usage("cannot find a config dir: set HOME or SKIFF_CONFIG")
+            })?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| Failure {
+                    message: format!("cannot create {}: {e}", dir.display()),
+                    code: 1,
+                })?;
+            }
+            let text = toml::to_string(&CliConfig {
+                url: Some(url.clone()),
+                token: Some(token),
+            })
+            .unwrap_or_default();
+            skiff_shared::files::write_atomic(&path, text.as_bytes(), skiff_shared::files::PRIVATE)
+                .map_err(|e| Failure {
+                    message: format!("cannot write {}: {e}", path.display()),
+                    code: 1,
+                })?;
+            let _ = writeln!(
+                out,
+                "Logged in to cluster {} at {url}; saved to {}.",
+                cluster.cluster_id,
+                path.display()
+            );
+        }
+        Command::Token(cmd) => {
+            let client = Client::new(&url, token)?;
+            token_command(&client, cmd, &mut out).await?;
+        }
+        Command::Node(cmd) => {
+            let client = Client::new(&url, token)?;
+            node_command(&client, cmd, &mut out).await?;
+        }
+    }
+    Ok(())
+}
+
+fn print_json(out: &mut impl Write, v: &impl Serialize) {
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    );
+}
+
+async fn token_command(
+    client: &Client,
+    cmd: TokenCommand,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match cmd {
+        TokenCommand::Create { ttl, uses } => {
+            if let Some(t) = &ttl {
+                humantime::parse_duration(t).map_err(|e| {
+                    Failure::usage(format!("invalid --ttl {t:?} ({e}); write e.g. 30m, 24h"))
+                })?;
+            }
+            let created: CreatedJoinToken = client
+                .call(
+                    Method::POST,
+                    "/tokens/join",
+                    Some(&CreateJoinToken {
+                        ttl,
+                        uses: Some(uses),
+                    }),
+                )
+                .await?;
+            let _ = writeln!(out, "{}", created.token);
+        }
+        TokenCommand::Ls { json } => {
+            let tokens: Vec<JoinTokenView> = client
+                .call(Method::GET, "/tokens/join", None::<&()>)
+                .await?;
+            if json {
+                print_json(out, &tokens);
+            } else {
+                let rows = tokens
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.status.to_string(),
+                            format!("{}/{}", t.uses, t.uses_allowed),
+                            t.expires_at.clone(),
+                            t.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                table(out, &["ID", "STATUS", "USES", "EXPIRES", "CREATED"], rows);
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let t: JoinTokenView = client
+                .call(
+                    Method::DELETE,
+                    &format!("/tokens/join/{}", path_segment(&id)?),
+                    None::<&()>,
+                )
+                .await?;
+            let _ = writeln!(out, "Join token {} revoked.", t.id);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses ids that would change the URL's path.
+fn path_segment(id: &str) -> Result<&str, Failure> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(Failure::usage(format!("invalid id or name {id:?}")));
+    }
+    Ok(id)
+}
+
+async fn node_command(
+    client: &Client,
+    cmd: NodeCommand,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match cmd {
+        NodeCommand::Ls { json } => {
+            let nodes: Vec<NodeView> = client.call(Method::GET, "/nodes", None::<&()>).await?;
+            if json {
+                print_json(out, &nodes);
+            } else {
+                let rows = nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.chars().take(12).collect(),
+                            n.name.clone(),
+                            n.status.to_string(),
+                            ago(n.last_seen_at.as_deref(), n.status),
+                            n.remote_addr.clone().unwrap_or_else(|| "-".into()),
+                            dash(&n.agent_version),
+                            n.docker_version.clone().unwrap_or_else(|| "-".into()),
+                            labels_text(&n.labels),
+                        ]
+                    })
+                    .collect();
+                table(
+                    out,
+                    &[
+                        "ID",
+                        "NAME",
+                        "STATUS",
+                        "LAST SEEN",
+                        "ADDRESS",
+                        "AGENT",
+                        "DOCKER",
+                        "LABELS",
+                    ],
+                    rows,
+                );
+            }
+        }
+        NodeCommand::Show { id, json } => {
+            let n: NodeView = client
+                .call(
+                    Method::GET,
+                    &format!("/nodes/{}", path_segment(&id)?),
+                    None::<&()>,
+                )
+                .await?;
+            if json {
+                print_json(out, &n);
+            } else {
+                show_node(out, &n);
+            }
+        }
+        NodeCommand::Rm { id } => {
+            let n: NodeView = client
+                .call(
+                    Method::DELETE,
+                    &format!("/nodes/{}", path_segment(&id)?),
+                    None::<&()>,
+                )
+                .await?;
+            let _ = writeln!(
+                out,
+                "Node {} ({}) removed; its certificate is revoked.",
+                n.name, n.id
+            );
+        }
+        NodeCommand::Label { id, changes } => {
+            let mut change = LabelChange::default();
+            for c in &changes {
+                if let Some(k) = c.strip_suffix('-').filter(|_| !c.contains('=')) {
+                    skiff_shared::join::names::check_label(k, "").map_err(Failure::usage)?;
+                    change.remove.push(k.to_owned());
+                } else {
+                    let (k, v) = skiff_shared::join::names::parse_label(c).map_err(|m| {
+                        Failure::usage(format!("{m}; use key=value to set, key- to remove"))
+                    })?;
+                    change.set.insert(k, v);
+                }
+            }
+            let n: NodeView = client
+                .call(
+                    Method::PATCH,
+                    &format!("/nodes/{}/labels", path_segment(&id)?),
+                    Some(&change),
+                )
+                .await?;
+            let _ = writeln!(out, "{}", labels_text(&n.labels));
+        }
+    }
+    Ok(())
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ago(ts: Option<&str>, status: NodeStatus) -> String {
+    if status == NodeStatus::Connected {
+        return "now".into();
+    }
+    let Some(t) = ts.and_then(|t| humantime::parse_rfc3339(t).ok()) else {
+        return "never".into();
+    };
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let d = Duration::from_secs(secs);
+    format!(
+        "{} ago",
+        humantime::format_duration(d)
+            .to_string()
+            .split(' ')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+fn bytes_text(b: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    #[allow(clippy::cast_precision_loss)]
+    let g = b as f64 / GIB;
+    format!("{g:.1} GiB")
+}
+
+fn show_node(out: &mut impl Write, n: &NodeView) {
+    let mut kv = |k: &str, v: String| {
+        let _ = writeln!(out, "{:<18}{v}", format!("{k}:"));
+    };
+    kv("ID", n.id.clone());
+    kv("Name", n.name.clone());
+    kv("Status", n.status.to_string());
+    kv(
+        "Connected since",
+        n.connected_since.clone().unwrap_or_else(|| "-".into()),
+    );
+    kv(
+        "Last seen",
+        n.last_seen_at.clone().unwrap_or_else(|| "never".into()),
+    );
+    kv("Joined", n.joined_at.clone());
+    kv("Labels", labels_text(&n.labels));
+    kv(
+        "Address",
+        n.remote_addr.clone().unwrap_or_else(|| "-".into()),
+    );
+    kv(
+        "Addresses",
+        if n.addresses.is_empty() {
+            "-".into()
+        } else {
+            n.addresses.join(", ")
+        },
+    );
+    kv("Agent", dash(&n.agent_version));
+    kv(
+        "Docker",
+        match (&n.docker_version, &n.docker_api_version) {
+            (Some(v), Some(a)) => format!("{v} (API {a})"),
+            (Some(v), None) => v.clone(),
+            _ => "unavailable".into(),
+        },
+    );
+    kv("Hostname", dash(&n.host.hostname));
+    kv("OS", dash(&n.host.os));
+    kv("Kernel", dash(&n.host.kernel));
+    kv("CPUs", format!("{} ({})", n.host.cpus, dash(&n.host.arch)));
+    kv("Memory", bytes_text(n.host.memory_bytes));
+    for d in &n.host.disks {
+        kv(
+            "Disk",
+            format!(
+                "{} {} {} free of {}",
+                d.mount,
+                d.filesystem,
+                bytes_text(d.available_bytes),
+                bytes_text(d.total_bytes)
+            ),
+        );
+    }
+    kv("Cert expires", n.certificate_expires_at.clone());
+    kv(
+        "Plan",
+        match (&n.plan_generation, &n.plan_error) {
+            (_, Some(e)) => format!("refused: {e}"),
+            (Some(g), None) => format!("generation {g} accepted"),
+            (None, None) => "none yet".into(),
+        },
+    );
+}
+
+/// Prints rows under headers in aligned columns.
+pub fn table(out: &mut impl Write, headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   "));
+            }
+        }
+        s
+    };
+    let _ = writeln!(
+        out,
+        "{}",
+        line(headers.iter().map(|h| (*h).to_owned()).collect())
+    );
+    for r in rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+}

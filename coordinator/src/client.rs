@@ -1,0 +1,190 @@
+//! A small HTTP client of the coordinator API, used by the `skiff` CLI and
+//! by the test harness.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::types::ApiErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid API URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot reach the coordinator at {url}: {source}; is it running, and is --url right?")]
+    Connect { url: String, source: std::io::Error },
+    #[error("request to {url} failed: {message}")]
+    Http { url: String, message: String },
+    #[error("{message} ({code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+}
+
+impl ClientError {
+    /// True for an authentication failure.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, Self::Api { status: 401, .. })
+    }
+}
+
+/// A client bound to one coordinator and one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    url: String,
+    authority: String,
+    base_path: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `url` is `http://HOST:PORT[/prefix]`.
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::Url {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") {
+            return Err(bad(
+                "https is not supported by this client; reach the API over http on the coordinator host or an SSH tunnel",
+            ));
+        } else {
+            return Err(bad("expected http://HOST:PORT"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(bad("no host"));
+        }
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            authority,
+            base_path: path.to_owned(),
+            token,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a request under `/api/v1` and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.raw(method, &format!("/api/v1{path}"), body).await?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.code,
+                    message: e.message,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
+                },
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.url.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends a request and returns status and body, whatever the status.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let http = |message: String| ClientError::Http {
+            url: self.url.clone(),
+            message,
+        };
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        tokio::spawn(conn);
+        let payload = match body {
+            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| http(e.to_string()))?),
+            None => Bytes::new(),
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(payload))
+            .map_err(|e| http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let c = Client::new("http://127.0.0.1:7070", None).unwrap();
+        assert_eq!(c.authority, "127.0.0.1:7070");
+        let c = Client::new("http://coord.example/skiff/", None).unwrap();
+        assert_eq!(
+            (c.authority.as_str(), c.base_path.as_str()),
+            ("coord.example:80", "/skiff")
+        );
+        assert!(Client::new("https://x:1", None).is_err());
+        assert!(Client::new("ftp://x", None).is_err());
+        assert!(Client::new("http://", None).is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The Skiff coordinator: cluster state, the CA, the agent link, the HTTP
+//! API, and the `skiff` command-line client.
+//!
+//! Layout:
+//! - [`config`]: the TOML config, defaults and validation.
+//! - [`identity`]: the data dir: cluster CA, server certificate, plan-signing key.
+//! - [`pki`]: certificate issuing (server, and agents' client certificates from CSRs).
+//! - [`store`]: the [`store::Store`] trait and its SQLite implementation.
+//! - [`auth`]: API tokens.
+//! - [`link`]: the agent port: mTLS WebSocket sessions, and the public join
+//!   and install endpoints.
+//! - [`api`]: the HTTP API and its OpenAPI document.
+//! - [`state`]: what the tasks share, including the live session registry.
+//! - [`server`]: wiring and shutdown.
+//! - [`client`] and [`cli`]: the `skiff` command-line client of the API.
+//!
+//! The coordinator never reaches into a host except through its agent's link.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod link;
+pub mod pki;
+pub mod server;
+pub mod state;
+pub mod store;

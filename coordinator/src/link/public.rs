@@ -1,0 +1,261 @@
+//! The agent port's public endpoints, served over TLS without a client
+//! certificate: what a server needs before it belongs to the cluster.
+//!
+//! - `POST /v1/join`: join with a token and a CSR; answers with the node's
+//!   certificate, the CA and the plan-signing public key.
+//! - `GET /install.sh`: the bootstrap script, with this coordinator's
+//!   address filled in.
+//! - `GET /download/skiff-agent-linux-<arch>` and `.sha256`: the agent binary.
+//! - `GET /v1/ca.crt`: the CA certificate (clients check it against the
+//!   fingerprint in their token).
+//! - `GET /healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken, names};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{info, warn};
+
+use crate::state::{AppState, now_ms};
+use crate::store::NodeRow;
+
+/// The bootstrap script; `__SKIFF_COORDINATOR__` is replaced by the address
+/// the client used to reach us.
+const BOOTSTRAP: &str = include_str!("../../../scripts/bootstrap.sh");
+
+/// Largest join request accepted.
+const MAX_JOIN_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(JOIN_PATH, post(join))
+        .route("/install.sh", get(install_script))
+        .route("/download/{file}", get(download))
+        .route("/v1/ca.crt", get(ca_cert))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(MAX_JOIN_BYTES))
+        .with_state(state)
+}
+
+/// Serves HTTP/1.1 on one TLS connection.
+pub async fn serve_connection<S>(app: Router, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app.layer(Extension(Peer(peer))));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(15))
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = conn.await {
+        tracing::debug!(error = %error, "Public endpoint connection ended with an error.");
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            code: code.to_owned(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn join(
+    State(state): State<Arc<AppState>>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Bytes,
+) -> Response {
+    let refuse = |status, code: &str, message: String| {
+        state.metrics.joins_refused.inc();
+        warn!(%peer, reason = %message, "Join refused.");
+        error(status, code, message)
+    };
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("invalid join request: {e}"),
+            );
+        }
+    };
+    if let Err(message) = names::check_node_name(&req.name) {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_name", message);
+    }
+    for (k, v) in &req.labels {
+        if let Err(message) = names::check_label(k, v) {
+            return refuse(StatusCode::BAD_REQUEST, "invalid_label", message);
+        }
+    }
+    let node_id = match skiff_shared::random_bytes::<10>() {
+        Ok(b) => hex::encode(b),
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "random source failed",
+            );
+        }
+    };
+    let issued = match state
+        .identity
+        .ca
+        .issue_client(&req.csr_pem, &node_id, state.config.cert_ttl)
+    {
+        Ok(i) => i,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_csr", e.to_string()),
+    };
+    let now = now_ms();
+    let not_after = issued
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let node = NodeRow {
+        id: node_id.clone(),
+        name: req.name.clone(),
+        labels: req.labels.clone(),
+        facts: req.facts.clone(),
+        agent_version: String::new(),
+        remote_addr: Some(peer.ip().to_string()),
+        joined_at: now,
+        last_seen_at: Some(now),
+        cert_serial: issued.serial_hex.clone(),
+        cert_not_after: not_after,
+        plan_generation: None,
+        plan_error: None,
+        removed_at: None,
+    };
+    let secret_hash = JoinToken::secret_hash(&req.secret);
+    match state
+        .store
+        .redeem_join_token(&req.token_id, &secret_hash, now, &node)
+        .await
+    {
+        Ok(Ok(())) => {
+            info!(node = %node_id, name = %req.name, token = %req.token_id, %peer, "Node joined.");
+            Json(JoinResponse {
+                node_id,
+                cert_pem: issued.cert_pem,
+                ca_pem: state.identity.ca.cert_pem.clone(),
+                plan_public_key: skiff_shared::signing::encode_public_key(
+                    &state.identity.plan_key.verifying_key(),
+                ),
+            })
+            .into_response()
+        }
+        Ok(Err(refusal)) => refuse(StatusCode::FORBIDDEN, "join_refused", refusal.to_string()),
+        Err(e) => {
+            warn!(error = %e, "Join failed on the store.");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "coordinator store is unavailable; retry",
+            )
+        }
+    }
+}
+
+/// Accepts only what a host[:port] can look like, so nothing else reaches the script.
+fn safe_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+async fn install_script(headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !safe_host(host) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_host",
+            "the Host header is missing or invalid",
+        );
+    }
+    let script = BOOTSTRAP.replace("__SKIFF_COORDINATOR__", host);
+    (
+        [(header::CONTENT_TYPE, "text/x-shellscript; charset=utf-8")],
+        script,
+    )
+        .into_response()
+}
+
+async fn ca_cert(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.identity.ca.cert_pem.clone(),
+    )
+        .into_response()
+}
+
+/// The file name the agent binary is served under on this coordinator.
+pub fn agent_file_name() -> String {
+    format!("skiff-agent-linux-{}", std::env::consts::ARCH)
+}
+
+async fn download(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+) -> Response {
+    let Some(bin) = &state.agent_binary else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no_agent_binary",
+            "this coordinator has no agent binary to serve; set agent_binary in its config",
+        );
+    };
+    let name = agent_file_name();
+    if file == format!("{name}.sha256") {
+        return format!("{}  {name}\n", bin.sha256_hex).into_response();
+    }
+    if file != name {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such download {file:?}; this coordinator serves {name}"),
+        );
+    }
+    match tokio::fs::File::open(&bin.path).await {
+        Ok(f) => {
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            warn!(error = %e, path = %bin.path.display(), "Agent binary cannot be read.");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "agent binary cannot be read",
+            )
+        }
+    }
+}

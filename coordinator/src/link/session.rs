@@ -1,0 +1,507 @@
+//! One agent's WebSocket session: hello and welcome, heartbeats both ways,
+//! the node's signed plan, certificate renewal, and a clean close with a
+//! logged reason when the agent misbehaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use skiff_shared::protocol::{
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_PLANS, CLOSE_REMOVED, CoordinatorMessage,
+    Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS,
+    PROTOCOL_VERSION, Welcome,
+};
+use skiff_shared::signing::{self, Plan};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::state::{AppState, SessionInfo, now_ms};
+
+/// Time an agent has to send its hello after the WebSocket opens.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// The WebSocket limits of the link. Small buffers: a coordinator holds
+/// thousands of mostly idle links.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Why the node behind a certificate may not open a session.
+enum Verdict {
+    Allowed,
+    Refused(&'static str),
+}
+
+/// Takes a TLS connection whose client certificate already verified and
+/// runs it as a session.
+pub async fn accept(
+    state: Arc<AppState>,
+    stream: TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+) {
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned();
+    let Some((node_id, _not_after)) = cert.as_deref().and_then(crate::pki::cert_subject) else {
+        warn!("Agent certificate names no node; closing.");
+        return;
+    };
+    let verdict = match state.store.node(&node_id).await {
+        Ok(Some(node)) if node.removed_at.is_none() => Verdict::Allowed,
+        Ok(Some(_)) => Verdict::Refused("node has been removed from the cluster"),
+        Ok(None) => Verdict::Refused("node is not known to this coordinator"),
+        Err(error) => {
+            warn!(error = %error, "Store lookup failed during agent connect.");
+            Verdict::Refused("coordinator store is unavailable; retry")
+        }
+    };
+    let refusal = match verdict {
+        Verdict::Allowed => None,
+        Verdict::Refused(why) => Some(why),
+    };
+    let callback =
+        |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+         resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            let status = if req.uri().path() != LINK_PATH {
+                Some((404, "unknown path"))
+            } else {
+                refusal.map(|why| (403, why))
+            };
+            match status {
+                None => Ok(resp),
+                Some((code, why)) => {
+                    let mut r =
+                        tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                            Some(why.to_owned()),
+                        );
+                    *r.status_mut() =
+                        tokio_tungstenite::tungstenite::http::StatusCode::from_u16(code)
+                            .unwrap_or(tokio_tungstenite::tungstenite::http::StatusCode::FORBIDDEN);
+                    Err(r)
+                }
+            }
+        };
+    let ws = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config())),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            warn!(node = %node_id, error = %error, "Agent link upgrade refused.");
+            return;
+        }
+        Err(_) => return,
+    };
+    if refusal.is_some() {
+        return;
+    }
+    let span = info_span!("session", node = %node_id);
+    Session::new(state, node_id, peer)
+        .run(ws)
+        .instrument(span)
+        .await;
+}
+
+struct Session {
+    state: Arc<AppState>,
+    node_id: String,
+    peer: SocketAddr,
+    conn_id: u64,
+    next_id: u64,
+    /// The id of the plan message awaiting an ack, with its generation.
+    pending_plan: Option<(u64, u64)>,
+    /// The id of the last renewal request answered.
+    renewals: u64,
+}
+
+/// How a session ended, for the log.
+enum End {
+    Closed(CloseCode, String),
+    Quiet(String),
+}
+
+impl Session {
+    fn new(state: Arc<AppState>, node_id: String, peer: SocketAddr) -> Self {
+        Self {
+            state,
+            node_id,
+            peer,
+            conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
+            next_id: 0,
+            pending_plan: None,
+            renewals: 0,
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    async fn send<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        re: Option<u64>,
+        body: &CoordinatorMessage,
+    ) -> Result<u64, WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let id = self.next_id();
+        ws.send(Message::text(protocol::encode(id, re, body)))
+            .await?;
+        Ok(id)
+    }
+
+    async fn run<S>(mut self, mut ws: WebSocketStream<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                match protocol::decode::<AgentMessage>(text.as_str()) {
+                    Ok(env) => match env.body {
+                        AgentMessage::Hello(h) => Some((env.id, h)),
+                        _ => None,
+                    },
+                    Err(error) => {
+                        self.finish(&mut ws, End::Closed(CloseCode::Invalid, error.to_string()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let Some((hello_id, hello)) = hello else {
+            self.finish(
+                &mut ws,
+                End::Closed(CloseCode::Protocol, "first message must be hello".into()),
+            )
+            .await;
+            return;
+        };
+        if !hello.protocol_versions.contains(&PROTOCOL_VERSION) {
+            let why = format!(
+                "no common protocol version: agent speaks {:?}, coordinator {PROTOCOL_VERSION}; upgrade the agent",
+                hello.protocol_versions
+            );
+            self.finish(&mut ws, End::Closed(CloseCode::Protocol, why))
+                .await;
+            return;
+        }
+        let close = CancellationToken::new();
+        if let Err(error) = self.register(&hello, close.clone()).await {
+            warn!(error = %error, "Recording the agent's connection failed.");
+            self.finish(
+                &mut ws,
+                End::Closed(CloseCode::Again, "coordinator store unavailable".into()),
+            )
+            .await;
+            return;
+        }
+        let ours = [CAP_PLANS, CAP_CERT_RENEWAL];
+        let capabilities: Vec<String> = hello
+            .capabilities
+            .iter()
+            .filter(|c| ours.contains(&c.as_str()))
+            .cloned()
+            .collect();
+        let interval = self.state.config.heartbeat_interval;
+        let welcome = CoordinatorMessage::Welcome(Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: self.node_id.clone(),
+            capabilities: capabilities.clone(),
+            heartbeat_interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            coordinator_version: skiff_shared::VERSION.to_owned(),
+        });
+        let end = match self.send(&mut ws, Some(hello_id), &welcome).await {
+            Ok(_) => {
+                if capabilities.iter().any(|c| c == CAP_PLANS)
+                    && let Err(error) = self.send_plan(&mut ws).await
+                {
+                    End::Quiet(format!("sending the plan failed: {error}"))
+                } else {
+                    self.serve(&mut ws, &close, interval).await
+                }
+            }
+            Err(error) => End::Quiet(format!("sending welcome failed: {error}")),
+        };
+        self.finish(&mut ws, end).await;
+    }
+
+    async fn register(
+        &self,
+        hello: &Hello,
+        close: CancellationToken,
+    ) -> Result<(), crate::store::StoreError> {
+        self.state
+            .store
+            .node_connected(
+                &self.node_id,
+                &hello.facts,
+                &hello.agent_version,
+                &self.peer.ip().to_string(),
+                now_ms(),
+            )
+            .await?;
+        self.state.sessions.insert(
+            &self.node_id,
+            SessionInfo {
+                conn_id: self.conn_id,
+                connected_at_ms: skiff_shared::unix_millis(),
+                remote_addr: self.peer.to_string(),
+                close,
+            },
+        );
+        info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
+        Ok(())
+    }
+
+    async fn send_plan<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // The plan holds no workload yet; it carries the node's generation so
+        // the agent has a signed desired state from its first connection on.
+        let plan = Plan {
+            node_id: self.node_id.clone(),
+            generation: 1,
+            issued_at_ms: skiff_shared::unix_millis(),
+        };
+        let bytes = serde_json::to_vec(&plan).unwrap_or_default();
+        let signed = signing::sign(&self.state.identity.plan_key, &bytes);
+        let id = self
+            .send(ws, None, &CoordinatorMessage::Plan(signed))
+            .await?;
+        self.pending_plan = Some((id, plan.generation));
+        Ok(())
+    }
+
+    async fn serve<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        close: &CancellationToken,
+        interval: Duration,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let silence_limit = interval * MISSED_HEARTBEATS;
+        let mut last_rx = Instant::now();
+        loop {
+            tokio::select! {
+                () = close.cancelled() => {
+                    let removed = self.state.revoked.read().map(|r| r.contains(&self.node_id)).unwrap_or(false);
+                    return if removed {
+                        End::Closed(CloseCode::from(CLOSE_REMOVED), "node removed from the cluster".into())
+                    } else {
+                        End::Closed(CloseCode::Policy, "replaced by a newer connection of this node".into())
+                    };
+                }
+                () = self.state.shutdown.cancelled() => {
+                    return End::Closed(CloseCode::Away, "coordinator shutting down".into());
+                }
+                _ = tick.tick() => {
+                    if last_rx.elapsed() > silence_limit {
+                        return End::Quiet(format!("no message from the agent for {silence_limit:?}"));
+                    }
+                    let hb = CoordinatorMessage::Heartbeat(Heartbeat { sent_at_ms: skiff_shared::unix_millis() });
+                    if let Err(error) = self.send(ws, None, &hb).await {
+                        return End::Quiet(format!("sending a heartbeat failed: {error}"));
+                    }
+                }
+                msg = ws.next() => {
+                    last_rx = Instant::now();
+                    match msg {
+                        None => return End::Quiet("agent closed the connection".into()),
+                        Some(Err(WsError::Capacity(error))) => {
+                            self.state.metrics.oversized.inc();
+                            return End::Closed(CloseCode::Size, format!("message too large: {error}"));
+                        }
+                        Some(Err(error)) => {
+                            return End::Quiet(format!("connection error: {error}"));
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            match protocol::decode::<AgentMessage>(text.as_str()) {
+                                Ok(env) => {
+                                    if let Err(end) = self.handle(ws, env).await {
+                                        return end;
+                                    }
+                                }
+                                Err(error) => {
+                                    self.state.metrics.malformed.inc();
+                                    return End::Closed(CloseCode::Invalid, error.to_string());
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            self.state.metrics.malformed.inc();
+                            return End::Closed(CloseCode::Unsupported, "binary frames are not part of the protocol".into());
+                        }
+                        Some(Ok(Message::Close(_))) => return End::Quiet("agent closed the link".into()),
+                        Some(Ok(_)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        env: protocol::Envelope<AgentMessage>,
+    ) -> Result<(), End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match env.body {
+            AgentMessage::Heartbeat(_) => Ok(()),
+            AgentMessage::Hello(_) => {
+                Err(End::Closed(CloseCode::Protocol, "hello sent twice".into()))
+            }
+            AgentMessage::Ack(ack) => {
+                if let Some((plan_id, generation)) = self.pending_plan
+                    && env.re == Some(plan_id)
+                {
+                    self.pending_plan = None;
+                    self.plan_acked(generation, &ack).await;
+                }
+                Ok(())
+            }
+            AgentMessage::RenewCertificate { csr_pem } => {
+                let reply = self.renew(&csr_pem).await;
+                self.send(ws, Some(env.id), &reply)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| End::Quiet(format!("sending a certificate failed: {e}")))
+            }
+        }
+    }
+
+    async fn plan_acked(&self, generation: u64, ack: &Ack) {
+        let generation = i64::try_from(generation).unwrap_or(i64::MAX);
+        let error = if ack.ok {
+            None
+        } else {
+            ack.error.as_deref().or(Some("refused"))
+        };
+        if let Some(error) = error {
+            warn!(error = %error, generation, "Agent refused its plan.");
+        } else {
+            debug!(generation, "Agent accepted its plan.");
+        }
+        if let Err(store_error) = self
+            .state
+            .store
+            .set_node_plan(&self.node_id, generation, error)
+            .await
+        {
+            warn!(error = %store_error, "Recording the plan status failed.");
+        }
+    }
+
+    async fn renew(&mut self, csr_pem: &str) -> CoordinatorMessage {
+        let ttl = self.state.config.cert_ttl;
+        match self
+            .state
+            .identity
+            .ca
+            .issue_client(csr_pem, &self.node_id, ttl)
+        {
+            Ok(issued) => {
+                let not_after_ms = issued
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    .unwrap_or(0);
+                if let Err(error) = self
+                    .state
+                    .store
+                    .set_node_cert(
+                        &self.node_id,
+                        &issued.serial_hex,
+                        i64::try_from(not_after_ms).unwrap_or(i64::MAX),
+                    )
+                    .await
+                {
+                    warn!(error = %error, "Recording the renewed certificate failed.");
+                }
+                self.renewals += 1;
+                info!(serial = %issued.serial_hex, "Agent certificate renewed.");
+                CoordinatorMessage::Certificate {
+                    cert_pem: issued.cert_pem,
+                    not_after_ms,
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "Agent sent an unusable renewal request.");
+                CoordinatorMessage::Ack(Ack::err(error.to_string()))
+            }
+        }
+    }
+
+    async fn finish<S>(&self, ws: &mut WebSocketStream<S>, end: End)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match end {
+            End::Closed(code, reason) => {
+                if matches!(
+                    code,
+                    CloseCode::Invalid
+                        | CloseCode::Size
+                        | CloseCode::Protocol
+                        | CloseCode::Unsupported
+                ) {
+                    warn!(reason = %reason, "Closing agent link: the agent sent something invalid.");
+                } else {
+                    info!(reason = %reason, "Closing agent link.");
+                }
+                // Close reasons are limited to 123 bytes by the protocol.
+                let mut short = reason;
+                while short.len() > 120 {
+                    short.pop();
+                }
+                let frame = CloseFrame {
+                    code,
+                    reason: short.into(),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+            }
+            End::Quiet(reason) => {
+                info!(reason = %reason, "Agent link ended.");
+            }
+        }
+        self.state.sessions.remove(&self.node_id, self.conn_id);
+        if let Err(error) = self
+            .state
+            .store
+            .node_seen(std::slice::from_ref(&self.node_id), now_ms())
+            .await
+        {
+            debug!(error = %error, "Recording last-seen failed.");
+        }
+    }
+}

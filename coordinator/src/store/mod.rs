@@ -1,0 +1,125 @@
+//! The coordinator's state, behind one trait so the backing database can
+//! change without touching callers. [`sqlite::SqliteStore`] is the default;
+//! the schema and queries stay portable SQL so a PostgreSQL store can share
+//! the migrations.
+//!
+//! Times are Unix milliseconds. Secrets are never stored, only their SHA-256.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use skiff_shared::protocol::HostFacts;
+
+pub mod sqlite;
+
+/// A store failure. Callers map it to an internal error; it never carries secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub role: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinTokenRow {
+    pub id: String,
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub uses_allowed: i64,
+    pub uses: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub facts: HostFacts,
+    pub agent_version: String,
+    pub remote_addr: Option<String>,
+    pub joined_at: i64,
+    pub last_seen_at: Option<i64>,
+    pub cert_serial: String,
+    pub cert_not_after: i64,
+    pub plan_generation: Option<i64>,
+    pub plan_error: Option<String>,
+    pub removed_at: Option<i64>,
+}
+
+/// Why a join token was not accepted. The messages are safe to show the
+/// joining agent: they do not say whether a token id exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinRefusal {
+    #[error("join token is unknown or its secret is wrong")]
+    Unknown,
+    #[error("join token has expired; create a new one with `skiff token create`")]
+    Expired,
+    #[error("join token has been used up; create a new one with `skiff token create`")]
+    UsedUp,
+    #[error("join token has been revoked; create a new one with `skiff token create`")]
+    Revoked,
+    #[error("a node with this name is already in the cluster; pass another --name")]
+    NameTaken,
+}
+
+/// The coordinator's persistent state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn meta(&self, key: &str) -> Result<Option<String>>;
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+
+    async fn insert_api_token(&self, token: &ApiToken) -> Result<()>;
+    async fn api_token(&self, id: &str) -> Result<Option<ApiToken>>;
+    async fn api_token_count(&self) -> Result<i64>;
+
+    async fn insert_join_token(&self, token: &JoinTokenRow) -> Result<()>;
+    async fn join_tokens(&self) -> Result<Vec<JoinTokenRow>>;
+    /// Marks a token revoked; false if no such token.
+    async fn revoke_join_token(&self, id: &str, now: i64) -> Result<bool>;
+    /// In one transaction: checks the token (secret, expiry, uses, revocation),
+    /// uses it once and inserts `node`.
+    async fn redeem_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: i64,
+        node: &NodeRow,
+    ) -> Result<std::result::Result<(), JoinRefusal>>;
+
+    /// Live nodes, or all nodes with removed ones too.
+    async fn nodes(&self, include_removed: bool) -> Result<Vec<NodeRow>>;
+    /// A node by id (removed ones too).
+    async fn node(&self, id: &str) -> Result<Option<NodeRow>>;
+    /// Records what a connecting agent said about itself.
+    async fn node_connected(
+        &self,
+        id: &str,
+        facts: &HostFacts,
+        agent_version: &str,
+        remote_addr: &str,
+        now: i64,
+    ) -> Result<()>;
+    async fn node_seen(&self, ids: &[String], now: i64) -> Result<()>;
+    async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool>;
+    async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()>;
+    async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()>;
+    /// Marks a node removed; false if it was not live.
+    async fn remove_node(&self, id: &str, now: i64) -> Result<bool>;
+}

@@ -1,0 +1,342 @@
+//! The SQLite store: one file in the data dir, WAL mode.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use skiff_shared::protocol::HostFacts;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, SqlStr, SqlitePool};
+
+use super::{ApiToken, JoinRefusal, JoinTokenRow, NodeRow, Result, Store, StoreError};
+
+/// Versioned migrations, embedded in the binary. Append only.
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        SqlStr::from_static(include_str!("../../migrations/0001_init.sql")),
+        false,
+    )])
+}
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn node_from_row(r: &SqliteRow) -> Result<NodeRow> {
+    let labels: String = r.try_get("labels")?;
+    let facts: String = r.try_get("facts")?;
+    Ok(NodeRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("node labels: {e}")))?,
+        facts: serde_json::from_str(&facts)
+            .map_err(|e| StoreError::Corrupt(format!("node facts: {e}")))?,
+        agent_version: r.try_get("agent_version")?,
+        remote_addr: r.try_get("remote_addr")?,
+        joined_at: r.try_get("joined_at")?,
+        last_seen_at: r.try_get("last_seen_at")?,
+        cert_serial: r.try_get("cert_serial")?,
+        cert_not_after: r.try_get("cert_not_after")?,
+        plan_generation: r.try_get("plan_generation")?,
+        plan_error: r.try_get("plan_error")?,
+        removed_at: r.try_get("removed_at")?,
+    })
+}
+
+fn join_token_from_row(r: &SqliteRow) -> Result<JoinTokenRow> {
+    Ok(JoinTokenRow {
+        id: r.try_get("id")?,
+        secret_hash: r.try_get("secret_hash")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        uses_allowed: r.try_get("uses_allowed")?,
+        uses: r.try_get("uses")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cluster_meta (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_api_token(&self, t: &ApiToken) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, secret_hash, role, created_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.secret_hash)
+        .bind(&t.role)
+        .bind(t.created_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn api_token(&self, id: &str) -> Result<Option<ApiToken>> {
+        let row = sqlx::query("SELECT * FROM api_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(ApiToken {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                secret_hash: r.try_get("secret_hash")?,
+                role: r.try_get("role")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn api_token_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn insert_join_token(&self, t: &JoinTokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, uses_allowed, uses, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.uses_allowed)
+        .bind(t.uses)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn join_tokens(&self) -> Result<Vec<JoinTokenRow>> {
+        let rows = sqlx::query("SELECT * FROM join_tokens ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(join_token_from_row).collect()
+    }
+
+    async fn revoke_join_token(&self, id: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE join_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn redeem_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now: i64,
+        node: &NodeRow,
+    ) -> Result<std::result::Result<(), JoinRefusal>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Err(JoinRefusal::Unknown));
+        };
+        let token = join_token_from_row(&row)?;
+        if !crate::auth::same_digest(&token.secret_hash, secret_hash) {
+            return Ok(Err(JoinRefusal::Unknown));
+        }
+        if token.revoked_at.is_some() {
+            return Ok(Err(JoinRefusal::Revoked));
+        }
+        if token.expires_at <= now {
+            return Ok(Err(JoinRefusal::Expired));
+        }
+        if token.uses >= token.uses_allowed {
+            return Ok(Err(JoinRefusal::UsedUp));
+        }
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE name = ? AND removed_at IS NULL")
+                .bind(&node.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if taken.is_some() {
+            return Ok(Err(JoinRefusal::NameTaken));
+        }
+        sqlx::query("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, name, labels, facts, agent_version, remote_addr, joined_at, \
+             last_seen_at, cert_serial, cert_not_after, plan_generation, plan_error, removed_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL)",
+        )
+        .bind(&node.id)
+        .bind(&node.name)
+        .bind(json(&node.labels))
+        .bind(json(&node.facts))
+        .bind(&node.agent_version)
+        .bind(&node.remote_addr)
+        .bind(node.joined_at)
+        .bind(node.last_seen_at)
+        .bind(&node.cert_serial)
+        .bind(node.cert_not_after)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn nodes(&self, include_removed: bool) -> Result<Vec<NodeRow>> {
+        let sql = if include_removed {
+            "SELECT * FROM nodes ORDER BY name, id"
+        } else {
+            "SELECT * FROM nodes WHERE removed_at IS NULL ORDER BY name, id"
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn node(&self, id: &str) -> Result<Option<NodeRow>> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(node_from_row).transpose()
+    }
+
+    async fn node_connected(
+        &self,
+        id: &str,
+        facts: &HostFacts,
+        agent_version: &str,
+        remote_addr: &str,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET facts = ?, agent_version = ?, remote_addr = ?, last_seen_at = ? \
+             WHERE id = ?",
+        )
+        .bind(json(facts))
+        .bind(agent_version)
+        .bind(remote_addr)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn node_seen(&self, ids: &[String], now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE nodes SET last_seen_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool> {
+        let done = sqlx::query("UPDATE nodes SET labels = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(json(labels))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()> {
+        sqlx::query("UPDATE nodes SET cert_serial = ?, cert_not_after = ? WHERE id = ?")
+            .bind(serial)
+            .bind(not_after)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET plan_generation = ?, plan_error = ? WHERE id = ?")
+            .bind(generation)
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,2 @@
+#!/bin/sh
+# placeholder __SKIFF_COORDINATOR__

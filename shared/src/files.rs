@@ -1,0 +1,71 @@
+//! Crash-safe file writes: write a temporary file beside the target, fsync
+//! it, rename it into place and fsync the directory.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Permission bits for files holding secrets: readable by the owner only.
+pub const PRIVATE: u32 = 0o600;
+/// Permission bits for ordinary state files.
+pub const PUBLIC: u32 = 0o644;
+
+/// Atomically replaces `path` with `contents`, created with `mode`.
+///
+/// After a crash the file holds either the old or the new contents, never
+/// a mix.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The mode given to open() is filtered by the umask; set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if missing and sets it to mode 0700.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_contents_with_exact_mode() {
+        let dir = std::env::temp_dir().join(format!("skiff-files-{}", std::process::id()));
+        create_private_dir(&dir).unwrap();
+        let path = dir.join("key.pem");
+        write_atomic(&path, b"one", PRIVATE).unwrap();
+        write_atomic(&path, b"two", PRIVATE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,51 @@
+//! What the Skiff agent and the coordinator must agree on, and nothing else.
+//!
+//! Layout:
+//! - [`protocol`]: the agent link's versioned JSON envelope and the messages
+//!   each side may send, with the size limits both sides enforce.
+//! - [`join`]: the join token format and the join request and response.
+//! - [`signing`]: ed25519 signing and verification of plans over the exact
+//!   bytes sent.
+//! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
+//!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
+//! - [`files`]: crash-safe writes of state and key material.
+//!
+//! Types here are the wire format; each side converts them to its own
+//! internal types at the edge.
+#![forbid(unsafe_code)]
+
+pub mod files;
+pub mod join;
+pub mod protocol;
+pub mod signing;
+pub mod tls;
+
+/// The version of the Skiff release these crates belong to.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Fills a buffer with bytes from the operating system's secure random source.
+///
+/// # Errors
+/// Fails only when the system random source is unavailable.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], ring::error::Unspecified> {
+    use ring::rand::SecureRandom;
+    let mut buf = [0u8; N];
+    ring::rand::SystemRandom::new().fill(&mut buf)?;
+    Ok(buf)
+}
+
+/// The SHA-256 digest of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Milliseconds since the Unix epoch, by the wall clock.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
