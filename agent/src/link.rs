@@ -34,7 +34,9 @@ impl Default for LinkOptions {
     fn default() -> Self {
         Self {
             backoff_min: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            // Short enough that agents are back within 10 s of a
+            // coordinator's return, however long it was away.
+            backoff_max: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(15),
         }
     }

@@ -149,8 +149,10 @@ impl Ca {
     ) -> Result<Issued, PkiError> {
         let now = SystemTime::now();
         let not_after = now + ttl;
-        // Allow for clocks a little behind ours.
-        params.not_before = offset(now - Duration::from_secs(300));
+        // Allow for clocks a little behind ours, but keep most of the
+        // certificate's life after issue (agents renew at half of it).
+        let backdate = (ttl / 10).min(Duration::from_secs(300));
+        params.not_before = offset(now - backdate);
         params.not_after = offset(not_after);
         let serial = random_serial()?;
         let serial_hex = hex::encode(serial.to_bytes());
