@@ -1,1 +1,41 @@
-//! stub
+//! The Skiff cluster test harness, used by every end-to-end test.
+//!
+//! Layout:
+//! - [`cluster`]: launch a coordinator and agents as real processes on free
+//!   loopback ports with temp data dirs; kill, restart, and partition them
+//!   (each agent reaches the coordinator through a [`proxy::Proxy`] the test
+//!   controls).
+//! - [`proxy`]: a TCP forwarder that can cut and heal a link.
+//! - [`image`]: builds the busybox-static test image and imports it into
+//!   the Docker Engine (no registry can be reached).
+//! - [`wait`]: wait on a condition with a deadline; never sleep to synchronise.
+//!
+//! The binaries come from the workspace's target dir: run
+//! `cargo build --workspace --bins` before the tests (`scripts/test.sh` does).
+
+pub mod cluster;
+pub mod image;
+pub mod proxy;
+pub mod wait;
+
+pub use cluster::{Agent, Cluster, Coordinator, CoordinatorOptions, launch_cluster};
+pub use wait::{wait_for, wait_until};
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary next to the running test executable.
+pub fn target_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the end-to-end tests",
+        path.display()
+    );
+    path
+}

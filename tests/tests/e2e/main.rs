@@ -1,1 +1,9 @@
+//! End-to-end tests: real coordinator and agent processes, real TLS, the
+//! real Docker Engine. One test binary for the crate (link time matters).
 
+mod api_cli;
+mod bootstrap;
+mod harness;
+mod link;
+mod security;
+mod tokens;

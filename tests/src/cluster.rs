@@ -1,0 +1,404 @@
+//! Launching coordinators and agents as real processes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use skiff_coordinator::api::types::{CreateJoinToken, CreatedJoinToken, NodeStatus, NodeView};
+use skiff_coordinator::client::{Client, Method};
+use tempfile::TempDir;
+use tokio::process::{Child, Command};
+
+use crate::proxy::Proxy;
+use crate::target_bin;
+use crate::wait::{wait_for, wait_until};
+
+/// How long processes get to come up in tests.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Reserves a free loopback port (the listener is closed again; the race
+/// with other processes is harmless on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Coordinator settings for a test, written to its config file.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    pub heartbeat_interval: Duration,
+    pub cert_ttl: Duration,
+    /// Address the agent port binds (default 127.0.0.1).
+    pub agent_ip: String,
+    pub advertise: Vec<String>,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(500),
+            cert_ttl: Duration::from_secs(3600),
+            agent_ip: "127.0.0.1".into(),
+            advertise: Vec::new(),
+        }
+    }
+}
+
+/// A coordinator process with its own temp dir and ports.
+#[derive(Debug)]
+pub struct Coordinator {
+    pub root: TempDir,
+    pub api: SocketAddr,
+    pub agent: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Coordinator {
+    /// Starts a coordinator and waits until its API answers.
+    pub async fn launch(opts: CoordinatorOptions) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("skiff-coord-").tempdir()?;
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let agent: SocketAddr = format!("{}:{}", opts.agent_ip, free_port()).parse()?;
+        let advertise = opts
+            .advertise
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "data_dir = {:?}\napi_listen = \"{api}\"\nagent_listen = \"{agent}\"\nadvertise = [{advertise}]\n\
+             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\n",
+            root.path().join("data"),
+            opts.heartbeat_interval.as_millis(),
+            opts.cert_ttl.as_secs(),
+        );
+        std::fs::write(root.path().join("coordinator.toml"), config)?;
+        let mut c = Self {
+            root,
+            api,
+            agent,
+            child: None,
+        };
+        c.start().await?;
+        Ok(c)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.path().join("coordinator.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("coordinator.log")
+    }
+
+    /// The coordinator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the process with the same data dir and ports.
+    pub async fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(target_bin("skiff-coordinator"))
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("SKIFF_LOG", "info,skiff_coordinator=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        let client = Client::new(&format!("http://{}", self.api), None)?;
+        let token_path = self.data_dir().join("initial-admin-token");
+        wait_until("the coordinator to answer", START_DEADLINE, || {
+            let client = client.clone();
+            let token_path = token_path.clone();
+            async move {
+                token_path.exists()
+                    && matches!(client.raw(Method::GET, "/healthz", None::<&()>).await, Ok((s, _)) if s.is_success())
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\ncoordinator log:\n{}", self.log()))
+    }
+
+    /// SIGKILLs the process and waits for it.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// SIGTERMs the process and waits for it to exit.
+    pub async fn stop(&mut self) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        signal(&c, "TERM");
+        tokio::time::timeout(Duration::from_secs(20), c.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// The first admin token.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("initial-admin-token"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// An API client with the admin token.
+    pub fn client(&self) -> Client {
+        // The URL is well-formed by construction.
+        Client::new(&format!("http://{}", self.api), Some(self.admin_token())).expect("valid URL")
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Creates a join token.
+    pub async fn create_token(
+        &self,
+        uses: u32,
+        ttl: Option<&str>,
+    ) -> anyhow::Result<CreatedJoinToken> {
+        Ok(self
+            .client()
+            .call(
+                Method::POST,
+                "/tokens/join",
+                Some(&CreateJoinToken {
+                    ttl: ttl.map(String::from),
+                    uses: Some(uses),
+                }),
+            )
+            .await?)
+    }
+
+    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeView>> {
+        Ok(self
+            .client()
+            .call(Method::GET, "/nodes", None::<&()>)
+            .await?)
+    }
+
+    pub async fn node(&self, id: &str) -> anyhow::Result<NodeView> {
+        Ok(self
+            .client()
+            .call(Method::GET, &format!("/nodes/{id}"), None::<&()>)
+            .await?)
+    }
+
+    /// Waits until node `id` has `status`, and returns it.
+    pub async fn wait_node(
+        &self,
+        id: &str,
+        status: NodeStatus,
+        deadline: Duration,
+    ) -> anyhow::Result<NodeView> {
+        wait_for(
+            &format!("node {id} to be {status}"),
+            deadline,
+            || async move { self.node(id).await.ok().filter(|n| n.status == status) },
+        )
+        .await
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status();
+    }
+}
+
+/// An agent with its own data dir; it reaches the coordinator through its own proxy.
+#[derive(Debug)]
+pub struct Agent {
+    pub name: String,
+    pub root: TempDir,
+    pub proxy: Proxy,
+    child: Option<Child>,
+}
+
+/// Runs `skiff-agent join` and returns its output, whatever it is.
+pub async fn run_join(
+    coordinator: &str,
+    token: &str,
+    data_dir: &Path,
+    name: &str,
+    labels: &[&str],
+) -> anyhow::Result<Output> {
+    let mut cmd = Command::new(target_bin("skiff-agent"));
+    cmd.args([
+        "join",
+        "--coordinator",
+        coordinator,
+        "--token",
+        token,
+        "--name",
+        name,
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    for l in labels {
+        cmd.args(["--label", l]);
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(60), cmd.output()).await??)
+}
+
+impl Agent {
+    /// Joins through a new proxy to `coordinator` with `token`; fails if the join fails.
+    pub async fn join(
+        coordinator: &Coordinator,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("skiff-agent-{name}-"))
+            .tempdir()?;
+        let proxy = Proxy::start(coordinator.agent).await?;
+        let out = run_join(
+            &proxy.addr().to_string(),
+            token,
+            &root.path().join("data"),
+            name,
+            labels,
+        )
+        .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "join of {name} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self {
+            name: name.to_owned(),
+            root,
+            proxy,
+            child: None,
+        })
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The node id given at join.
+    pub fn node_id(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir().join("node.toml")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("node_id = "))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Starts `skiff-agent run`.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = Command::new(target_bin("skiff-agent"))
+            .arg("run")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env("SKIFF_LOG", "info,skiff_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILLs the agent.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    /// Waits for the agent to exit by itself, up to `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
+        let status = tokio::time::timeout(deadline, c.wait()).await.ok()?.ok()?;
+        self.child = None;
+        Some(status)
+    }
+}
+
+/// A coordinator and N running, connected agents.
+#[derive(Debug)]
+pub struct Cluster {
+    pub coordinator: Coordinator,
+    pub agents: Vec<Agent>,
+}
+
+/// Launches a coordinator and `n` agents named `node-0..`, each labelled
+/// `test=<unique>` so agents of parallel tests on one engine stay apart,
+/// and waits until all are connected.
+pub async fn launch_cluster(n: usize, opts: CoordinatorOptions) -> anyhow::Result<Cluster> {
+    let coordinator = Coordinator::launch(opts).await?;
+    let token = coordinator
+        .create_token(u32::try_from(n.max(1))?, None)
+        .await?
+        .token;
+    let run_label = format!("test={}", coordinator.api.port());
+    let mut agents = Vec::new();
+    for i in 0..n {
+        let mut a = Agent::join(&coordinator, &token, &format!("node-{i}"), &[&run_label]).await?;
+        a.start()?;
+        agents.push(a);
+    }
+    for a in &agents {
+        coordinator
+            .wait_node(&a.node_id(), NodeStatus::Connected, START_DEADLINE)
+            .await?;
+    }
+    Ok(Cluster {
+        coordinator,
+        agents,
+    })
+}
+
+/// Labels as a map, for assertions.
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}

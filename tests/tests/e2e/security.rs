@@ -1,0 +1,262 @@
+//! What the agent port refuses: clients without a cluster certificate, a
+//! coordinator whose CA does not match the token, malformed and oversized
+//! messages (which close only their own connection).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use skiff_coordinator::api::types::{JoinTokenView, NodeStatus};
+use skiff_coordinator::client::Method;
+use skiff_shared::protocol::{
+    self, AgentMessage, CoordinatorMessage, Hello, LINK_PATH, PROTOCOL_VERSION,
+};
+use skiff_tests::cluster::{Agent, Coordinator, CoordinatorOptions, run_join};
+use skiff_tests::launch_cluster;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn ca_of(coord: &Coordinator) -> CertificateDer<'static> {
+    let pem = std::fs::read_to_string(coord.data_dir().join("ca.crt")).unwrap();
+    skiff_shared::tls::certs_from_pem(&pem, "ca")
+        .unwrap()
+        .remove(0)
+}
+
+/// Opens TLS with ALPN skiff-link/1 and tries the WebSocket upgrade.
+async fn try_link(
+    coord: &Coordinator,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_of(coord)).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(skiff_shared::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match client_cert {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![protocol::ALPN_LINK.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(coord.agent)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let url = format!("wss://{}{LINK_PATH}", coord.agent);
+    tokio_tungstenite::client_async(url, tls)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("ws: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_without_a_cluster_certificate_are_refused_at_tls() {
+    let coord = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+
+    let err = try_link(&coord, None).await.unwrap_err();
+    assert!(
+        err.contains("CertificateRequired") || err.contains("certificate"),
+        "{err}"
+    );
+
+    // A certificate from another CA, even one naming a real node id.
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let agent = Agent::join(&coord, &token, "real", &[]).await.unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = ca_params.self_signed(&key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, agent.node_id());
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let chain = vec![leaf.der().clone(), other_ca.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let err = try_link(&coord, Some((chain, key))).await.unwrap_err();
+    assert!(
+        err.contains("UnknownCA") || err.contains("BadCertificate") || err.contains("DecryptError"),
+        "{err}"
+    );
+    assert!(
+        coord
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.status == NodeStatus::Disconnected)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_ca_fingerprint_is_refused_before_the_secret_is_sent() {
+    let coord = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let other = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let real = coord.create_token(1, None).await.unwrap();
+    let other_fp = hex::encode(skiff_shared::tls::fingerprint(&ca_of(&other)));
+    let mut token: skiff_shared::join::JoinToken = real.token.parse().unwrap();
+    hex::decode_to_slice(&other_fp, &mut token.ca_fingerprint).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_join(
+        &coord.agent.to_string(),
+        &token.to_string(),
+        &dir.path().join("d"),
+        "n1",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not match the fingerprint in the join token"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one clear line: {stderr}");
+
+    // The coordinator never saw a join request: the token is untouched and nothing was refused.
+    let tokens: Vec<JoinTokenView> = coord
+        .client()
+        .call(Method::GET, "/tokens/join", None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(tokens[0].uses, 0);
+    assert!(!coord.log().contains("Join refused") && !coord.log().contains("Node joined"));
+    assert!(!dir.path().join("d").join("node.toml").exists());
+}
+
+/// Opens a raw link as the node whose data dir is `dir`, and says hello.
+async fn raw_link(
+    agent: &Agent,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let id = skiff_agent::identity::Identity::load(&agent.data_dir()).unwrap();
+    let (chain, key) = id.client_cert().unwrap();
+    let config = skiff_shared::tls::link_client_config(id.ca.clone(), chain, key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(agent.proxy.addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://{}{LINK_PATH}", agent.proxy.addr()), tls)
+            .await
+            .unwrap();
+    let hello = AgentMessage::Hello(Hello {
+        protocol_versions: vec![PROTOCOL_VERSION],
+        agent_version: "raw".into(),
+        capabilities: vec![],
+        facts: Default::default(),
+        plan_generation: None,
+    });
+    ws.send(Message::text(protocol::encode(1, None, &hello)))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => {
+            let env: protocol::Envelope<CoordinatorMessage> = protocol::decode(t.as_str()).unwrap();
+            assert!(matches!(env.body, CoordinatorMessage::Welcome(_)));
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    ws
+}
+
+/// Reads until the connection ends; returns the close code if one came.
+async fn closed_with<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("the connection was not closed"),
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code),
+            Ok(None | Some(Err(_))) => return None,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_messages_close_only_their_connection() {
+    let cluster = launch_cluster(1, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let coord = &cluster.coordinator;
+    let bystander = cluster.agents[0].node_id();
+    let since = coord.node(&bystander).await.unwrap().connected_since;
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let raw = Agent::join(coord, &token, "raw", &[]).await.unwrap();
+
+    let mut ws = raw_link(&raw).await;
+    ws.send(Message::text("this is not an envelope"))
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Invalid));
+
+    let mut ws = raw_link(&raw).await;
+    ws.send(Message::text(
+        "{\"v\":1,\"id\":2,\"body\":{\"type\":\"launch_missiles\"}}",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Invalid));
+
+    let mut ws = raw_link(&raw).await;
+    ws.send(Message::binary(vec![0u8; 16])).await.unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Unsupported));
+
+    let mut ws = raw_link(&raw).await;
+    let huge = format!(
+        "{{\"v\":1,\"id\":2,\"body\":{{\"type\":\"heartbeat\",\"pad\":\"{}\"}}}}",
+        "x".repeat(9 << 20)
+    );
+    let _ = ws.send(Message::text(huge)).await;
+    let code = closed_with(&mut ws).await;
+    assert!(matches!(code, None | Some(CloseCode::Size)), "{code:?}");
+
+    let log = coord.log();
+    assert!(
+        log.contains("Closing agent link: the agent sent something invalid."),
+        "{log}"
+    );
+    assert!(
+        log.contains("message too large") || log.contains("frame"),
+        "{log}"
+    );
+    let node = coord.node(&bystander).await.unwrap();
+    assert_eq!(node.status, NodeStatus::Connected);
+    assert_eq!(
+        node.connected_since, since,
+        "the other agent's link was not touched"
+    );
+    // The coordinator is fine: the raw node can open a good link again.
+    let _ws = raw_link(&raw).await;
+    coord
+        .wait_node(
+            &raw.node_id(),
+            NodeStatus::Connected,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
