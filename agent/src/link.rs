@@ -251,13 +251,13 @@ impl<'a> Session<'a> {
         shutdown: &CancellationToken,
     ) -> Result<Ended, ConnectError> {
         let facts = crate::facts::collect().await;
-        let hello = AgentMessage::Hello(Hello {
+        let hello = AgentMessage::Hello(Box::new(Hello {
             protocol_versions: vec![PROTOCOL_VERSION],
             agent_version: skiff_shared::VERSION.to_owned(),
             capabilities: vec![CAP_PLANS.to_owned(), CAP_CERT_RENEWAL.to_owned()],
             facts,
             plan_generation: crate::plan::stored_generation(&self.identity.dir),
-        });
+        }));
         let hello_id = self.send(ws, None, &hello).await?;
         let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => protocol::decode::<CoordinatorMessage>(t.as_str())

@@ -59,8 +59,8 @@ pub struct Envelope<B> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
-    /// First message on every connection.
-    Hello(Hello),
+    /// First message on every connection (boxed: it is by far the largest).
+    Hello(Box<Hello>),
     Heartbeat(Heartbeat),
     /// Answer to a request from the coordinator.
     Ack(Ack),

@@ -48,6 +48,8 @@ enum Verdict {
 
 /// Takes a TLS connection whose client certificate already verified and
 /// runs it as a session.
+// The upgrade callback's error type is tungstenite's, fixed by its trait.
+#[allow(clippy::result_large_err)]
 pub async fn accept(
     state: Arc<AppState>,
     stream: TlsStream<tokio::net::TcpStream>,

@@ -161,13 +161,13 @@ async fn raw_link(
         tokio_tungstenite::client_async(format!("wss://{}{LINK_PATH}", agent.proxy.addr()), tls)
             .await
             .unwrap();
-    let hello = AgentMessage::Hello(Hello {
+    let hello = AgentMessage::Hello(Box::new(Hello {
         protocol_versions: vec![PROTOCOL_VERSION],
         agent_version: "raw".into(),
         capabilities: vec![],
         facts: Default::default(),
         plan_generation: None,
-    });
+    }));
     ws.send(Message::text(protocol::encode(1, None, &hello)))
         .await
         .unwrap();
