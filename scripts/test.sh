@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages included), then runs
+# formatting, clippy with warnings denied, and every test: unit, property
+# and end-to-end (real coordinator and agent processes, real TLS, the real
+# Docker Engine, a tier-2 host with its own Docker Engine).
+#
+# Usage: scripts/test.sh            everything
+#        SKIFF_SKIP_TIER2=1 ...      skip building the tier-2 host image and its test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+# Debian packages the tests use: busybox-static for the test image,
+# debootstrap for the tier-2 host image, curl for the install script.
+packages=(busybox-static debootstrap curl ca-certificates iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "Installing ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: need root to install ${missing[*]} (or install them first)" >&2
+    exit 2
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "test.sh: the Docker Engine is not reachable (docker info failed); start it first" >&2
+  exit 2
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "Building the binaries the end-to-end tests run"
+cargo build --workspace --bins --locked
+
+if [ -z "${SKIFF_SKIP_TIER2:-}" ]; then
+  say "Tier-2 host image (built once per machine)"
+  scripts/test-host-image.sh
+fi
+
+say "cargo test"
+cargo test --workspace --locked
