@@ -53,13 +53,8 @@ impl Default for Config {
 /// A configuration problem, naming the file or key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] skiff_shared::files::ConfigFileError),
     #[error("invalid config: {key}: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -67,14 +62,7 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML config file; missing keys take their defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
-        })
+        Ok(skiff_shared::files::read_toml(path)?)
     }
 
     /// Checks values that parse but make no sense.
