@@ -40,12 +40,6 @@ pub fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// Why the node behind a certificate may not open a session.
-enum Verdict {
-    Allowed,
-    Refused(&'static str),
-}
-
 /// Takes a TLS connection whose client certificate already verified and
 /// runs it as a session.
 // The upgrade callback's error type is tungstenite's, fixed by its trait.
@@ -65,18 +59,15 @@ pub async fn accept(
         warn!("Agent certificate names no node; closing.");
         return;
     };
-    let verdict = match state.store.node(&node_id).await {
-        Ok(Some(node)) if node.removed_at.is_none() => Verdict::Allowed,
-        Ok(Some(_)) => Verdict::Refused("node has been removed from the cluster"),
-        Ok(None) => Verdict::Refused("node is not known to this coordinator"),
+    // Why the node behind this certificate may not open a session, if it may not.
+    let refusal = match state.store.node(&node_id).await {
+        Ok(Some(node)) if node.removed_at.is_none() => None,
+        Ok(Some(_)) => Some("node has been removed from the cluster"),
+        Ok(None) => Some("node is not known to this coordinator"),
         Err(error) => {
             warn!(error = %error, "Store lookup failed during agent connect.");
-            Verdict::Refused("coordinator store is unavailable; retry")
+            Some("coordinator store is unavailable; retry")
         }
-    };
-    let refusal = match verdict {
-        Verdict::Allowed => None,
-        Verdict::Refused(why) => Some(why),
     };
     let callback =
         |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
@@ -131,8 +122,6 @@ struct Session {
     next_id: u64,
     /// The id of the plan message awaiting an ack, with its generation.
     pending_plan: Option<(u64, u64)>,
-    /// The id of the last renewal request answered.
-    renewals: u64,
 }
 
 /// How a session ended, for the log.
@@ -150,7 +139,6 @@ impl Session {
             conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             next_id: 0,
             pending_plan: None,
-            renewals: 0,
         }
     }
 
@@ -424,7 +412,7 @@ impl Session {
         }
     }
 
-    async fn renew(&mut self, csr_pem: &str) -> CoordinatorMessage {
+    async fn renew(&self, csr_pem: &str) -> CoordinatorMessage {
         let ttl = self.state.config.cert_ttl;
         match self
             .state
@@ -450,7 +438,6 @@ impl Session {
                 {
                     warn!(error = %error, "Recording the renewed certificate failed.");
                 }
-                self.renewals += 1;
                 info!(serial = %issued.serial_hex, "Agent certificate renewed.");
                 CoordinatorMessage::Certificate {
                     cert_pem: issued.cert_pem,
