@@ -194,7 +194,12 @@ impl Store for SqliteStore {
         now: i64,
         node: &NodeRow,
     ) -> Result<std::result::Result<(), JoinRefusal>> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock up front. A deferred transaction
+        // would read first and then fail to upgrade to a writer with
+        // SQLITE_BUSY (the busy timeout does not apply to that upgrade)
+        // whenever another join committed in between: concurrent joins
+        // were refused with "database is locked".
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
