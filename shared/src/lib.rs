@@ -9,6 +9,8 @@
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
+//! - [`placement`]: the placement constraint language of Compose files
+//!   (`node.labels.zone == eu`), parsed and matched against a host.
 //!
 //! Types here are the wire format; each side converts them to its own
 //! internal types at the edge.
@@ -16,6 +18,7 @@
 
 pub mod files;
 pub mod join;
+pub mod placement;
 pub mod protocol;
 pub mod signing;
 pub mod tls;
