@@ -9,6 +9,8 @@
 //! - [`link`]: connect, hello, heartbeats, renewal, reconnect with backoff.
 //! - [`plan`]: verifying and storing signed plans.
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
+//! - [`reconcile`]: the pure diff of desired against observed containers,
+//!   and applying it through the Docker Engine API.
 //!
 //! The agent never talks to another agent, and never acts on an unsigned
 //! plan. It keeps running, and keeps its last plan, when the coordinator is away.
@@ -19,3 +21,4 @@ pub mod facts;
 pub mod identity;
 pub mod link;
 pub mod plan;
+pub mod reconcile;

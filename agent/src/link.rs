@@ -11,8 +11,10 @@ use skiff_shared::protocol::{
     Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS,
     PROTOCOL_VERSION,
 };
+use skiff_shared::signing::Plan;
 use skiff_shared::tls::{link_client_config, server_name_of};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -97,15 +99,17 @@ impl Backoff {
 }
 
 /// Runs the link until `shutdown`, reconnecting as needed.
+/// Accepted plans are published on `plans` for the reconciler.
 pub async fn run(
     identity: Identity,
     opts: LinkOptions,
+    plans: watch::Sender<Option<Plan>>,
     shutdown: CancellationToken,
 ) -> Result<(), LinkError> {
     let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
     let mut last_error = String::new();
     loop {
-        match connect_once(&identity, &opts, &shutdown).await {
+        match connect_once(&identity, &opts, &plans, &shutdown).await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Removed) => return Err(LinkError::Removed),
             Ok(Ended::Lost(up, why)) => {
@@ -171,6 +175,7 @@ fn is_revoked(e: &std::io::Error) -> bool {
 async fn connect_once(
     identity: &Identity,
     opts: &LinkOptions,
+    plans: &watch::Sender<Option<Plan>>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, ConnectError> {
     let addr = &identity.node.coordinator;
@@ -215,19 +220,21 @@ async fn connect_once(
         }
         Err(e) => return Err(e.into()),
     };
-    Session::new(identity).run(&mut ws, shutdown).await
+    Session::new(identity, plans).run(&mut ws, shutdown).await
 }
 
 struct Session<'a> {
     identity: &'a Identity,
+    plans: &'a watch::Sender<Option<Plan>>,
     next_id: u64,
     renewal_pending: Option<u64>,
 }
 
 impl<'a> Session<'a> {
-    fn new(identity: &'a Identity) -> Self {
+    fn new(identity: &'a Identity, plans: &'a watch::Sender<Option<Plan>>) -> Self {
         Self {
             identity,
+            plans,
             next_id: 0,
             renewal_pending: None,
         }
@@ -392,6 +399,7 @@ impl<'a> Session<'a> {
                 let ack = match crate::plan::accept(self.identity, &signed) {
                     Ok(plan) => {
                         debug!(generation = plan.generation, "Plan accepted.");
+                        self.plans.send_replace(Some(plan));
                         Ack::ok()
                     }
                     Err(error) => {

@@ -156,9 +156,12 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     if let Some(c) = cfg.coordinator {
         identity.node.coordinator = c;
     }
-    if let Some(plan) = skiff_agent::plan::stored(&identity) {
+    // The last signed plan is enforced from the start, coordinator or not.
+    let stored = skiff_agent::plan::stored(&identity);
+    if let Some(plan) = &stored {
         tracing::info!(generation = plan.generation, "Loaded the last signed plan.");
     }
+    let (plans, plan_rx) = tokio::sync::watch::channel(stored);
     tracing::info!(node = %identity.node.node_id, name = %identity.node.name, coordinator = %identity.node.coordinator, "Agent starting.");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -174,7 +177,12 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         }
         stop.cancel();
     });
-    match link::run(identity, LinkOptions::default(), shutdown).await {
+    tokio::spawn(reconcile(
+        identity.node.node_id.clone(),
+        plan_rx,
+        shutdown.clone(),
+    ));
+    match link::run(identity, LinkOptions::default(), plans, shutdown).await {
         Ok(()) => {
             tracing::info!("Agent stopped.");
             ExitCode::SUCCESS
@@ -185,4 +193,36 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => fail(1, e),
     }
+}
+
+/// Connects to the Docker Engine (retrying until it answers, so the API
+/// version is negotiated with the engine that is really there), then keeps
+/// the host at the latest plan.
+async fn reconcile(
+    node_id: String,
+    plans: tokio::sync::watch::Receiver<Option<skiff_shared::signing::Plan>>,
+    shutdown: CancellationToken,
+) {
+    let mut said = false;
+    let docker = loop {
+        let attempt = match bollard::Docker::connect_with_local_defaults() {
+            Ok(d) => d.negotiate_version().await,
+            Err(e) => Err(e),
+        };
+        match attempt {
+            Ok(d) => break d,
+            Err(error) => {
+                if !said {
+                    tracing::warn!(error = %error, "Docker Engine unavailable; containers are reconciled once it answers.");
+                    said = true;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    };
+    let engine = skiff_agent::reconcile::docker::Engine::new(docker, node_id);
+    skiff_agent::reconcile::run(engine, plans, shutdown).await;
 }

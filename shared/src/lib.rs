@@ -9,6 +9,8 @@
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
+//! - [`workload`]: the container specs a plan carries, and the labels the
+//!   agent puts on the containers it manages.
 //! - [`placement`]: the placement constraint language of Compose files
 //!   (`node.labels.zone == eu`), parsed and matched against a host.
 //!
@@ -22,6 +24,7 @@ pub mod placement;
 pub mod protocol;
 pub mod signing;
 pub mod tls;
+pub mod workload;
 
 /// The version of the Skiff release these crates belong to.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -25,6 +25,9 @@ pub struct Plan {
     pub generation: u64,
     /// Coordinator wall clock when the plan was signed, Unix milliseconds.
     pub issued_at_ms: u64,
+    /// The complete set of containers the host should run.
+    #[serde(default)]
+    pub containers: Vec<crate::workload::ContainerSpec>,
 }
 
 /// Why a plan was refused.
@@ -105,6 +108,7 @@ mod tests {
             node_id: "n1".into(),
             generation: 4,
             issued_at_ms: 1,
+            containers: vec![],
         })
         .unwrap()
     }

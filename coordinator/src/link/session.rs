@@ -277,6 +277,7 @@ impl Session {
             node_id: self.node_id.clone(),
             generation: 1,
             issued_at_ms: skiff_shared::unix_millis(),
+            containers: Vec::new(),
         };
         let bytes = serde_json::to_vec(&plan).unwrap_or_default();
         let signed = signing::sign(&self.state.identity.plan_key, &bytes);

@@ -5,5 +5,6 @@ mod api_cli;
 mod bootstrap;
 mod harness;
 mod link;
+mod reconcile;
 mod security;
 mod tokens;

@@ -1,0 +1,353 @@
+//! The reconcile side that talks to the Docker Engine: list the agent's
+//! containers, and apply [`super::Action`]s.
+
+use std::collections::HashMap;
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HealthConfig, HostConfig, Mount, MountType,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    StartContainerOptions, StopContainerOptions,
+};
+use futures_util::StreamExt;
+use skiff_shared::workload::{
+    ContainerSpec, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC, LABEL_STACK,
+    MountKind, Protocol, RestartSpec,
+};
+use tracing::{info, warn};
+
+use super::{Action, Observed, State};
+
+/// Default time between SIGTERM and SIGKILL.
+const DEFAULT_GRACE_SECS: i32 = 10;
+
+/// A reconcile step that failed, naming the container and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("Docker Engine error while {what}: {source}")]
+    Docker {
+        what: String,
+        source: bollard::errors::Error,
+    },
+    #[error("image {image} is not on this host and could not be pulled: {reason}")]
+    Image { image: String, reason: String },
+}
+
+/// The agent's handle on its engine, scoped to its own node id.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    node_id: String,
+}
+
+fn docker_err(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> ApplyError {
+    let what = what.into();
+    move |source| ApplyError::Docker { what, source }
+}
+
+impl Engine {
+    pub fn new(docker: Docker, node_id: impl Into<String>) -> Self {
+        Self {
+            docker,
+            node_id: node_id.into(),
+        }
+    }
+
+    /// The engine name of a container: unique per node (several agents may
+    /// share one engine), readable in `docker ps`.
+    pub fn container_name(&self, spec: &ContainerSpec) -> String {
+        format!("skiff.{}.{}", spec.name(), self.node_id)
+    }
+
+    /// Events on this node's containers, as a stream of "something changed".
+    pub fn events(&self) -> futures_util::stream::BoxStream<'static, ()> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![super::node_filter(&self.node_id)]),
+        ]);
+        self.docker
+            .events(Some(bollard::query_parameters::EventsOptions {
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .take_while(|e| std::future::ready(e.is_ok()))
+            .map(|_| ())
+            .boxed()
+    }
+
+    /// This node's containers, from their labels.
+    pub async fn observe(&self) -> Result<Vec<Observed>, ApplyError> {
+        let filters =
+            HashMap::from([("label".to_owned(), vec![super::node_filter(&self.node_id)])]);
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(docker_err("listing containers"))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                // Containers carry our node label only if we made them; one
+                // without a name label is not ours to interpret, so skip it.
+                let name = labels.get(LABEL_NAME)?.clone();
+                let state = match c.state {
+                    Some(ContainerSummaryStateEnum::CREATED) => State::Created,
+                    Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
+                        State::Down
+                    }
+                    _ => State::Up,
+                };
+                Some(Observed {
+                    id: c.id?,
+                    name,
+                    spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    /// Applies actions in order; stops at the first failure (the next
+    /// reconcile round retries from what then exists).
+    pub async fn apply(&self, actions: &[Action]) -> Result<(), ApplyError> {
+        for action in actions {
+            match action {
+                Action::Remove { id, name } => {
+                    info!(container = %name, "Removing container.");
+                    self.remove(id).await?;
+                }
+                Action::Start { id, name } => {
+                    info!(container = %name, "Starting container.");
+                    self.docker
+                        .start_container(id, None::<StartContainerOptions>)
+                        .await
+                        .map_err(docker_err(format!("starting {name}")))?;
+                }
+                Action::Create { spec } => {
+                    info!(container = %spec.name(), image = %spec.image, "Creating container.");
+                    self.ensure_image(&spec.image).await?;
+                    let name = self.container_name(spec);
+                    let created = self
+                        .docker
+                        .create_container(
+                            Some(CreateContainerOptions {
+                                name: Some(name.clone()),
+                                ..Default::default()
+                            }),
+                            self.create_body(spec),
+                        )
+                        .await
+                        .map_err(docker_err(format!("creating {}", spec.name())))?;
+                    self.docker
+                        .start_container(&created.id, None::<StartContainerOptions>)
+                        .await
+                        .map_err(docker_err(format!("starting {}", spec.name())))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), ApplyError> {
+        let grace = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.config?.stop_timeout)
+            .and_then(|t| i32::try_from(t).ok())
+            .unwrap_or(DEFAULT_GRACE_SECS);
+        // SIGTERM, then SIGKILL after the grace period (Docker does both).
+        if let Err(e) = self
+            .docker
+            .stop_container(
+                id,
+                Some(StopContainerOptions {
+                    t: Some(grace),
+                    signal: None,
+                }),
+            )
+            .await
+            && !is_gone_or_stopped(&e)
+        {
+            return Err(ApplyError::Docker {
+                what: format!("stopping {id}"),
+                source: e,
+            });
+        }
+        match self
+            .docker
+            .remove_container(
+                id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_gone_or_stopped(&e) => Ok(()),
+            Err(e) => Err(ApplyError::Docker {
+                what: format!("removing {id}"),
+                source: e,
+            }),
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), ApplyError> {
+        if self.docker.inspect_image(image).await.is_ok() {
+            return Ok(());
+        }
+        let mut pull = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_owned()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(step) = pull.next().await {
+            if let Err(e) = step {
+                warn!(image, error = %e, "Image pull failed.");
+                return Err(ApplyError::Image {
+                    image: image.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn create_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.insert(LABEL_NODE.into(), self.node_id.clone());
+        labels.insert(LABEL_NAME.into(), spec.name());
+        labels.insert(LABEL_STACK.into(), spec.stack.clone());
+        labels.insert(LABEL_SERVICE.into(), spec.service.clone());
+        labels.insert(LABEL_SLOT.into(), spec.slot.to_string());
+        labels.insert(LABEL_SPEC.into(), spec.fingerprint());
+
+        let mut exposed: Vec<String> = Vec::new();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            let key = format!(
+                "{}/{}",
+                p.target,
+                if p.protocol == Protocol::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                }
+            );
+            if !exposed.contains(&key) {
+                exposed.push(key.clone());
+            }
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(p.published.to_string()),
+                });
+        }
+        let mounts = spec
+            .mounts
+            .iter()
+            .map(|m| Mount {
+                target: Some(m.target.clone()),
+                source: (m.kind != MountKind::Tmpfs).then(|| m.source.clone()),
+                typ: Some(match m.kind {
+                    MountKind::Volume => MountType::VOLUME,
+                    MountKind::Bind => MountType::BIND,
+                    MountKind::Tmpfs => MountType::TMPFS,
+                }),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            })
+            .collect();
+        let restart_policy = Some(match spec.restart {
+            RestartSpec::No => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            },
+            RestartSpec::Always => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ALWAYS),
+                maximum_retry_count: None,
+            },
+            RestartSpec::UnlessStopped => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            },
+            RestartSpec::OnFailure { max_attempts } => RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: (max_attempts > 0).then_some(i64::from(max_attempts)),
+            },
+        });
+        let ms_to_ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+        let healthcheck = spec.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: Some(ms_to_ns(h.interval_ms)),
+            timeout: Some(ms_to_ns(h.timeout_ms)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(ms_to_ns(h.start_period_ms)),
+            ..Default::default()
+        });
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.command.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck,
+            user: spec.user.clone(),
+            working_dir: spec.working_dir.clone(),
+            stop_timeout: spec
+                .stop_grace_ms
+                .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
+            host_config: Some(HostConfig {
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                mounts: Some(mounts),
+                restart_policy,
+                nano_cpus: spec
+                    .resources
+                    .cpu_limit_millis
+                    .map(|m| i64::try_from(m.saturating_mul(1_000_000)).unwrap_or(i64::MAX)),
+                memory: spec
+                    .resources
+                    .memory_limit_bytes
+                    .and_then(|b| i64::try_from(b).ok()),
+                memory_reservation: spec
+                    .resources
+                    .memory_reservation_bytes
+                    .and_then(|b| i64::try_from(b).ok()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// 404 (gone) and 304 (already stopped) are what we wanted anyway.
+fn is_gone_or_stopped(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304 | 404,
+            ..
+        }
+    )
+}

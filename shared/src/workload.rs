@@ -1,0 +1,182 @@
+//! What a host should run: the container specs a plan carries, already
+//! resolved by the coordinator (image, environment, ports, mounts, health
+//! check, restart policy, resources). The agent creates exactly these and
+//! labels them so it can find, compare and adopt them later.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Label every Skiff-managed container carries: the node id of the agent that owns it.
+pub const LABEL_NODE: &str = "skiff.node";
+/// The container's stable name within the cluster: `<stack>.<service>.<slot>`.
+pub const LABEL_NAME: &str = "skiff.name";
+pub const LABEL_STACK: &str = "skiff.stack";
+pub const LABEL_SERVICE: &str = "skiff.service";
+pub const LABEL_SLOT: &str = "skiff.slot";
+/// Fingerprint of the spec the container was created from.
+pub const LABEL_SPEC: &str = "skiff.spec";
+
+/// One container the host should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub stack: String,
+    pub service: String,
+    /// Replica slot, 1-based; global services use slot 1 on each host.
+    pub slot: u32,
+    /// Image reference, by digest once the coordinator has resolved one.
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthSpec>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub resources: ResourceSpec,
+    /// Time between SIGTERM and SIGKILL when stopping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub target: u16,
+    pub published: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Volume,
+    Bind,
+    Tmpfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    /// Volume name or host path; empty for tmpfs.
+    #[serde(default)]
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A Docker health check (the `test` as Docker takes it: `["CMD", ...]`,
+/// `["CMD-SHELL", "..."]` or `["NONE"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum RestartSpec {
+    No,
+    #[default]
+    Always,
+    UnlessStopped,
+    OnFailure {
+        #[serde(default)]
+        max_attempts: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ResourceSpec {
+    /// CPU limit in millicores (1000 = one CPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Soft memory reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation_bytes: Option<u64>,
+}
+
+impl ContainerSpec {
+    /// `<stack>.<service>.<slot>`: unique in the cluster.
+    pub fn name(&self) -> String {
+        format!("{}.{}.{}", self.stack, self.service, self.slot)
+    }
+
+    /// A short digest of the whole spec: containers created from equal specs
+    /// have equal fingerprints, so a changed spec means a replaced container.
+    pub fn fingerprint(&self) -> String {
+        // Field order is fixed by the struct and maps are sorted, so the JSON is canonical.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&crate::sha256(&json)[..12])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn spec(service: &str, slot: u32) -> ContainerSpec {
+        ContainerSpec {
+            stack: "shop".into(),
+            service: service.into(),
+            slot,
+            image: "skiff-test/busybox:1".into(),
+            command: Some(vec!["sleep".into(), "1000".into()]),
+            entrypoint: None,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ports: vec![],
+            mounts: vec![],
+            healthcheck: None,
+            restart: RestartSpec::default(),
+            resources: ResourceSpec::default(),
+            stop_grace_ms: None,
+            user: None,
+            working_dir: None,
+        }
+    }
+
+    #[test]
+    fn fingerprint_follows_the_spec() {
+        let a = spec("web", 1);
+        assert_eq!(a.fingerprint(), a.clone().fingerprint());
+        let mut b = a.clone();
+        b.env.insert("A".into(), "1".into());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.name(), "shop.web.1");
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), a);
+    }
+}
