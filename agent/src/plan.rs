@@ -15,6 +15,8 @@ pub enum AcceptError {
     Invalid(#[from] PlanError),
     #[error("plan generation {got} is older than the stored generation {have}")]
     Stale { got: u64, have: u64 },
+    #[error("plan lists container {0} more than once")]
+    Duplicate(String),
     #[error("cannot store the plan: {0}")]
     Store(std::io::Error),
 }
