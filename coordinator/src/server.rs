@@ -120,6 +120,17 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
             None
         }
     };
+    let plans = crate::state::PlanBook::default();
+    for row in store.node_plans().await? {
+        let generation = u64::try_from(row.generation).unwrap_or(1);
+        plans.publish(
+            &row.node_id,
+            crate::state::NodePlan {
+                generation,
+                containers: row.containers,
+            },
+        );
+    }
     Ok(Arc::new(AppState {
         config,
         identity,
@@ -129,6 +140,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         agent_binary,
         shutdown: CancellationToken::new(),
         metrics: Default::default(),
+        plans,
     }))
 }
 

@@ -30,6 +30,60 @@ pub struct AppState {
     /// Cancelled when the coordinator shuts down.
     pub shutdown: CancellationToken,
     pub metrics: LinkMetrics,
+    /// Every node's desired containers, pushed to its session when they change.
+    pub plans: PlanBook,
+}
+
+/// A node's desired containers at a generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub generation: u64,
+    pub containers: Vec<skiff_shared::workload::ContainerSpec>,
+}
+
+impl Default for NodePlan {
+    /// What a node gets before anything was decided for it.
+    fn default() -> Self {
+        Self {
+            generation: 1,
+            containers: Vec::new(),
+        }
+    }
+}
+
+/// The latest plan of each node, one watch channel per node: a session
+/// subscribes to its node's and sends each new plan as it is published;
+/// intermediate plans a slow agent missed are skipped, the latest wins.
+#[derive(Debug, Default)]
+pub struct PlanBook {
+    inner: Mutex<HashMap<String, tokio::sync::watch::Sender<Arc<NodePlan>>>>,
+}
+
+impl PlanBook {
+    fn sender(&self, node_id: &str) -> tokio::sync::watch::Sender<Arc<NodePlan>> {
+        let mut map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(node_id.to_owned())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(Arc::new(NodePlan::default())))
+            .clone()
+    }
+
+    /// The node's current plan, and a receiver that sees every later one.
+    pub fn subscribe(&self, node_id: &str) -> tokio::sync::watch::Receiver<Arc<NodePlan>> {
+        self.sender(node_id).subscribe()
+    }
+
+    /// The node's current plan.
+    pub fn get(&self, node_id: &str) -> Arc<NodePlan> {
+        self.sender(node_id).borrow().clone()
+    }
+
+    /// Publishes a node's new plan (already stored).
+    pub fn publish(&self, node_id: &str, plan: NodePlan) {
+        self.sender(node_id).send_replace(Arc::new(plan));
+    }
 }
 
 /// A monotonically increasing count.

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::state::{AppState, SessionInfo, now_ms};
+use crate::state::{AppState, NodePlan, SessionInfo, now_ms};
+use tokio::sync::watch;
 
 /// Time an agent has to send its hello after the WebSocket opens.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
@@ -226,13 +227,11 @@ impl Session {
         });
         let end = match self.send(&mut ws, Some(hello_id), &welcome).await {
             Ok(_) => {
-                if capabilities.iter().any(|c| c == CAP_PLANS)
-                    && let Err(error) = self.send_plan(&mut ws).await
-                {
-                    End::Quiet(format!("sending the plan failed: {error}"))
-                } else {
-                    self.serve(&mut ws, &close, interval).await
-                }
+                let plans = capabilities
+                    .iter()
+                    .any(|c| c == CAP_PLANS)
+                    .then(|| self.state.plans.subscribe(&self.node_id));
+                self.serve(&mut ws, &close, interval, plans).await
             }
             Err(error) => End::Quiet(format!("sending welcome failed: {error}")),
         };
@@ -267,19 +266,21 @@ impl Session {
         Ok(())
     }
 
-    async fn send_plan<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), WsError>
+    async fn send_plan<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        plan: &NodePlan,
+    ) -> Result<(), WsError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // The plan holds no workload yet; it carries the node's generation so
-        // the agent has a signed desired state from its first connection on.
-        let plan = Plan {
+        let wire = Plan {
             node_id: self.node_id.clone(),
-            generation: 1,
+            generation: plan.generation,
             issued_at_ms: skiff_shared::unix_millis(),
-            containers: Vec::new(),
+            containers: plan.containers.clone(),
         };
-        let bytes = serde_json::to_vec(&plan).unwrap_or_default();
+        let bytes = serde_json::to_vec(&wire).unwrap_or_default();
         let signed = signing::sign(&self.state.identity.plan_key, &bytes);
         let id = self
             .send(ws, None, &CoordinatorMessage::Plan(signed))
@@ -293,10 +294,17 @@ impl Session {
         ws: &mut WebSocketStream<S>,
         close: &CancellationToken,
         interval: Duration,
+        mut plans: Option<watch::Receiver<Arc<NodePlan>>>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if let Some(rx) = plans.as_mut() {
+            let plan = rx.borrow_and_update().clone();
+            if let Err(error) = self.send_plan(ws, &plan).await {
+                return End::Quiet(format!("sending the plan failed: {error}"));
+            }
+        }
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let silence_limit = interval * MISSED_HEARTBEATS;
@@ -310,6 +318,17 @@ impl Session {
                     } else {
                         End::Closed(CloseCode::Policy, "replaced by a newer connection of this node".into())
                     };
+                }
+                changed = plan_changed(plans.as_mut()) => {
+                    if changed.is_err() {
+                        return End::Closed(CloseCode::Away, "coordinator shutting down".into());
+                    }
+                    let plan = plans.as_mut().map(|rx| rx.borrow_and_update().clone());
+                    if let Some(plan) = plan
+                        && let Err(error) = self.send_plan(ws, &plan).await
+                    {
+                        return End::Quiet(format!("sending the plan failed: {error}"));
+                    }
                 }
                 () = self.state.shutdown.cancelled() => {
                     return End::Closed(CloseCode::Away, "coordinator shutting down".into());
@@ -493,5 +512,15 @@ impl Session {
         {
             debug!(error = %error, "Recording last-seen failed.");
         }
+    }
+}
+
+/// Waits for the node's plan to change; never, for agents without plans.
+async fn plan_changed(
+    rx: Option<&mut watch::Receiver<Arc<NodePlan>>>,
+) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
     }
 }

@@ -63,6 +63,15 @@ pub struct NodeRow {
     pub removed_at: Option<i64>,
 }
 
+/// A node's desired containers. Nodes without a row have generation 1 and
+/// no containers (the plan every node gets when it first connects).
+#[derive(Debug, Clone)]
+pub struct NodePlanRow {
+    pub node_id: String,
+    pub generation: i64,
+    pub containers: Vec<skiff_shared::workload::ContainerSpec>,
+}
+
 /// Why a join token was not accepted. The messages are safe to show the
 /// joining agent: they do not say whether a token id exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -120,6 +129,14 @@ pub trait Store: Send + Sync + 'static {
     async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool>;
     async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()>;
     async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()>;
+    async fn node_plans(&self) -> Result<Vec<NodePlanRow>>;
+    /// Replaces a node's desired containers; returns the new generation.
+    async fn put_node_plan(
+        &self,
+        node_id: &str,
+        containers: &[skiff_shared::workload::ContainerSpec],
+        now: i64,
+    ) -> Result<i64>;
     /// Marks a node removed; false if it was not live.
     async fn remove_node(&self, id: &str, now: i64) -> Result<bool>;
 }

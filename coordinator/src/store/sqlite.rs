@@ -11,17 +11,28 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
-use super::{ApiToken, JoinRefusal, JoinTokenRow, NodeRow, Result, Store, StoreError};
+use super::{ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, Result, Store, StoreError};
+use skiff_shared::workload::ContainerSpec;
 
 /// Versioned migrations, embedded in the binary. Append only.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        SqlStr::from_static(include_str!("../../migrations/0001_init.sql")),
-        false,
-    )])
+    let m = |version, name, sql| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            SqlStr::from_static(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        m(1, "init", include_str!("../../migrations/0001_init.sql")),
+        m(
+            2,
+            "node plans",
+            include_str!("../../migrations/0002_node_plans.sql"),
+        ),
+    ])
 }
 
 pub struct SqliteStore {
@@ -333,6 +344,43 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn node_plans(&self) -> Result<Vec<NodePlanRow>> {
+        let rows = sqlx::query("SELECT node_id, generation, containers FROM node_plans")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let containers: String = r.try_get("containers")?;
+                Ok(NodePlanRow {
+                    node_id: r.try_get("node_id")?,
+                    generation: r.try_get("generation")?,
+                    containers: serde_json::from_str(&containers)
+                        .map_err(|e| StoreError::Corrupt(format!("node plan: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_node_plan(
+        &self,
+        node_id: &str,
+        containers: &[ContainerSpec],
+        now: i64,
+    ) -> Result<i64> {
+        let generation: i64 = sqlx::query_scalar(
+            "INSERT INTO node_plans (node_id, generation, containers, updated_at) VALUES (?, 2, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET generation = node_plans.generation + 1, \
+             containers = excluded.containers, updated_at = excluded.updated_at \
+             RETURNING generation",
+        )
+        .bind(node_id)
+        .bind(json(&containers))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(generation)
     }
 
     async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
