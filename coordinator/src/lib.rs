@@ -11,6 +11,8 @@
 //!   and install endpoints.
 //! - [`api`]: the HTTP API and its OpenAPI document.
 //! - [`state`]: what the tasks share, including the live session registry.
+//! - [`scheduler`]: placement, a pure function from hosts, services and what
+//!   runs where to the desired placements and the changes that get there.
 //! - [`server`]: wiring and shutdown.
 //! - [`client`] and [`cli`]: the `skiff` command-line client of the API.
 //!
@@ -25,6 +27,7 @@ pub mod config;
 pub mod identity;
 pub mod link;
 pub mod pki;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -9,6 +9,8 @@
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
+//! - [`stack`]: stack files: Compose files parsed into a typed, normalized
+//!   model with positioned diagnostics.
 //! - [`workload`]: the container specs a plan carries, and the labels the
 //!   agent puts on the containers it manages.
 //! - [`placement`]: the placement constraint language of Compose files
@@ -23,6 +25,7 @@ pub mod join;
 pub mod placement;
 pub mod protocol;
 pub mod signing;
+pub mod stack;
 pub mod tls;
 pub mod workload;
 

@@ -105,7 +105,9 @@ pub enum ConstraintError {
         "invalid constraint {input:?}: label key {key:?} is invalid; a key is letters, digits, '.', '-' and '_', e.g. node.labels.zone"
     )]
     InvalidLabelKey { input: String, key: String },
-    #[error("invalid constraint {input:?}: missing value after {operator}; write {attribute} {operator} <value>")]
+    #[error(
+        "invalid constraint {input:?}: missing value after {operator}; write {attribute} {operator} <value>"
+    )]
     MissingValue {
         input: String,
         attribute: String,
@@ -121,7 +123,8 @@ pub enum ConstraintError {
     },
 }
 
-const KNOWN: &str = "use node.labels.<key>, node.hostname, node.id, node.platform.os or node.platform.arch";
+const KNOWN: &str =
+    "use node.labels.<key>, node.hostname, node.id, node.platform.os or node.platform.arch";
 const LABEL_PREFIX: &str = "node.labels.";
 
 impl fmt::Display for Operator {
@@ -243,7 +246,10 @@ fn parse_attribute(input: &str, attr: &str) -> Result<Attribute, ConstraintError
     for (wrong, what) in [
         ("node.label.", "node labels"),
         ("node.labels:", "node labels"),
-        ("engine.labels.", "Docker Engine labels are not used for placement;"),
+        (
+            "engine.labels.",
+            "Docker Engine labels are not used for placement;",
+        ),
         ("labels.", "node labels"),
     ] {
         if let Some(rest) = lower.strip_prefix(wrong) {
@@ -343,9 +349,12 @@ mod tests {
             hostname: "web-1".into(),
             os: "linux".into(),
             arch: "x86_64".into(),
-            labels: [("zone".to_owned(), "eu".to_owned()), ("disk".to_owned(), "ssd".to_owned())]
-                .into_iter()
-                .collect(),
+            labels: [
+                ("zone".to_owned(), "eu".to_owned()),
+                ("disk".to_owned(), "ssd".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -373,10 +382,16 @@ mod tests {
                 value: "eu".into()
             }
         );
-        assert_eq!(parse(" node.hostname != web-1 ").attribute, Attribute::Hostname);
+        assert_eq!(
+            parse(" node.hostname != web-1 ").attribute,
+            Attribute::Hostname
+        );
         assert_eq!(parse("node.id==n-7f3a").attribute, Attribute::Id);
         assert_eq!(parse("node.platform.os == linux").attribute, Attribute::Os);
-        assert_eq!(parse("node.platform.arch == x86_64").attribute, Attribute::Arch);
+        assert_eq!(
+            parse("node.platform.arch == x86_64").attribute,
+            Attribute::Arch
+        );
         // Attribute names are case-insensitive, label keys are not.
         assert_eq!(
             parse("Node.Labels.Zone == eu").attribute,
@@ -403,8 +418,14 @@ mod tests {
     fn matches_like_swarm() {
         let n = node();
         assert!(parse("node.labels.zone == eu").matches(&n));
-        assert!(parse("node.labels.zone == EU").matches(&n), "values ignore case");
-        assert!(!parse("node.labels.Zone == eu").matches(&n), "keys keep case");
+        assert!(
+            parse("node.labels.zone == EU").matches(&n),
+            "values ignore case"
+        );
+        assert!(
+            !parse("node.labels.Zone == eu").matches(&n),
+            "keys keep case"
+        );
         assert!(!parse("node.labels.zone != eu").matches(&n));
         assert!(parse("node.labels.zone != us").matches(&n));
         assert!(
@@ -444,9 +465,10 @@ mod tests {
         assert!(error("node.labels.zone").contains("no operator"));
         assert!(error("").contains("no operator"));
         assert!(error("== eu").contains("missing attribute before =="));
-        assert!(error("node.labels.zone ==").contains(
-            "missing value after ==; write node.labels.zone == <value>"
-        ));
+        assert!(
+            error("node.labels.zone ==")
+                .contains("missing value after ==; write node.labels.zone == <value>")
+        );
         assert!(error("node.labels. == eu").contains("label key \"\" is invalid"));
         assert!(error("node.labels.a=b == eu").contains("label key \"a=b\" is invalid"));
         assert!(error("node.role == manager").contains("node.role is not supported"));

@@ -1,0 +1,343 @@
+//! The Compose corpus under `testdata/compose/` and property tests.
+//!
+//! Each `NAME.yml` is parsed with the directory `/project`, an in-memory
+//! file system holding `testdata/compose/files/*` as `/project/files/*`,
+//! and a fixed environment (plus `# test-env: KEY=value` lines from the
+//! file itself). The result, a JSON rendering of the model and the
+//! warnings, or the errors and warnings, must equal `NAME.expected`.
+//! `SKIFF_BLESS=1 cargo test -p skiff-shared stack::` rewrites the
+//! expectations. Files named `valid-*` must give a plan, `invalid-*` errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+
+use super::{Diagnostic, Input, StackError, parse};
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/compose")
+}
+
+fn base_env() -> BTreeMap<String, String> {
+    [
+        ("TAG", "1.4.2"),
+        ("REGISTRY", "registry.example.com"),
+        ("HOME", "/home/deploy"),
+        ("DB_PASSWORD", "s3cret"),
+        ("EMPTY", ""),
+        ("WEB_REPLICAS", "3"),
+        ("API_TOKEN", "token-from-env"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn memory_files() -> BTreeMap<PathBuf, String> {
+    let mut files = BTreeMap::new();
+    let dir = corpus_dir().join("files");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if let (Some(name), Ok(text)) = (path.file_name(), std::fs::read_to_string(&path)) {
+                files.insert(Path::new("/project/files").join(name), text);
+            }
+        }
+    }
+    files
+}
+
+fn env_for(text: &str) -> BTreeMap<String, String> {
+    let mut env = base_env();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# test-env:") {
+            let (k, v) = rest.trim().split_once('=').unwrap_or((rest.trim(), ""));
+            env.insert(k.to_string(), v.to_string());
+        }
+    }
+    env
+}
+
+fn render_list(out: &mut String, title: &str, list: &[Diagnostic]) {
+    out.push_str(title);
+    out.push_str(":\n");
+    for d in list {
+        out.push_str("  ");
+        out.push_str(&d.render());
+        out.push('\n');
+    }
+}
+
+/// The stable, readable form stored in `NAME.expected`.
+fn render(result: &Result<super::Parsed, StackError>) -> String {
+    let mut out = String::new();
+    match result {
+        Ok(parsed) => {
+            render_list(&mut out, "warnings", &parsed.warnings);
+            out.push_str("plan:\n");
+            out.push_str(
+                &serde_json::to_string_pretty(&parsed.stack)
+                    .unwrap_or_else(|e| format!("unserializable: {e}")),
+            );
+            out.push('\n');
+        }
+        Err(e) => {
+            render_list(&mut out, "errors", &e.errors);
+            render_list(&mut out, "warnings", &e.warnings);
+        }
+    }
+    out
+}
+
+fn parse_named(
+    name: &str,
+    text: &str,
+    files: &BTreeMap<PathBuf, String>,
+) -> Result<super::Parsed, StackError> {
+    let env = env_for(text);
+    let input = Input::new(text, name, Path::new("/project"), &env).with_files(files);
+    parse(&input)
+}
+
+#[test]
+fn corpus() {
+    let dir = corpus_dir();
+    let bless = std::env::var_os("SKIFF_BLESS").is_some_and(|v| v == "1");
+    let files = memory_files();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    cases.sort();
+    assert!(
+        cases.len() >= 40,
+        "the corpus holds only {} files",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let text = std::fs::read_to_string(case).unwrap_or_default();
+        let result = parse_named(&name, &text, &files);
+        match (
+            &result,
+            name.starts_with("valid-"),
+            name.starts_with("invalid-"),
+        ) {
+            (Ok(_), _, true) => failures.push(format!("{name}: expected errors, got a plan")),
+            (Err(e), true, _) => {
+                failures.push(format!("{name}: expected a plan, got errors:\n{e}"))
+            }
+            (Ok(_), false, false) | (Err(_), false, false) => {
+                failures.push(format!("{name}: name it valid-* or invalid-*"))
+            }
+            _ => {}
+        }
+        if let Err(e) = &result {
+            for d in e.errors.iter() {
+                if d.line == 0 || d.column == 0 {
+                    failures.push(format!("{name}: diagnostic without a position: {d}"));
+                }
+            }
+        }
+        let got = render(&result);
+        let expected_path = case.with_extension("expected");
+        if bless {
+            if let Err(e) = std::fs::write(&expected_path, &got) {
+                failures.push(format!("{name}: cannot write expectation: {e}"));
+            }
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != got {
+            failures.push(format!(
+                "{name}: result differs from {}\n--- got ---\n{got}",
+                expected_path.display()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus files failed (SKIFF_BLESS=1 rewrites expectations):\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+fn valid_texts() -> Vec<String> {
+    let mut texts = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(corpus_dir()) {
+        let mut paths: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("valid-") && n.ends_with(".yml"))
+            })
+            .collect();
+        paths.sort();
+        texts = paths
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect();
+    }
+    texts
+}
+
+/// Every diagnostic of the stack file points inside it.
+fn check_positions(
+    text: &str,
+    result: &Result<super::Parsed, StackError>,
+) -> Result<(), TestCaseError> {
+    let lines = text.lines().count() + 1;
+    let all: Vec<&Diagnostic> = match result {
+        Ok(p) => p.warnings.iter().collect(),
+        Err(e) => e.errors.iter().chain(e.warnings.iter()).collect(),
+    };
+    for d in all.iter().filter(|d| d.file == "fuzz.yml") {
+        prop_assert!(d.line >= 1 && d.line <= lines, "line out of range: {}", d);
+        prop_assert!(d.column >= 1, "column out of range: {}", d);
+    }
+    if let Err(e) = result {
+        prop_assert!(!e.errors.is_empty());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Delete(usize, usize),
+    Insert(usize, String),
+    DuplicateLine(usize),
+    SwapLines(usize, usize),
+    Indent(usize, bool),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let tokens = prop_oneof![
+        Just(":".to_string()),
+        Just("- ".to_string()),
+        Just("[".to_string()),
+        Just("}".to_string()),
+        Just("&a ".to_string()),
+        Just("*a".to_string()),
+        Just("<<: ".to_string()),
+        Just("\"".to_string()),
+        Just("'".to_string()),
+        Just("#".to_string()),
+        Just("${".to_string()),
+        Just("$".to_string()),
+        Just("\n".to_string()),
+        Just("  ".to_string()),
+        Just("\t".to_string()),
+        Just("-1".to_string()),
+        Just("99999999999".to_string()),
+        Just("|".to_string()),
+        Just("!!str ".to_string()),
+        "\\PC{1,4}",
+    ];
+    prop_oneof![
+        (any::<usize>(), 1usize..20).prop_map(|(a, n)| Mutation::Delete(a, n)),
+        (any::<usize>(), tokens).prop_map(|(a, t)| Mutation::Insert(a, t)),
+        any::<usize>().prop_map(Mutation::DuplicateLine),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
+        (any::<usize>(), any::<bool>()).prop_map(|(a, b)| Mutation::Indent(a, b)),
+    ]
+}
+
+fn char_boundary(s: &str, at: usize) -> usize {
+    if s.is_empty() {
+        return 0;
+    }
+    let mut i = at % (s.len() + 1);
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn apply(text: &str, m: &Mutation) -> String {
+    match m {
+        Mutation::Delete(a, n) => {
+            let start = char_boundary(text, *a);
+            let end = char_boundary(text, (start + n).min(text.len()));
+            let end = end.max(start);
+            format!("{}{}", &text[..start], &text[end..])
+        }
+        Mutation::Insert(a, t) => {
+            let at = char_boundary(text, *a);
+            format!("{}{}{}", &text[..at], t, &text[at..])
+        }
+        Mutation::DuplicateLine(a) | Mutation::Indent(a, _) | Mutation::SwapLines(a, _) => {
+            let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+            if lines.is_empty() {
+                return text.to_string();
+            }
+            let i = a % lines.len();
+            match m {
+                Mutation::DuplicateLine(_) => {
+                    let l = lines[i].clone();
+                    lines.insert(i, l);
+                }
+                Mutation::Indent(_, more) => {
+                    if *more {
+                        lines[i].insert_str(0, "  ");
+                    } else {
+                        lines[i] = lines[i].trim_start().to_string();
+                    }
+                }
+                Mutation::SwapLines(_, b) => {
+                    let j = b % lines.len();
+                    lines.swap(i, j);
+                }
+                _ => {}
+            }
+            lines.join("\n")
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn never_panics_on_arbitrary_text(text in "\\PC{0,300}") {
+        let files = BTreeMap::new();
+        let result = parse_named("fuzz.yml", &text, &files);
+        check_positions(&text, &result)?;
+    }
+
+    #[test]
+    fn never_panics_on_yaml_like_text(text in "([a-z_]{1,8}: ?|- |  |\\[|\\]|\\{|\\}|, |&a |\\*a|<<: |\"|'|\\$\\{?[A-Z]{0,3}[:?+-]{0,2}\\}?|[0-9]{1,6}|/[a-z]{1,4}|\n){0,60}") {
+        let files = BTreeMap::new();
+        let result = parse_named("fuzz.yml", &text, &files);
+        check_positions(&text, &result)?;
+    }
+
+    #[test]
+    fn mutated_valid_files_give_a_plan_or_messages(
+        pick in any::<usize>(),
+        mutations in proptest::collection::vec(mutation(), 1..5),
+    ) {
+        let texts = valid_texts();
+        prop_assume!(!texts.is_empty());
+        let mut text = texts[pick % texts.len()].clone();
+        for m in &mutations {
+            text = apply(&text, m);
+        }
+        let files = memory_files();
+        let result = parse_named("fuzz.yml", &text, &files);
+        check_positions(&text, &result)?;
+    }
+}
