@@ -7,12 +7,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_PLANS, CLOSE_REMOVED, CoordinatorMessage,
-    Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS,
-    PROTOCOL_VERSION,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
+    CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
+    MISSED_HEARTBEATS, PROTOCOL_VERSION,
 };
 use skiff_shared::signing::Plan;
 use skiff_shared::tls::{link_client_config, server_name_of};
+use skiff_shared::workload::ObservedState;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio_tungstenite::WebSocketStream;
@@ -104,12 +105,13 @@ pub async fn run(
     identity: Identity,
     opts: LinkOptions,
     plans: watch::Sender<Option<Plan>>,
+    observed: watch::Receiver<Option<Arc<ObservedState>>>,
     shutdown: CancellationToken,
 ) -> Result<(), LinkError> {
     let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
     let mut last_error = String::new();
     loop {
-        match connect_once(&identity, &opts, &plans, &shutdown).await {
+        match connect_once(&identity, &opts, &plans, observed.clone(), &shutdown).await {
             Ok(Ended::Shutdown) => return Ok(()),
             Ok(Ended::Removed) => return Err(LinkError::Removed),
             Ok(Ended::Lost(up, why)) => {
@@ -176,6 +178,7 @@ async fn connect_once(
     identity: &Identity,
     opts: &LinkOptions,
     plans: &watch::Sender<Option<Plan>>,
+    observed: watch::Receiver<Option<Arc<ObservedState>>>,
     shutdown: &CancellationToken,
 ) -> Result<Ended, ConnectError> {
     let addr = &identity.node.coordinator;
@@ -220,21 +223,29 @@ async fn connect_once(
         }
         Err(e) => return Err(e.into()),
     };
-    Session::new(identity, plans).run(&mut ws, shutdown).await
+    Session::new(identity, plans, observed)
+        .run(&mut ws, shutdown)
+        .await
 }
 
 struct Session<'a> {
     identity: &'a Identity,
     plans: &'a watch::Sender<Option<Plan>>,
+    observed: watch::Receiver<Option<Arc<ObservedState>>>,
     next_id: u64,
     renewal_pending: Option<u64>,
 }
 
 impl<'a> Session<'a> {
-    fn new(identity: &'a Identity, plans: &'a watch::Sender<Option<Plan>>) -> Self {
+    fn new(
+        identity: &'a Identity,
+        plans: &'a watch::Sender<Option<Plan>>,
+        observed: watch::Receiver<Option<Arc<ObservedState>>>,
+    ) -> Self {
         Self {
             identity,
             plans,
+            observed,
             next_id: 0,
             renewal_pending: None,
         }
@@ -261,7 +272,11 @@ impl<'a> Session<'a> {
         let hello = AgentMessage::Hello(Box::new(Hello {
             protocol_versions: vec![PROTOCOL_VERSION],
             agent_version: skiff_shared::VERSION.to_owned(),
-            capabilities: vec![CAP_PLANS.to_owned(), CAP_CERT_RENEWAL.to_owned()],
+            capabilities: vec![
+                CAP_PLANS.to_owned(),
+                CAP_CERT_RENEWAL.to_owned(),
+                CAP_OBSERVED.to_owned(),
+            ],
             facts,
             plan_generation: crate::plan::stored_generation(&self.identity.dir),
         }));
@@ -297,6 +312,10 @@ impl<'a> Session<'a> {
         }
         let _ = hello_id;
         let renewal = welcome.capabilities.iter().any(|c| c == CAP_CERT_RENEWAL);
+        let report = welcome.capabilities.iter().any(|c| c == CAP_OBSERVED);
+        if report {
+            self.observed.mark_changed();
+        }
         info!(node = %welcome.node_id, coordinator_version = %welcome.coordinator_version, "Connected to the coordinator.");
         let started = Instant::now();
         let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
@@ -319,6 +338,19 @@ impl<'a> Session<'a> {
                     let hb = AgentMessage::Heartbeat(Heartbeat { sent_at_ms: skiff_shared::unix_millis() });
                     if let Err(e) = self.send(ws, None, &hb).await {
                         return Ok(Ended::Lost(started.elapsed(), format!("sending a heartbeat failed: {e}")));
+                    }
+                }
+                changed = self.observed.changed(), if report => {
+                    if changed.is_err() {
+                        // The reconciler is gone: only at shutdown.
+                        return Ok(Ended::Shutdown);
+                    }
+                    let state = self.observed.borrow_and_update().clone();
+                    if let Some(state) = state {
+                        let msg = AgentMessage::Observed(Box::new((*state).clone()));
+                        if let Err(e) = self.send(ws, None, &msg).await {
+                            return Ok(Ended::Lost(started.elapsed(), format!("sending observed state failed: {e}")));
+                        }
                     }
                 }
                 () = renew_sleep, if renewal && self.renewal_pending.is_none() => {

@@ -162,6 +162,7 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         tracing::info!(generation = plan.generation, "Loaded the last signed plan.");
     }
     let (plans, plan_rx) = tokio::sync::watch::channel(stored);
+    let (observed, observed_rx) = tokio::sync::watch::channel(None);
     tracing::info!(node = %identity.node.node_id, name = %identity.node.name, coordinator = %identity.node.coordinator, "Agent starting.");
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
@@ -180,9 +181,18 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     tokio::spawn(reconcile(
         identity.node.node_id.clone(),
         plan_rx,
+        observed,
         shutdown.clone(),
     ));
-    match link::run(identity, LinkOptions::default(), plans, shutdown).await {
+    match link::run(
+        identity,
+        LinkOptions::default(),
+        plans,
+        observed_rx,
+        shutdown,
+    )
+    .await
+    {
         Ok(()) => {
             tracing::info!("Agent stopped.");
             ExitCode::SUCCESS
@@ -201,6 +211,9 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
 async fn reconcile(
     node_id: String,
     plans: tokio::sync::watch::Receiver<Option<skiff_shared::signing::Plan>>,
+    observed: tokio::sync::watch::Sender<
+        Option<std::sync::Arc<skiff_shared::workload::ObservedState>>,
+    >,
     shutdown: CancellationToken,
 ) {
     let mut said = false;
@@ -224,5 +237,5 @@ async fn reconcile(
         }
     };
     let engine = skiff_agent::reconcile::docker::Engine::new(docker, node_id);
-    skiff_agent::reconcile::run(engine, plans, shutdown).await;
+    skiff_agent::reconcile::run(engine, plans, observed, shutdown).await;
 }

@@ -141,6 +141,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         shutdown: CancellationToken::new(),
         metrics: Default::default(),
         plans,
+        observed: Default::default(),
     }))
 }
 

@@ -32,6 +32,36 @@ pub struct AppState {
     pub metrics: LinkMetrics,
     /// Every node's desired containers, pushed to its session when they change.
     pub plans: PlanBook,
+    /// What each node last reported about its containers.
+    pub observed: ObservedBook,
+}
+
+/// The last observed state each agent reported, with when it arrived.
+#[derive(Debug, Default)]
+pub struct ObservedBook {
+    inner: Mutex<HashMap<String, (u64, Arc<skiff_shared::workload::ObservedState>)>>,
+}
+
+impl ObservedBook {
+    pub fn set(&self, node_id: &str, state: skiff_shared::workload::ObservedState) {
+        let mut map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(
+            node_id.to_owned(),
+            (skiff_shared::unix_millis(), Arc::new(state)),
+        );
+    }
+
+    /// The node's last report and its arrival time (Unix ms).
+    pub fn get(&self, node_id: &str) -> Option<(u64, Arc<skiff_shared::workload::ObservedState>)> {
+        let map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(node_id).cloned()
+    }
 }
 
 /// A node's desired containers at a generation.

@@ -41,6 +41,8 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 pub const CAP_PLANS: &str = "plans.v1";
 /// Capability: the agent renews its certificate over the link.
 pub const CAP_CERT_RENEWAL: &str = "cert-renewal.v1";
+/// Capability: the agent reports its containers' observed state.
+pub const CAP_OBSERVED: &str = "observed.v1";
 
 /// A message on the link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +70,8 @@ pub enum AgentMessage {
     RenewCertificate {
         csr_pem: String,
     },
+    /// The host's containers, sent on connect and whenever they change.
+    Observed(Box<crate::workload::ObservedState>),
 }
 
 /// Messages a coordinator sends.

@@ -143,6 +143,44 @@ impl ContainerSpec {
     }
 }
 
+/// What an agent reports about its containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedState {
+    /// Generation of the plan the host was reconciled to.
+    pub plan_generation: u64,
+    pub containers: Vec<ContainerStatus>,
+    /// The last reconcile error, if the last round failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One managed container as the engine sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// `<stack>.<service>.<slot>`.
+    pub name: String,
+    pub id: String,
+    /// Docker's state: `created`, `running`, `restarting`, `exited`, `dead`, `paused`.
+    pub state: String,
+    /// `starting`, `healthy` or `unhealthy` when the container has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    pub restart_count: u64,
+    /// RFC 3339, as Docker reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    /// The image the container runs, by engine id (`sha256:...`).
+    #[serde(default)]
+    pub image_id: String,
+    /// Fingerprint of the spec it was created from.
+    #[serde(default)]
+    pub spec: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

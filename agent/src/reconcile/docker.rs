@@ -14,8 +14,8 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use skiff_shared::workload::{
-    ContainerSpec, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC, LABEL_STACK,
-    MountKind, Protocol, RestartSpec,
+    ContainerSpec, ContainerStatus, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC,
+    LABEL_STACK, MountKind, Protocol, RestartSpec,
 };
 use tracing::{info, warn};
 
@@ -113,6 +113,58 @@ impl Engine {
                 })
             })
             .collect())
+    }
+
+    /// The engine's view of this node's containers, for the coordinator.
+    pub async fn status(&self) -> Result<Vec<ContainerStatus>, ApplyError> {
+        let mut out = Vec::new();
+        for o in self.observe().await? {
+            // A container removed between list and inspect is simply not reported.
+            let Ok(c) = self
+                .docker
+                .inspect_container(
+                    &o.id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            else {
+                continue;
+            };
+            let state = c.state.unwrap_or_default();
+            let ips = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .map(|nets| {
+                    let mut ips: Vec<String> = nets
+                        .into_values()
+                        .filter_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+                        .collect();
+                    ips.sort();
+                    ips
+                })
+                .unwrap_or_default();
+            out.push(ContainerStatus {
+                name: o.name,
+                id: o.id,
+                state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+                health: state
+                    .health
+                    .and_then(|h| h.status)
+                    .map(|s| s.to_string())
+                    .filter(|s| !s.is_empty() && s != "none"),
+                restart_count: c
+                    .restart_count
+                    .and_then(|n| u64::try_from(n).ok())
+                    .unwrap_or(0),
+                started_at: state.started_at.filter(|t| !t.starts_with("0001-")),
+                exit_code: state.exit_code,
+                ips,
+                image_id: c.image.unwrap_or_default(),
+                spec: o.spec,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// Applies actions in order; stops at the first failure (the next

@@ -8,11 +8,12 @@
 //! modified.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use skiff_shared::signing::Plan;
-use skiff_shared::workload::{ContainerSpec, LABEL_NODE};
+use skiff_shared::workload::{ContainerSpec, LABEL_NODE, ObservedState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,10 +28,12 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Keeps the host's containers at the latest accepted plan until shutdown:
 /// after every new plan, after every event on one of this node's
 /// containers, and every [`RESYNC`]. With no plan yet it does nothing: an
-/// agent never removes containers it has no signed plan about.
+/// agent never removes containers it has no signed plan about. After each
+/// round the observed state is published on `observed` when it changed.
 pub async fn run(
     engine: docker::Engine,
     mut plans: watch::Receiver<Option<Plan>>,
+    observed: watch::Sender<Option<Arc<ObservedState>>>,
     shutdown: CancellationToken,
 ) {
     let mut events = engine.events();
@@ -38,15 +41,17 @@ pub async fn run(
     loop {
         let plan = plans.borrow_and_update().clone();
         if let Some(plan) = plan {
-            match reconcile_once(&engine, &plan).await {
-                Ok(0) => failing = false,
+            let error = match reconcile_once(&engine, &plan).await {
                 Ok(n) => {
+                    if n > 0 {
+                        info!(
+                            generation = plan.generation,
+                            actions = n,
+                            "Host reconciled to the plan."
+                        );
+                    }
                     failing = false;
-                    info!(
-                        generation = plan.generation,
-                        actions = n,
-                        "Host reconciled to the plan."
-                    );
+                    None
                 }
                 Err(error) => {
                     // Said once per failure streak, not every retry.
@@ -54,7 +59,25 @@ pub async fn run(
                         warn!(error = %error, "Reconcile failed; retrying.");
                     }
                     failing = true;
+                    Some(error.to_string())
                 }
+            };
+            match engine.status().await {
+                Ok(containers) => {
+                    let state = ObservedState {
+                        plan_generation: plan.generation,
+                        containers,
+                        error,
+                    };
+                    observed.send_if_modified(|current| {
+                        if current.as_deref() == Some(&state) {
+                            return false;
+                        }
+                        *current = Some(Arc::new(state));
+                        true
+                    });
+                }
+                Err(error) => debug!(error = %error, "Cannot read container status."),
             }
         }
         let wait = if failing { RETRY } else { RESYNC };

@@ -80,9 +80,9 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
-    paths(cluster, list_nodes, get_node, remove_node, label_node, create_join_token, list_join_tokens, revoke_join_token),
+    paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers, create_join_token, list_join_tokens, revoke_join_token),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
-        JoinTokenView, JoinTokenStatus, LabelChange, ClusterView)),
+        JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -113,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/nodes", get(list_nodes))
         .route("/nodes/{id}", get(get_node).delete(remove_node))
         .route("/nodes/{id}/labels", patch(label_node))
+        .route("/nodes/{id}/containers", get(node_containers))
         .route(
             "/tokens/join",
             get(list_join_tokens).post(create_join_token),
@@ -302,6 +303,45 @@ async fn label_node(
     }
     node.labels = labels;
     Ok(Json(node_view(&state, node)))
+}
+
+#[utoipa::path(get, path = "/api/v1/nodes/{id}/containers", params(("id" = String, Path, description = "node id or name")),
+    responses((status = 200, body = NodeContainersView), (status = 404, body = ApiErrorBody)))]
+async fn node_containers(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> ApiResult<NodeContainersView> {
+    let node = find_node(&state, &id).await?;
+    let report = state.observed.get(&node.id);
+    let (reported_at, plan_generation, error, containers) = match report {
+        Some((at, o)) => (
+            Some(rfc3339_ms(i64::try_from(at).unwrap_or(0))),
+            Some(o.plan_generation),
+            o.error.clone(),
+            o.containers
+                .iter()
+                .map(|c| ContainerView {
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                    state: c.state.clone(),
+                    health: c.health.clone(),
+                    restart_count: c.restart_count,
+                    started_at: c.started_at.clone(),
+                    exit_code: c.exit_code,
+                    ips: c.ips.clone(),
+                    image_id: c.image_id.clone(),
+                })
+                .collect(),
+        ),
+        None => (None, None, None, Vec::new()),
+    };
+    Ok(Json(NodeContainersView {
+        node_id: node.id,
+        reported_at,
+        plan_generation,
+        error,
+        containers,
+    }))
 }
 
 fn token_view(t: JoinTokenRow, now: i64) -> JoinTokenView {

@@ -145,3 +145,33 @@ pub struct ClusterView {
     pub version: String,
     pub nodes_connected: usize,
 }
+
+/// One container on a node, as its agent last reported it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ContainerView {
+    /// `<stack>.<service>.<slot>`.
+    pub name: String,
+    pub id: String,
+    /// Docker's state: `created`, `running`, `restarting`, `exited`, `dead`, `paused`.
+    pub state: String,
+    /// `starting`, `healthy` or `unhealthy` when the container has a health check.
+    pub health: Option<String>,
+    pub restart_count: u64,
+    pub started_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub ips: Vec<String>,
+    pub image_id: String,
+}
+
+/// A node's containers as its agent last reported them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeContainersView {
+    pub node_id: String,
+    /// RFC 3339; when the report arrived. Null if the agent never reported.
+    pub reported_at: Option<String>,
+    /// The plan generation the host was reconciled to.
+    pub plan_generation: Option<u64>,
+    /// The agent's last reconcile error, if its last round failed.
+    pub error: Option<String>,
+    pub containers: Vec<ContainerView>,
+}

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_PLANS, CLOSE_REMOVED, CoordinatorMessage,
-    Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS,
-    PROTOCOL_VERSION, Welcome,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
+    CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
+    MISSED_HEARTBEATS, PROTOCOL_VERSION, Welcome,
 };
 use skiff_shared::signing::{self, Plan};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -210,7 +210,7 @@ impl Session {
             .await;
             return;
         }
-        let ours = [CAP_PLANS, CAP_CERT_RENEWAL];
+        let ours = [CAP_PLANS, CAP_CERT_RENEWAL, CAP_OBSERVED];
         let capabilities: Vec<String> = hello
             .capabilities
             .iter()
@@ -398,6 +398,10 @@ impl Session {
                     self.pending_plan = None;
                     self.plan_acked(generation, &ack).await;
                 }
+                Ok(())
+            }
+            AgentMessage::Observed(observed) => {
+                self.state.observed.set(&self.node_id, *observed);
                 Ok(())
             }
             AgentMessage::RenewCertificate { csr_pem } => {

@@ -63,6 +63,25 @@ async fn join_link_and_inventory() {
             agent.data_dir().join("plan.json").exists(),
             "the signed plan is stored"
         );
+        // The agent reconciled to the plan and reported what runs (nothing yet).
+        let report = wait_for(
+            "the agent's first report",
+            Duration::from_secs(20),
+            || async {
+                let r: Option<skiff_coordinator::api::types::NodeContainersView> = coord
+                    .client()
+                    .call(Method::GET, &format!("/nodes/{id}/containers"), None::<&()>)
+                    .await
+                    .ok();
+                r.filter(|r| r.plan_generation == Some(1))
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.containers.is_empty() && report.error.is_none(),
+            "{report:?}"
+        );
     }
     let data = coord.data_dir();
     assert_eq!(mode(&data), 0o700);
