@@ -48,7 +48,7 @@ const SERVICE_KEYS: &[&str] = &[
 
 /// Service keys that are errors: ignoring them would change behaviour.
 /// (key, reason, fix)
-const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
+pub(super) const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
     (
         "network_mode",
         "is not supported: host or container networking would bypass Skiff's network, DNS and firewall",
@@ -199,7 +199,7 @@ const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
 
 /// Service keys that are warnings: not acted on, with no change to what
 /// the application does. (key, reason)
-const SERVICE_WARNINGS: &[(&str, &str)] = &[
+pub(super) const SERVICE_WARNINGS: &[(&str, &str)] = &[
     (
         "container_name",
         "is ignored: Skiff names containers itself, since replicas cannot share a name",
@@ -1062,7 +1062,6 @@ impl Cx<'_, '_> {
     ) -> Option<(ConfigSource, BTreeMap<String, String>)> {
         let entries = self.map(value, p)?;
         let mut sources: Vec<(Pos, ConfigSource)> = Vec::new();
-        let mut external = false;
         let mut name = None;
         let mut labels = BTreeMap::new();
         for (k, v) in entries {
@@ -1103,8 +1102,7 @@ impl Cx<'_, '_> {
                     }
                 }
                 "external" => {
-                    external = self.boolean(v, &kp).unwrap_or(false);
-                    if external {
+                    if self.boolean(v, &kp).unwrap_or(false) {
                         sources.push((k.pos, ConfigSource::External(String::new())));
                     }
                 }
@@ -1147,12 +1145,16 @@ impl Cx<'_, '_> {
         }
         let source = match first {
             Some((_, ConfigSource::External(_))) => {
-                let _ = external;
                 ConfigSource::External(name.unwrap_or(key_name))
             }
             Some((_, s)) => s,
             None => {
-                if entries.is_empty() || !self.errors.iter().any(|e| e.path.starts_with(p)) {
+                if entries.is_empty()
+                    || !self
+                        .errors
+                        .iter()
+                        .any(|e| e.path == p || e.path.starts_with(&format!("{p}.")))
+                {
                     self.err_fix(
                         value.pos,
                         p,
@@ -2393,7 +2395,7 @@ impl Cx<'_, '_> {
                 "start_period" => hc.start_period = self.duration(v, &kp),
                 "start_interval" => hc.start_interval = self.duration(v, &kp),
                 "retries" => hc.retries = self.u32(v, &kp),
-                "disable" => disable = self.boolean(v, &kp).map(|d| (d, k.pos)),
+                "disable" => disable = self.boolean(v, &kp),
                 other if is_extension(other) => {}
                 _ => self.unknown_key(
                     k,
@@ -2410,7 +2412,7 @@ impl Cx<'_, '_> {
                 ),
             }
         }
-        if let Some((true, pos)) = disable {
+        if disable == Some(true) {
             if let (Some(_), Some(tpos)) = (&hc.test, test_pos)
                 && hc.test != Some(HealthTest::None)
             {
@@ -2420,7 +2422,6 @@ impl Cx<'_, '_> {
                     "`test` and `disable: true` contradict each other",
                     "keep one of them",
                 );
-                let _ = pos;
                 return None;
             }
             hc.test = Some(HealthTest::None);

@@ -35,10 +35,10 @@
 //! |---|---|---|
 //! | `build` | error | image builds come in a later Skiff release; build and push the image and set `image:` |
 //! | `network_mode` | error | host or container networking bypasses Skiff's network, DNS and firewall |
-//! | `privileged`, `cap_add`, `devices`, `security_opt`, `userns_mode`, `pid`, `ipc`, `cgroup_parent`, `runtime`, `gpus`, `group_add`, `sysctls` | error | the container would run with different rights or kernel settings than asked for |
+//! | `privileged`, `cap_add`, `devices`, `security_opt`, `userns_mode`, `pid`, `ipc`, `uts`, `cgroup`, `cgroup_parent`, `runtime`, `gpus`, `group_add`, `sysctls`, `cpuset` | error | the container would run with different rights, namespaces or kernel settings than asked for |
 //! | `cap_drop` | error | running without it grants capabilities the file takes away |
 //! | `volumes_from`, `extends`, `include` (top level), `profiles` | error | ignoring them changes what runs or what it mounts |
-//! | `scale`, `mem_limit`, `memswap_limit`, `mem_reservation`, `cpus`, `cpu_shares`, `cpu_quota`, `cpu_period`, `cpuset`, `pids_limit` | error | legacy spellings that would change replicas or limits; the message names the `deploy:` key to use |
+//! | `scale`, `mem_limit`, `memswap_limit`, `mem_reservation`, `cpus`, `cpu_shares`, `cpu_quota`, `cpu_period`, `pids_limit` | error | legacy spellings that would change replicas or limits; the message names the `deploy:` key to use |
 //! | `deploy.resources.reservations.devices`, `deploy.resources.reservations.generic_resources` | error | the scheduler cannot honour device reservations yet |
 //! | `deploy.endpoint_mode: dnsrr` | error | Skiff's DNS decides how names resolve (`vip` is accepted and is the default) |
 //! | `ulimits` | error | limits would be the engine's defaults instead |
@@ -48,7 +48,12 @@
 //! | `logging` | warning | Skiff collects every container's output itself |
 //! | `tty`, `stdin_open`, `attach` | warning | no terminal is attached to production containers |
 //! | `platform`, `pull_policy` | warning | the agent pulls for its host's platform when the digest is missing |
-//! | `domainname`, `mac_address`, `oom_score_adj`, `oom_kill_disable`, `shm_size`, `storage_opt`, `isolation`, `annotations`, `blkio_config`, `cpu_rt_runtime`, `cpu_rt_period`, `cpu_count`, `cpu_percent`, `mem_swappiness`, `credential_spec`, `uts`, `label_file`, `develop`, `post_start`, `pre_stop`, `use_api_socket`, `models`, `provider`, `volumes` `driver`/`ipam` options on networks | warning | tuning or tooling keys this release does not pass on |
+//! | `domainname`, `mac_address`, `oom_score_adj`, `oom_kill_disable`, `shm_size`, `storage_opt`, `isolation`, `annotations`, `blkio_config`, `cpu_rt_runtime`, `cpu_rt_period`, `cpu_count`, `cpu_percent`, `mem_swappiness`, `credential_spec`, `label_file`, `develop`, `post_start`, `pre_stop`, `use_api_socket`, `models`, `provider` | warning | tuning or tooling keys this release does not pass on |
+//! | volume options `z`, `Z`, propagation and consistency; long-syntax `bind.propagation`, `bind.selinux`, `volume.subpath`, `consistency`; tmpfs options other than `size` and `mode` | warning | not passed on by this release; the mount itself is made |
+//! | top-level network `driver`, `driver_opts`, `ipam`, `attachable`, `enable_ipv6`; service network `ipv4_address`, `ipv6_address`, `priority`, ... | warning | Skiff's private network connects every host's containers and assigns addresses itself |
+//! | top-level secret or config `driver`, `driver_opts`, `template_driver` | warning | Skiff stores and delivers secrets itself |
+//! | unknown keys under `x-skiff` | warning | kept in the model (`other`) for newer Skiff releases; likely a typo today |
+//! | a bind mount with a relative or `~` source | warning | it names a path on every server that runs the service, not on the deploying machine |
 //! | `deploy.placement.preferences` | warning | Skiff spreads replicas over hosts by default |
 //! | `version` (top level) | warning | obsolete in Compose too |
 //! | `restart` and `deploy.restart_policy` both set | warning | both are kept; Skiff's agent follows `deploy.restart_policy` |

@@ -149,6 +149,17 @@ fn corpus() {
                 }
             }
         }
+        if let Ok(parsed) = &result {
+            // Releases store the model as JSON: it must read back the same.
+            let back = serde_json::to_string(&parsed.stack)
+                .ok()
+                .and_then(|j| serde_json::from_str::<super::Stack>(&j).ok());
+            if back.as_ref() != Some(&parsed.stack) {
+                failures.push(format!(
+                    "{name}: the model does not survive a JSON round trip"
+                ));
+            }
+        }
         let got = render(&result);
         let expected_path = case.with_extension("expected");
         if bless {
@@ -171,6 +182,56 @@ fn corpus() {
         failures.len(),
         cases.len(),
         failures.join("\n\n")
+    );
+}
+
+#[test]
+fn every_unsupported_key_is_in_the_module_doc_table() {
+    let doc = include_str!("mod.rs");
+    let keys = super::convert::SERVICE_ERRORS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .chain(super::convert::SERVICE_WARNINGS.iter().map(|(k, _)| *k));
+    for key in keys {
+        assert!(
+            doc.contains(&format!("`{key}`")),
+            "`{key}` is missing from the table in stack/mod.rs"
+        );
+    }
+}
+
+#[test]
+fn default_file_source_reads_the_disk() {
+    let dir = std::env::temp_dir().join(format!("skiff-stack-test-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let written = std::fs::write(dir.join("app.env"), "FROM_DISK=yes\n");
+    assert!(written.is_ok());
+    let env = BTreeMap::new();
+    let text = "services:\n  app:\n    image: app\n    env_file: app.env\n";
+    let result = parse(&Input::new(text, "compose.yml", &dir, &env));
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = result.map(|p| p.stack.services["app"].environment.clone());
+    assert_eq!(
+        env.ok()
+            .and_then(|e| e.get("FROM_DISK").cloned())
+            .as_deref(),
+        Some("yes")
+    );
+}
+
+#[test]
+fn errors_render_as_file_line_column_path_message() {
+    let env = BTreeMap::new();
+    let text = "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: three\n";
+    let files = BTreeMap::new();
+    let err = parse(&Input::new(text, "compose.yml", Path::new("/p"), &env).with_files(&files))
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "compose.yml:5:17: services.web.deploy.replicas: expected a non-negative integer, got \"three\""
+        )
     );
 }
 

@@ -250,11 +250,10 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                 };
                 builder.push(node, anchor)?;
             }
-            Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag)
+            Event::SequenceStart(_, tag) | Event::MappingStart(_, tag)
                 if tag.as_ref().is_some_and(|t| !t.is_yaml_core_schema()) =>
             {
                 let tag = tag.map(|t| t.to_string()).unwrap_or_default();
-                let _ = anchor;
                 return Err(
                     YamlError::new(pos, format!("YAML tag `{tag}` is not supported"))
                         .at(builder.path()),
