@@ -69,6 +69,19 @@ fn render_list(out: &mut String, title: &str, list: &[Diagnostic]) {
     }
 }
 
+fn prune(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| {
+                prune(v);
+                !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty()))
+            });
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(prune),
+        _ => {}
+    }
+}
+
 /// The stable, readable form stored in `NAME.expected`.
 fn render(result: &Result<super::Parsed, StackError>) -> String {
     let mut out = String::new();
@@ -76,8 +89,12 @@ fn render(result: &Result<super::Parsed, StackError>) -> String {
         Ok(parsed) => {
             render_list(&mut out, "warnings", &parsed.warnings);
             out.push_str("plan:\n");
+            // Nulls and empty mappings are left out to keep the files short;
+            // empty lists stay (`entrypoint: []` clears the image's).
+            let mut json = serde_json::to_value(&parsed.stack).unwrap_or_default();
+            prune(&mut json);
             out.push_str(
-                &serde_json::to_string_pretty(&parsed.stack)
+                &serde_json::to_string_pretty(&json)
                     .unwrap_or_else(|e| format!("unserializable: {e}")),
             );
             out.push('\n');
