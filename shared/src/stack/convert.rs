@@ -1489,6 +1489,7 @@ impl Cx<'_, '_> {
 
     fn environment(&mut self, node: &Node, path: &str) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut take = |cx: &mut Self, key: &str, value: Option<String>, pos: Pos, p: &str| {
             if key.is_empty() || key.contains(char::is_whitespace) {
                 cx.err(pos, p, format!("invalid variable name {key:?}"));
@@ -1509,10 +1510,11 @@ impl Cx<'_, '_> {
                     }
                 },
             };
-            if let Some(prev) = out.iter_mut().find(|(k, _)| k == key) {
+            if let Some(prev) = at.get(key).and_then(|i| out.get_mut(*i)) {
                 cx.warn(pos, p, format!("{key} is set twice; the last one wins"));
                 prev.1 = value;
             } else {
+                at.insert(key.to_string(), out.len());
                 out.push((key.to_string(), value));
             }
         };
@@ -3192,8 +3194,11 @@ impl Cx<'_, '_> {
                 );
             }
         }
-        // Published ports must be unique across the stack.
-        let mut seen: BTreeMap<(Option<IpAddr>, u16, Protocol), (String, usize)> = BTreeMap::new();
+        // Published ports must be unique across the stack. One message per
+        // port entry, even when a range clashes on many ports.
+        type Publisher = (Option<IpAddr>, String, usize);
+        let mut seen: BTreeMap<(u16, Protocol), Vec<Publisher>> = BTreeMap::new();
+        let mut reported: BTreeSet<(String, Pos)> = BTreeSet::new();
         let mut in_file_order: Vec<(&String, &Service)> = stack.services.iter().collect();
         in_file_order.sort_by_key(|(n, _)| marks.get(*n).map(|m| m.order).unwrap_or_default());
         for (svc, s) in in_file_order {
@@ -3203,26 +3208,28 @@ impl Cx<'_, '_> {
                     continue;
                 };
                 let pos = m.ports.get(i).copied().unwrap_or_default();
-                let clash = seen
+                let publishers = seen.entry((published, port.protocol)).or_default();
+                let clash = publishers
                     .iter()
-                    .find(|((ip, p, proto), _)| {
-                        *p == published
-                            && *proto == port.protocol
-                            && (ip.is_none() || port.host_ip.is_none() || *ip == port.host_ip)
+                    .find(|(ip, _, _)| {
+                        ip.is_none() || port.host_ip.is_none() || *ip == port.host_ip
                     })
-                    .map(|(_, v)| v.clone());
-                if let Some((other, line)) = clash {
-                    self.err_fix(
-                        pos,
-                        &join(&join("services", svc), "ports"),
-                        format!("port {published}/{} is already published by service `{other}` (line {line})", port.protocol.as_str()),
-                        "publish a different host port",
-                    );
-                } else {
-                    seen.insert(
-                        (port.host_ip, published, port.protocol),
-                        (svc.clone(), pos.line),
-                    );
+                    .map(|(_, other, line)| (other.clone(), *line));
+                match clash {
+                    Some((other, line)) => {
+                        if reported.insert((svc.clone(), pos)) {
+                            self.err_fix(
+                                pos,
+                                &join(&join("services", svc), "ports"),
+                                format!(
+                                    "port {published}/{} is already published by service `{other}` (line {line})",
+                                    port.protocol.as_str()
+                                ),
+                                "publish a different host port",
+                            );
+                        }
+                    }
+                    None => publishers.push((port.host_ip, svc.clone(), pos.line)),
                 }
             }
         }

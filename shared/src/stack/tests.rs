@@ -252,6 +252,28 @@ fn errors_render_as_file_line_column_path_message() {
     );
 }
 
+#[test]
+fn large_inputs_give_few_messages() {
+    // Many keys and whole-range port clashes stay linear and give one
+    // message per port entry, not one per port.
+    let mut text = String::from(
+        "services:\n  a:\n    image: a\n    ports: [\"1-65535:1-65535\"]\n    environment:\n",
+    );
+    for i in 0..5_000 {
+        text.push_str(&format!("      VAR_{i}: v\n"));
+    }
+    text.push_str("  b:\n    image: b\n    ports: [\"1-65535:1-65535/tcp\"]\n");
+    let files = BTreeMap::new();
+    let result = parse_named("big.yml", &text, &files);
+    let errors = result.err().map(|e| e.errors).unwrap_or_default();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .contains("already published by service `a`")
+    );
+}
+
 fn valid_texts() -> Vec<String> {
     let mut texts = Vec::new();
     if let Ok(rd) = std::fs::read_dir(corpus_dir()) {

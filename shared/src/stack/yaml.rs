@@ -7,6 +7,8 @@
 //! plain mappings. Limits on depth and on the size reached by expanding
 //! aliases keep hostile input from exhausting the stack or memory.
 
+use std::collections::{HashMap, HashSet};
+
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
 /// Deepest nesting accepted; Compose files rarely go past eight.
@@ -154,6 +156,8 @@ enum Frame {
         pos: Pos,
         anchor: usize,
         entries: Vec<(Key, Node)>,
+        /// Line of each key written so far, to find duplicates quickly.
+        lines: HashMap<String, usize>,
         merges: Vec<(Pos, Node)>,
         pending: Option<PendingKey>,
     },
@@ -166,7 +170,7 @@ enum PendingKey {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: std::collections::HashMap<usize, (Node, usize)>,
+    anchors: HashMap<usize, (Node, usize)>,
     nodes: usize,
     root: Option<Node>,
 }
@@ -176,7 +180,7 @@ struct Builder {
 pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
     let mut builder = Builder {
         stack: Vec::new(),
-        anchors: std::collections::HashMap::new(),
+        anchors: HashMap::new(),
         nodes: 0,
         root: None,
     };
@@ -275,6 +279,7 @@ pub fn parse(text: &str) -> Result<Option<Node>, YamlError> {
                         pos,
                         anchor,
                         entries: Vec::new(),
+                        lines: HashMap::new(),
                         merges: Vec::new(),
                         pending: None,
                     },
@@ -368,6 +373,7 @@ impl Builder {
             Frame::Seq { items, .. } => items.push(node),
             Frame::Map {
                 entries,
+                lines,
                 merges,
                 pending,
                 ..
@@ -387,17 +393,18 @@ impl Builder {
                             name: scalar.text.clone(),
                             pos: node.pos,
                         };
-                        if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == key.name) {
+                        if let Some(first) = lines.get(&key.name) {
                             let mut e = YamlError::new(
                                 key.pos,
                                 format!(
-                                    "duplicate key `{}` (first defined at line {})",
-                                    key.name, first.pos.line
+                                    "duplicate key `{}` (first defined at line {first})",
+                                    key.name
                                 ),
                             );
                             e.help = Some("remove one of the two".into());
                             return Err(e.at(join(&parent_path, &key.name)));
                         }
+                        lines.insert(key.name.clone(), key.pos.line);
                         *pending = Some(PendingKey::Key(key));
                     }
                 }
@@ -416,6 +423,10 @@ fn apply_merges(
     mut entries: Vec<(Key, Node)>,
     merges: Vec<(Pos, Node)>,
 ) -> Result<Vec<(Key, Node)>, YamlError> {
+    if merges.is_empty() {
+        return Ok(entries);
+    }
+    let mut present: HashSet<String> = entries.iter().map(|(k, _)| k.name.clone()).collect();
     for (pos, merge) in merges {
         let sources = match merge.value {
             Value::Map(m) => vec![m],
@@ -443,7 +454,7 @@ fn apply_merges(
         };
         for source in sources {
             for (key, value) in source {
-                if !entries.iter().any(|(k, _)| k.name == key.name) {
+                if present.insert(key.name.clone()) {
                     entries.push((key, value));
                 }
             }
