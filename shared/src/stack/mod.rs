@@ -12,6 +12,18 @@
 //! compose.yml:12:7: services.web.deploy.replicas: expected a non-negative integer, got "three"
 //! ```
 //!
+//! ```ignore
+//! let env: BTreeMap<String, String> = std::env::vars().collect();
+//! let input = stack::Input::new(&text, "compose.yml", Path::new("."), &env);
+//! match stack::parse(&input) {
+//!     Ok(parsed) => { /* parsed.stack, parsed.warnings */ }
+//!     Err(e) => eprintln!("{e}"), // one line per error
+//! }
+//! ```
+//!
+//! [`parse_env_file`] reads a `.env` file the same way, for callers that
+//! build the interpolation environment from one as Compose does.
+//!
 //! Layout:
 //! - `yaml`: a position-keeping YAML tree from `saphyr-parser` events;
 //!   anchors, aliases and merge keys (`<<: *base`) are resolved there.
@@ -238,6 +250,45 @@ fn render_all(list: &[Diagnostic]) -> String {
         .map(Diagnostic::render)
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Reads an env file (`KEY=value` lines, as `env_file:` and Compose's
+/// `.env` are written), interpolating values against `env`. Returns the
+/// variables in file order, or the errors, each naming `file_name`.
+///
+/// # Errors
+/// Malformed lines, unclosed quotes, and missing required variables.
+pub fn parse_env_file(
+    text: &str,
+    file_name: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, StackError> {
+    let parsed = envfile::parse(text, env);
+    let diag = |severity, issue: envfile::EnvFileIssue| Diagnostic {
+        severity,
+        file: file_name.to_string(),
+        line: issue.line,
+        column: issue.column,
+        path: String::new(),
+        message: issue.message,
+        fix: issue.fix,
+    };
+    let errors: Vec<Diagnostic> = parsed
+        .errors
+        .into_iter()
+        .map(|i| diag(Severity::Error, i))
+        .collect();
+    if errors.is_empty() {
+        return Ok(parsed.vars);
+    }
+    Err(StackError {
+        errors,
+        warnings: parsed
+            .warnings
+            .into_iter()
+            .map(|i| diag(Severity::Warning, i))
+            .collect(),
+    })
 }
 
 /// Parses a Compose file into a [`Stack`].

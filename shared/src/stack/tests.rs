@@ -253,6 +253,23 @@ fn errors_render_as_file_line_column_path_message() {
 }
 
 #[test]
+fn dotenv_files_are_read_like_env_files() {
+    let env = BTreeMap::new();
+    let ok = super::parse_env_file("A=1\nB=${A}2\n", ".env", &env);
+    assert_eq!(
+        ok.ok(),
+        Some(vec![("A".into(), "1".into()), ("B".into(), "12".into())])
+    );
+    let err = super::parse_env_file("A=1\n2B=x\n", ".env", &env).err();
+    assert_eq!(
+        err.map(|e| e.to_string()).as_deref(),
+        Some(
+            ".env:2:1: invalid variable name \"2B\"; fix: names are letters, digits, `_`, `.` and `-`, not starting with a digit"
+        )
+    );
+}
+
+#[test]
 fn large_inputs_give_few_messages() {
     // Many keys and whole-range port clashes stay linear and give one
     // message per port entry, not one per port.
