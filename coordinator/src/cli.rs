@@ -50,6 +50,59 @@ pub enum Command {
     /// The cluster's servers.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Deploy a Compose file as a stack (a new release).
+    Deploy(DeployArgs),
+    /// Stacks and their replicas.
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// A stack's releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The Compose file.
+    #[arg(short = 'f', long = "file", default_value = "compose.yml")]
+    pub file: PathBuf,
+    /// Stack name.
+    pub stack: String,
+    /// Print what would start, stop and change, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Return once the release is recorded, without following progress.
+    #[arg(long)]
+    pub detach: bool,
+    /// How long to follow progress before giving up.
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// List stacks.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a stack's replicas: where they run and how they are.
+    Ps {
+        stack: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a stack: its containers are stopped and removed on every node.
+    Rm { stack: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// List a stack's releases, newest first.
+    Ls {
+        stack: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +297,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Node(cmd) => {
             let client = Client::new(&url, token)?;
             node_command(&client, cmd, &mut out).await?;
+        }
+        Command::Deploy(args) => {
+            let client = Client::new(&url, token)?;
+            deploy_command(&client, args, &mut out).await?;
+        }
+        Command::Stack(cmd) => {
+            let client = Client::new(&url, token)?;
+            stack_command(&client, cmd, &mut out).await?;
+        }
+        Command::Release(ReleaseCommand::Ls { stack, json }) => {
+            let client = Client::new(&url, token)?;
+            let releases: Vec<ReleaseView> = client
+                .call(
+                    Method::GET,
+                    &format!("/stacks/{}/releases", path_segment(&stack)?),
+                    None::<&()>,
+                )
+                .await?;
+            if json {
+                print_json(&mut out, &releases);
+            } else {
+                let rows = releases
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.number.to_string(),
+                            if r.current {
+                                "current".into()
+                            } else {
+                                String::new()
+                            },
+                            r.created_at.clone(),
+                            r.images
+                                .iter()
+                                .map(|(s, i)| format!("{s}={i}"))
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ]
+                    })
+                    .collect();
+                table(&mut out, &["RELEASE", "", "CREATED", "IMAGES"], rows);
+            }
         }
     }
     Ok(())
@@ -567,4 +662,208 @@ pub fn table(out: &mut impl Write, headers: &[&str], rows: Vec<Vec<String>>) {
     for r in rows {
         let _ = writeln!(out, "{}", line(r));
     }
+}
+
+/// Parses the Compose file here (the environment and referenced files are
+/// this machine's), then sends the model to the coordinator.
+async fn deploy_command(
+    client: &Client,
+    args: DeployArgs,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let timeout = humantime::parse_duration(&args.timeout).map_err(|e| {
+        Failure::usage(format!(
+            "invalid --timeout {:?} ({e}); write e.g. 5m",
+            args.timeout
+        ))
+    })?;
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.file.display())))?;
+    let dir = args
+        .file
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let file_name = args.file.display().to_string();
+    let input = skiff_shared::stack::Input::new(&text, &file_name, &dir, &env);
+    let parsed = skiff_shared::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
+    for w in &parsed.warnings {
+        eprintln!("skiff: {}", w.render());
+    }
+    let request = DeployRequest {
+        stack: serde_json::to_value(&parsed.stack).unwrap_or_default(),
+        compose: text,
+        dry_run: args.dry_run,
+    };
+    let view: DeployView = client
+        .call(
+            Method::POST,
+            &format!("/stacks/{}/deploy", path_segment(&args.stack)?),
+            Some(&request),
+        )
+        .await?;
+    for w in &view.warnings {
+        eprintln!("skiff: warning: {w}");
+    }
+    if args.dry_run {
+        if view.steps.is_empty() {
+            let _ = writeln!(out, "Nothing to change.");
+        }
+        for s in &view.steps {
+            let reason = s
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "{:<8} {} on {}{reason}", s.action, s.container, s.node);
+        }
+        return Ok(());
+    }
+    let release = view.release.unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Release {release} of {} recorded: {} changes.",
+        args.stack,
+        view.steps.len()
+    );
+    if args.detach {
+        return Ok(());
+    }
+    follow(client, &args.stack, timeout, out).await
+}
+
+/// Prints progress until every replica runs the current spec (and is
+/// healthy where it has a health check), or fails after `timeout`.
+async fn follow(
+    client: &Client,
+    stack: &str,
+    timeout: Duration,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let tasks: Vec<TaskView> = client
+            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
+            .await?;
+        let ready = tasks
+            .iter()
+            .filter(|t| {
+                t.up_to_date
+                    && t.state == "running"
+                    && t.health.as_deref().is_none_or(|h| h == "healthy")
+            })
+            .count();
+        let line = format!("{ready}/{} replicas ready", tasks.len());
+        if line != last {
+            let _ = writeln!(out, "{line}");
+            last = line;
+        }
+        if ready == tasks.len() {
+            let _ = writeln!(out, "Deployed.");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let stuck: Vec<String> = tasks
+                .iter()
+                .filter(|t| !(t.up_to_date && t.state == "running"))
+                .map(|t| format!("{} on {} is {}", t.name, t.node, t.state))
+                .collect();
+            return Err(Failure {
+                message: format!(
+                    "deploy of {stack} not ready after {}: {}",
+                    humantime::format_duration(timeout),
+                    stuck.join("; ")
+                ),
+                code: 1,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn stack_command(
+    client: &Client,
+    cmd: StackCommand,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match cmd {
+        StackCommand::Ls { json } => {
+            let stacks: Vec<StackView> = client.call(Method::GET, "/stacks", None::<&()>).await?;
+            if json {
+                print_json(out, &stacks);
+            } else {
+                let rows = stacks
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.release.to_string(),
+                            format!("{}/{}", s.running, s.desired),
+                            s.updated_at.clone(),
+                        ]
+                    })
+                    .collect();
+                table(out, &["NAME", "RELEASE", "RUNNING", "UPDATED"], rows);
+            }
+        }
+        StackCommand::Ps { stack, json } => {
+            let tasks: Vec<TaskView> = client
+                .call(
+                    Method::GET,
+                    &format!("/stacks/{}/tasks", path_segment(&stack)?),
+                    None::<&()>,
+                )
+                .await?;
+            if json {
+                print_json(out, &tasks);
+            } else {
+                let rows = tasks
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.node.clone(),
+                            t.state.clone(),
+                            t.health.clone().unwrap_or_else(|| "-".into()),
+                            t.restart_count.to_string(),
+                            if t.up_to_date {
+                                "yes".into()
+                            } else {
+                                "no".into()
+                            },
+                            t.ips.join(","),
+                            t.image.clone(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    out,
+                    &[
+                        "NAME", "NODE", "STATE", "HEALTH", "RESTARTS", "CURRENT", "IPS", "IMAGE",
+                    ],
+                    rows,
+                );
+            }
+        }
+        StackCommand::Rm { stack } => {
+            let _: StackView = client
+                .call(
+                    Method::DELETE,
+                    &format!("/stacks/{}", path_segment(&stack)?),
+                    None::<&()>,
+                )
+                .await?;
+            let _ = writeln!(out, "Stack {stack} removed.");
+        }
+    }
+    Ok(())
 }

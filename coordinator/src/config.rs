@@ -30,6 +30,10 @@ pub struct Config {
     /// Default lifetime of join tokens.
     #[serde(with = "duration_str")]
     pub join_token_ttl: Duration,
+    /// How long a node may be unheard from before it counts as lost and
+    /// its stateless replicas are placed elsewhere.
+    #[serde(with = "duration_str")]
+    pub host_lost_grace: Duration,
     /// The agent binary served to new servers; defaults to `skiff-agent`
     /// beside the coordinator's own executable.
     pub agent_binary: Option<PathBuf>,
@@ -45,6 +49,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             cert_ttl: Duration::from_secs(72 * 3600),
             join_token_ttl: Duration::from_secs(24 * 3600),
+            host_lost_grace: crate::deploy::DEFAULT_HOST_LOST_GRACE,
             agent_binary: None,
         }
     }

@@ -142,6 +142,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         metrics: Default::default(),
         plans,
         observed: Default::default(),
+        deploy_lock: Default::default(),
     }))
 }
 

@@ -34,6 +34,8 @@ pub struct AppState {
     pub plans: PlanBook,
     /// What each node last reported about its containers.
     pub observed: ObservedBook,
+    /// Held by a deploy or stack removal while it reads and rewrites node plans.
+    pub deploy_lock: tokio::sync::Mutex<()>,
 }
 
 /// The last observed state each agent reported, with when it arrived.

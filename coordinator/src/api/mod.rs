@@ -10,7 +10,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use skiff_shared::join::{JoinToken, names};
 use tracing::{info, warn};
@@ -80,9 +80,11 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
-    paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers, create_join_token, list_join_tokens, revoke_join_token),
+    paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers,
+        list_stacks, remove_stack, deploy_stack, stack_tasks, stack_releases, create_join_token, list_join_tokens, revoke_join_token),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
-        JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView)),
+        JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -119,6 +121,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(list_join_tokens).post(create_join_token),
         )
         .route("/tokens/join/{id}", delete(revoke_join_token))
+        .route("/stacks", get(list_stacks))
+        .route("/stacks/{name}", delete(remove_stack))
+        .route("/stacks/{name}/deploy", post(deploy_stack))
+        .route("/stacks/{name}/tasks", get(stack_tasks))
+        .route("/stacks/{name}/releases", get(stack_releases))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         })
@@ -456,4 +463,184 @@ async fn revoke_join_token(
         .find(|t| t.id == id);
     t.map(|t| Json(token_view(t, now)))
         .ok_or_else(|| ApiError::not_found("join token", &id))
+}
+
+impl From<crate::deploy::DeployError> for ApiError {
+    fn from(e: crate::deploy::DeployError) -> Self {
+        use crate::deploy::DeployError as E;
+        match e {
+            E::Name(_) => Self::bad_request("invalid_name", e.to_string()),
+            E::Invalid(_) => Self::bad_request("invalid_stack", e.to_string()),
+            E::Placement(_) => Self::new(StatusCode::CONFLICT, "unplaceable", e.to_string()),
+            E::NoStack(ref name) => Self::not_found("stack", name),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/stacks/{name}/deploy", request_body = DeployRequest,
+    params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+async fn deploy_stack(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<DeployView> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let stack: skiff_shared::stack::Stack = serde_json::from_value(req.stack).map_err(|e| {
+        ApiError::bad_request("invalid_stack", format!("the stack model is invalid: {e}"))
+    })?;
+    let outcome = crate::deploy::deploy(&state, &name, &stack, &req.compose, req.dry_run).await?;
+    let steps = outcome
+        .steps
+        .into_iter()
+        .map(|s| match s {
+            crate::deploy::Step::Start { container, node } => StepView {
+                action: "start".into(),
+                container,
+                node,
+                reason: None,
+            },
+            crate::deploy::Step::Replace { container, node } => StepView {
+                action: "replace".into(),
+                container,
+                node,
+                reason: None,
+            },
+            crate::deploy::Step::Stop {
+                container,
+                node,
+                reason,
+            } => StepView {
+                action: "stop".into(),
+                container,
+                node,
+                reason: Some(reason),
+            },
+        })
+        .collect();
+    Ok(Json(DeployView {
+        release: outcome.release,
+        steps,
+        warnings: outcome.warnings,
+    }))
+}
+
+fn task_view(t: crate::deploy::Task) -> TaskView {
+    let o = t.observed;
+    TaskView {
+        name: t.container,
+        service: t.service,
+        slot: t.slot,
+        node: t.node,
+        node_id: t.node_id,
+        image: t.image,
+        state: o
+            .as_ref()
+            .map_or_else(|| "pending".to_owned(), |o| o.state.clone()),
+        health: o.as_ref().and_then(|o| o.health.clone()),
+        restart_count: o.as_ref().map_or(0, |o| o.restart_count),
+        ips: o.map(|o| o.ips).unwrap_or_default(),
+        up_to_date: t.up_to_date,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks/{name}/tasks", params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = [TaskView]), (status = 404, body = ApiErrorBody)))]
+async fn stack_tasks(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<TaskView>> {
+    Ok(Json(
+        crate::deploy::tasks(&state, &name)
+            .await?
+            .into_iter()
+            .map(task_view)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks", responses((status = 200, body = [StackView])))]
+async fn list_stacks(State(state): State<Arc<AppState>>) -> ApiResult<Vec<StackView>> {
+    let mut out = Vec::new();
+    for s in state.store.stacks().await? {
+        let tasks = crate::deploy::tasks(&state, &s.name)
+            .await
+            .unwrap_or_default();
+        out.push(StackView {
+            desired: tasks.len(),
+            running: tasks
+                .iter()
+                .filter(|t| {
+                    t.up_to_date && t.observed.as_ref().is_some_and(|o| o.state == "running")
+                })
+                .count(),
+            name: s.name,
+            release: s.current_release,
+            created_at: rfc3339_ms(s.created_at),
+            updated_at: rfc3339_ms(s.updated_at),
+        });
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(delete, path = "/api/v1/stacks/{name}", params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = StackView), (status = 404, body = ApiErrorBody)))]
+async fn remove_stack(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<StackView> {
+    let stack = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::not_found("stack", &name))?;
+    crate::deploy::remove(&state, &name).await?;
+    Ok(Json(StackView {
+        name: stack.name,
+        release: stack.current_release,
+        created_at: rfc3339_ms(stack.created_at),
+        updated_at: rfc3339_ms(stack.updated_at),
+        desired: 0,
+        running: 0,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks/{name}/releases", params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = [ReleaseView]), (status = 404, body = ApiErrorBody)))]
+async fn stack_releases(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<ReleaseView>> {
+    let current = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.current_release);
+    let releases = state.store.releases(&name).await?;
+    if releases.is_empty() {
+        return Err(ApiError::not_found("stack", &name));
+    }
+    Ok(Json(
+        releases
+            .into_iter()
+            .map(|r| {
+                let defs: Vec<crate::deploy::resolve::ServiceDef> =
+                    serde_json::from_str(&r.services).unwrap_or_default();
+                ReleaseView {
+                    number: r.number,
+                    created_at: rfc3339_ms(r.created_at),
+                    current: Some(r.number) == current,
+                    images: defs
+                        .into_iter()
+                        .map(|d| (d.name, d.template.image))
+                        .collect(),
+                }
+            })
+            .collect(),
+    ))
 }

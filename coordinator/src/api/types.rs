@@ -175,3 +175,79 @@ pub struct NodeContainersView {
     pub error: Option<String>,
     pub containers: Vec<ContainerView>,
 }
+
+/// A deploy request: the stack as the CLI parsed it, and the file as written.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The parsed stack model (`skiff_shared::stack::Stack`).
+    #[schema(value_type = Object)]
+    pub stack: serde_json::Value,
+    /// The compose file's text, kept with the release.
+    pub compose: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One change of a deploy.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StepView {
+    /// `start`, `stop` or `replace`.
+    pub action: String,
+    /// `<stack>.<service>.<slot>`.
+    pub container: String,
+    /// Node name.
+    pub node: String,
+    pub reason: Option<String>,
+}
+
+/// What a deploy did, or would do.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeployView {
+    /// The new release; null for a dry run.
+    pub release: Option<i64>,
+    pub steps: Vec<StepView>,
+    pub warnings: Vec<String>,
+}
+
+/// A stack.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StackView {
+    pub name: String,
+    pub release: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Replicas the stack should run.
+    pub desired: usize,
+    /// Replicas running from the current spec.
+    pub running: usize,
+}
+
+/// A release of a stack.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReleaseView {
+    pub number: i64,
+    pub created_at: String,
+    pub current: bool,
+    /// Service name to image.
+    pub images: BTreeMap<String, String>,
+}
+
+/// One replica of a stack.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    /// `<stack>.<service>.<slot>`.
+    pub name: String,
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+    pub node_id: String,
+    pub image: String,
+    /// Observed Docker state, `pending` before the agent reported it.
+    pub state: String,
+    pub health: Option<String>,
+    pub restart_count: u64,
+    pub ips: Vec<String>,
+    /// Whether the container runs the current spec.
+    pub up_to_date: bool,
+}

@@ -72,6 +72,24 @@ pub struct NodePlanRow {
     pub containers: Vec<skiff_shared::workload::ContainerSpec>,
 }
 
+#[derive(Debug, Clone)]
+pub struct StackRow {
+    pub name: String,
+    pub current_release: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReleaseRow {
+    pub stack: String,
+    pub number: i64,
+    pub created_at: i64,
+    pub compose: String,
+    /// The resolved services, JSON.
+    pub services: String,
+}
+
 /// Why a join token was not accepted. The messages are safe to show the
 /// joining agent: they do not say whether a token id exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +155,21 @@ pub trait Store: Send + Sync + 'static {
         containers: &[skiff_shared::workload::ContainerSpec],
         now: i64,
     ) -> Result<i64>;
+    /// Records a new release of `stack` (creating or reviving the stack) and
+    /// makes it current; returns its number.
+    async fn insert_release(
+        &self,
+        stack: &str,
+        compose: &str,
+        services: &str,
+        now: i64,
+    ) -> Result<i64>;
+    /// Live stacks, by name.
+    async fn stacks(&self) -> Result<Vec<StackRow>>;
+    /// A stack's releases, newest first.
+    async fn releases(&self, stack: &str) -> Result<Vec<ReleaseRow>>;
+    /// Marks a stack removed; false if it was not live.
+    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
     /// Marks a node removed; false if it was not live.
     async fn remove_node(&self, id: &str, now: i64) -> Result<bool>;
 }

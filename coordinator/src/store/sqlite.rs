@@ -11,7 +11,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
-use super::{ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, Result, Store, StoreError};
+use super::{
+    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, ReleaseRow, Result, StackRow, Store,
+    StoreError,
+};
 use skiff_shared::workload::ContainerSpec;
 
 /// Versioned migrations, embedded in the binary. Append only.
@@ -31,6 +34,11 @@ fn migrator() -> Migrator {
             2,
             "node plans",
             include_str!("../../migrations/0002_node_plans.sql"),
+        ),
+        m(
+            3,
+            "stacks",
+            include_str!("../../migrations/0003_stacks.sql"),
         ),
     ])
 }
@@ -383,6 +391,86 @@ impl Store for SqliteStore {
         Ok(generation)
     }
 
+    async fn insert_release(
+        &self,
+        stack: &str,
+        compose: &str,
+        services: &str,
+        now: i64,
+    ) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let number: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE stack = ?")
+                .bind(stack)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("INSERT INTO releases (stack, number, created_at, compose, services) VALUES (?, ?, ?, ?, ?)")
+            .bind(stack)
+            .bind(number)
+            .bind(now)
+            .bind(compose)
+            .bind(services)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO stacks (name, current_release, created_at, updated_at, removed_at) VALUES (?, ?, ?, ?, NULL) \
+             ON CONFLICT (name) DO UPDATE SET current_release = excluded.current_release, \
+             updated_at = excluded.updated_at, removed_at = NULL",
+        )
+        .bind(stack)
+        .bind(number)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(number)
+    }
+
+    async fn stacks(&self) -> Result<Vec<StackRow>> {
+        let rows = sqlx::query("SELECT * FROM stacks WHERE removed_at IS NULL ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StackRow {
+                    name: r.try_get("name")?,
+                    current_release: r.try_get("current_release")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn releases(&self, stack: &str) -> Result<Vec<ReleaseRow>> {
+        let rows = sqlx::query("SELECT * FROM releases WHERE stack = ? ORDER BY number DESC")
+            .bind(stack)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReleaseRow {
+                    stack: r.try_get("stack")?,
+                    number: r.try_get("number")?,
+                    created_at: r.try_get("created_at")?,
+                    compose: r.try_get("compose")?,
+                    services: r.try_get("services")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE stacks SET removed_at = ? WHERE name = ? AND removed_at IS NULL")
+                .bind(now)
+                .bind(stack)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
         let done =
             sqlx::query("UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
@@ -391,5 +479,46 @@ impl Store for SqliteStore {
                 .execute(&self.pool)
                 .await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_registered() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let files = std::fs::read_dir(dir).unwrap().filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        });
+        assert_eq!(files.count(), migrator().migrations.len());
+    }
+
+    #[tokio::test]
+    async fn migrates_a_fresh_database_and_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skiff.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store
+                .insert_release("web", "services: {}", "[]", 1)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .insert_release("web", "services: {}", "[]", 2)
+                .await
+                .unwrap(),
+            2
+        );
+        drop(store);
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.stacks().await.unwrap()[0].current_release, 2);
+        assert_eq!(store.put_node_plan("n1", &[], 1).await.unwrap(), 2);
+        assert_eq!(store.put_node_plan("n1", &[], 2).await.unwrap(), 3);
     }
 }

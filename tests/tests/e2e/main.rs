@@ -7,4 +7,5 @@ mod harness;
 mod link;
 mod reconcile;
 mod security;
+mod stacks;
 mod tokens;

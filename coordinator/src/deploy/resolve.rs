@@ -1,0 +1,409 @@
+//! From a parsed stack to what the scheduler places and what agents run:
+//! one [`ServiceDef`] per service, holding the scheduler's view and the
+//! container spec every replica is created from. Pure: no I/O.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skiff_shared::placement::Constraint;
+use skiff_shared::stack::{
+    DeployMode, HealthTest, Mount, RestartCondition, RestartMode, Stack, UpdateConfig,
+};
+use skiff_shared::workload::{
+    ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, Protocol, ResourceSpec, RestartSpec,
+};
+
+use crate::scheduler::{self, Mode, Resources};
+
+/// Slot number of the copy of a global service on each host.
+pub const GLOBAL_SLOT: u32 = 0;
+
+/// One service of a release, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDef {
+    pub name: String,
+    /// `None` is global.
+    pub replicas: Option<u32>,
+    pub constraints: Vec<String>,
+    pub max_per_host: Option<u32>,
+    pub reservations_cpu_millis: u64,
+    pub reservations_memory_bytes: u64,
+    pub stateful: bool,
+    /// The container every replica is created from (its slot set per replica).
+    pub template: ContainerSpec,
+    pub update: UpdatePolicy,
+    pub rollback: UpdatePolicy,
+}
+
+/// How replicas are replaced, from `update_config` / `rollback_config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    pub parallelism: u32,
+    pub delay_ms: u64,
+    pub monitor_ms: u64,
+    pub start_first: bool,
+    /// `rollback`, `pause` or `continue`.
+    pub failure_action: String,
+}
+
+/// A problem turning the stack into something runnable, naming the service and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service {service}: {message}")]
+pub struct ResolveError {
+    pub service: String,
+    pub message: String,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn policy(c: &UpdateConfig) -> UpdatePolicy {
+    UpdatePolicy {
+        parallelism: u32::try_from(c.parallelism).unwrap_or(u32::MAX),
+        delay_ms: ms(c.delay),
+        monitor_ms: ms(c.monitor),
+        start_first: c.order == skiff_shared::stack::UpdateOrder::StartFirst,
+        failure_action: format!("{:?}", c.failure_action).to_lowercase(),
+    }
+}
+
+/// Resolves every service of `stack`, deployed as `stack_name`. Returns
+/// all problems, not just the first; warnings are things that deploy but
+/// are not acted on yet.
+pub fn resolve(
+    stack_name: &str,
+    stack: &Stack,
+) -> Result<(Vec<ServiceDef>, Vec<String>), Vec<ResolveError>> {
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for name in &stack.start_order {
+        let Some(svc) = stack.services.get(name) else {
+            continue;
+        };
+        let err = |message: String| ResolveError {
+            service: name.clone(),
+            message,
+        };
+        if !svc.secrets.is_empty() || !svc.configs.is_empty() {
+            errors.push(err(
+                "secrets and configs are not delivered to hosts yet; remove them from the service or pass the values another way".into(),
+            ));
+            continue;
+        }
+        for c in &svc.deploy.placement.constraints {
+            if let Err(e) = c.parse::<Constraint>() {
+                errors.push(err(e.to_string()));
+            }
+        }
+        if !svc.networks.is_empty() || !stack.networks.is_empty() {
+            warnings.push(format!(
+                "service {name}: networks are not acted on yet; containers join each host's default bridge"
+            ));
+        }
+        let replicas = match svc.deploy.mode {
+            DeployMode::Replicated { replicas } => match u32::try_from(replicas) {
+                Ok(r) if r <= 10_000 => Some(r),
+                _ => {
+                    errors.push(err(format!(
+                        "{replicas} replicas is more than the 10000 a service may have"
+                    )));
+                    continue;
+                }
+            },
+            DeployMode::Global => None,
+        };
+        let mut ports = Vec::new();
+        for p in &svc.ports {
+            let Some(published) = p.published else {
+                continue;
+            };
+            let protocol = match p.protocol {
+                skiff_shared::stack::Protocol::Tcp => Protocol::Tcp,
+                skiff_shared::stack::Protocol::Udp => Protocol::Udp,
+                skiff_shared::stack::Protocol::Sctp => {
+                    errors.push(err(format!(
+                        "port {published}/sctp: SCTP ports are not supported; use tcp or udp"
+                    )));
+                    continue;
+                }
+            };
+            ports.push(PortSpec {
+                target: p.target,
+                published,
+                protocol,
+                host_ip: p.host_ip.map(|ip| ip.to_string()),
+            });
+        }
+        let mut stateful = false;
+        let mounts = svc
+            .volumes
+            .iter()
+            .map(|m| match m {
+                Mount::Volume {
+                    source,
+                    target,
+                    read_only,
+                    ..
+                } => {
+                    stateful = true;
+                    // Named volumes belong to the stack, as Compose names them.
+                    let source = source
+                        .as_ref()
+                        .map(|s| {
+                            let external = stack.volumes.get(s).is_some_and(|v| v.external);
+                            let declared = stack.volumes.get(s).and_then(|v| v.name.clone());
+                            declared.unwrap_or_else(|| {
+                                if external {
+                                    s.clone()
+                                } else {
+                                    format!("{stack_name}_{s}")
+                                }
+                            })
+                        })
+                        .unwrap_or_default();
+                    MountSpec {
+                        kind: MountKind::Volume,
+                        source,
+                        target: target.clone(),
+                        read_only: *read_only,
+                    }
+                }
+                Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                    ..
+                } => {
+                    stateful = true;
+                    MountSpec {
+                        kind: MountKind::Bind,
+                        source: source.display().to_string(),
+                        target: target.clone(),
+                        read_only: *read_only,
+                    }
+                }
+                Mount::Tmpfs { target, .. } => MountSpec {
+                    kind: MountKind::Tmpfs,
+                    source: String::new(),
+                    target: target.clone(),
+                    read_only: false,
+                },
+            })
+            .collect();
+        let healthcheck = svc.healthcheck.as_ref().and_then(|h| {
+            let test = match h.test.as_ref()? {
+                HealthTest::None => vec!["NONE".to_owned()],
+                HealthTest::Cmd(argv) => std::iter::once("CMD".to_owned())
+                    .chain(argv.iter().cloned())
+                    .collect(),
+                HealthTest::CmdShell(s) => vec!["CMD-SHELL".to_owned(), s.clone()],
+            };
+            Some(HealthSpec {
+                test,
+                interval_ms: ms(h.interval.unwrap_or(Duration::from_secs(30))),
+                timeout_ms: ms(h.timeout.unwrap_or(Duration::from_secs(30))),
+                retries: h.retries.unwrap_or(3),
+                start_period_ms: ms(h.start_period.unwrap_or(Duration::ZERO)),
+            })
+        });
+        let restart = match &svc.restart {
+            Some(RestartMode::No) => RestartSpec::No,
+            Some(RestartMode::Always) => RestartSpec::Always,
+            Some(RestartMode::UnlessStopped) => RestartSpec::UnlessStopped,
+            Some(RestartMode::OnFailure { max_retries }) => RestartSpec::OnFailure {
+                max_attempts: max_retries.unwrap_or(0),
+            },
+            None => match svc.deploy.restart_policy.condition {
+                RestartCondition::None => RestartSpec::No,
+                RestartCondition::Any => RestartSpec::Always,
+                RestartCondition::OnFailure => RestartSpec::OnFailure {
+                    max_attempts: svc
+                        .deploy
+                        .restart_policy
+                        .max_attempts
+                        .and_then(|m| u32::try_from(m).ok())
+                        .unwrap_or(0),
+                },
+            },
+        };
+        let limits = &svc.deploy.resources.limits;
+        let reservations = &svc.deploy.resources.reservations;
+        let mut labels = svc.labels.clone();
+        labels.extend(svc.deploy.labels.clone());
+        let template = ContainerSpec {
+            stack: stack_name.to_owned(),
+            service: name.clone(),
+            slot: 1,
+            image: svc.image.clone(),
+            command: svc.command.clone(),
+            entrypoint: svc.entrypoint.clone(),
+            env: svc.environment.clone(),
+            labels,
+            ports,
+            mounts,
+            healthcheck,
+            restart,
+            resources: ResourceSpec {
+                cpu_limit_millis: limits.nano_cpus.map(|n| n / 1_000_000),
+                memory_limit_bytes: limits.memory_bytes,
+                memory_reservation_bytes: reservations.memory_bytes,
+            },
+            stop_grace_ms: Some(ms(svc.stop_grace_period)),
+            user: svc.user.clone(),
+            working_dir: svc.working_dir.clone(),
+        };
+        // A published port can be bound once per host.
+        let max_per_host = svc
+            .deploy
+            .placement
+            .max_replicas_per_node
+            .and_then(|m| u32::try_from(m).ok())
+            .or((!template.ports.is_empty()).then_some(1));
+        defs.push(ServiceDef {
+            name: name.clone(),
+            replicas,
+            constraints: svc.deploy.placement.constraints.clone(),
+            max_per_host,
+            reservations_cpu_millis: reservations.nano_cpus.map(|n| n / 1_000_000).unwrap_or(0),
+            reservations_memory_bytes: reservations.memory_bytes.unwrap_or(0),
+            stateful,
+            template,
+            update: policy(&svc.deploy.update_config),
+            rollback: policy(&svc.deploy.rollback_config),
+        });
+    }
+    check_port_conflicts(&defs, &mut errors);
+    if errors.is_empty() {
+        Ok((defs, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Two services publishing the same host port would collide on any host running both.
+fn check_port_conflicts(defs: &[ServiceDef], errors: &mut Vec<ResolveError>) {
+    let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
+    for d in defs {
+        for p in &d.template.ports {
+            if let Some(other) = seen.insert((p.published, p.protocol), &d.name)
+                && other != d.name
+            {
+                errors.push(ResolveError {
+                    service: d.name.clone(),
+                    message: format!(
+                        "port {} is also published by service {other}; publish it from one service only",
+                        p.published
+                    ),
+                });
+            }
+        }
+    }
+}
+
+impl ServiceDef {
+    /// The scheduler's view of this service.
+    pub fn to_scheduler(&self) -> scheduler::Service {
+        scheduler::Service {
+            name: self.name.clone(),
+            mode: self.replicas.map_or(Mode::Global, Mode::Replicated),
+            constraints: self
+                .constraints
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
+            max_per_host: self.max_per_host,
+            reservations: Resources {
+                cpu_millis: self.reservations_cpu_millis,
+                memory_bytes: self.reservations_memory_bytes,
+            },
+            image: self.template.image.clone(),
+            image_digest: None,
+            stateful: self.stateful,
+        }
+    }
+
+    /// The container spec of one replica.
+    pub fn container(&self, slot: scheduler::Slot) -> ContainerSpec {
+        let mut c = self.template.clone();
+        c.slot = match slot {
+            scheduler::Slot::Replica(n) => n,
+            scheduler::Slot::Global => GLOBAL_SLOT,
+        };
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parse(text: &str) -> Stack {
+        let env = BTreeMap::new();
+        let files: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
+        let input = skiff_shared::stack::Input::new(text, "compose.yml", Path::new("/srv"), &env)
+            .with_files(&files);
+        match skiff_shared::stack::parse(&input) {
+            Ok(p) => p.stack,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn resolves_a_typical_service() {
+        let stack = parse(
+            "services:\n  web:\n    image: skiff-test/busybox:1\n    command: httpd -f -p 8080\n    ports: [\"8080:8080\"]\n    environment: {A: \"1\"}\n    volumes: [\"data:/data\"]\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 2s\n    deploy:\n      replicas: 3\n      resources: {limits: {cpus: \"0.5\", memory: 64M}, reservations: {memory: 32M}}\n      update_config: {order: start-first, parallelism: 2}\nvolumes:\n  data: {}\n",
+        );
+        let (defs, _) = resolve("shop", &stack).unwrap();
+        let web = &defs[0];
+        assert_eq!(web.replicas, Some(3));
+        assert!(web.stateful);
+        assert_eq!(
+            web.max_per_host,
+            Some(1),
+            "a published port binds once per host"
+        );
+        assert_eq!(web.template.mounts[0].source, "shop_data");
+        assert_eq!(web.template.resources.cpu_limit_millis, Some(500));
+        assert_eq!(web.template.resources.memory_limit_bytes, Some(64 << 20));
+        assert_eq!(web.reservations_memory_bytes, 32 << 20);
+        assert_eq!(web.template.healthcheck.as_ref().unwrap().interval_ms, 2000);
+        assert_eq!(web.template.healthcheck.as_ref().unwrap().test[0], "CMD");
+        assert!(web.update.start_first && web.update.parallelism == 2);
+        assert_eq!(web.update.failure_action, "rollback");
+        assert_eq!(
+            web.container(scheduler::Slot::Replica(2)).name(),
+            "shop.web.2"
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_by_service() {
+        let stack = parse(
+            "services:\n  a:\n    image: x\n    ports: [\"80:80\"]\n  b:\n    image: y\n    ports: [\"81:8080\"]\n    deploy: {placement: {constraints: [\"node.label.zone == eu\"]}}\n",
+        );
+        let errors = resolve("s", &stack).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.contains("service b") && e.contains("node.label.zone")),
+            "{text:?}"
+        );
+
+        // The same host port from two services, as a client could send it.
+        let mut stack = stack;
+        if let Some(b) = stack.services.get_mut("b") {
+            b.ports[0].published = Some(80);
+            b.deploy.placement.constraints.clear();
+        }
+        let errors = resolve("s", &stack).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "service b: port 80 is also published by service a; publish it from one service only"
+        );
+    }
+}

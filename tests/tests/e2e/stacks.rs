@@ -1,0 +1,331 @@
+//! Stacks on real Docker: deploy a Compose file across three agents, scale,
+//! change, remove; bad stacks are refused and change nothing.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptions;
+use skiff_coordinator::api::types::TaskView;
+use skiff_coordinator::client::Method;
+use skiff_tests::cluster::{Cluster, CoordinatorOptions};
+use skiff_tests::image::{docker, ensure_test_image};
+use skiff_tests::{launch_cluster, target_bin, wait_for};
+
+async fn skiff(cluster: &Cluster, dir: &std::path::Path, args: &[&str]) -> Output {
+    let coord = &cluster.coordinator;
+    let mut cmd = tokio::process::Command::new(target_bin("skiff"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("SKIFF_URL", coord.api_url())
+        .env("SKIFF_TOKEN", coord.admin_token())
+        .env("SKIFF_CONFIG", coord.root.path().join("cli.toml"))
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn compose(replicas: u32, version: &str, label: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: skiff-test/busybox:1\n    command: [\"sh\", \"-c\", \"echo {version} > /www/index.html && httpd -f -p 8080 -h /www\"]\n    environment:\n      VERSION: \"{version}\"\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 1s\n      timeout: 1s\n      retries: 3\n    deploy:\n      replicas: {replicas}\n      placement:\n        constraints: [\"node.labels.test == {label}\"]\n"
+    )
+}
+
+async fn tasks(cluster: &Cluster, stack: &str) -> Vec<TaskView> {
+    cluster
+        .coordinator
+        .client()
+        .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
+        .await
+        .unwrap_or_default()
+}
+
+/// Waits until `n` replicas run the current spec and are healthy.
+async fn wait_ready(cluster: &Cluster, stack: &str, n: usize) -> Vec<TaskView> {
+    wait_for(
+        &format!("{n} healthy replicas of {stack}"),
+        Duration::from_secs(90),
+        || async {
+            let t = tasks(cluster, stack).await;
+            (t.len() == n
+                && t.iter().all(|t| {
+                    t.up_to_date && t.state == "running" && t.health.as_deref() == Some("healthy")
+                }))
+            .then_some(t)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn get(ip: &str) -> Option<String> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((ip, 8080)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
+}
+
+async fn engine_containers(label: &str) -> usize {
+    let docker = docker().await.unwrap();
+    let filters = std::collections::HashMap::from([(
+        "label".to_owned(),
+        vec![format!("skiff.stack={label}")],
+    )]);
+    docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map(|l| l.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_spreads_scales_updates_and_removes_a_stack() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let cluster = launch_cluster(3, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("shop{label}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+
+    // Dry run: the plan, and nothing changes.
+    std::fs::write(&file, compose(3, "v1", &label)).unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack, "--dry-run"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        plan.lines().filter(|l| l.starts_with("start")).count(),
+        3,
+        "{plan}"
+    );
+    assert_eq!(engine_containers(&stack).await, 0);
+
+    // Deploy: three replicas, one per node, each serving its version.
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Deployed."));
+    let t = wait_ready(&cluster, &stack, 3).await;
+    let nodes: std::collections::BTreeSet<&str> = t.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "spread across the three nodes: {t:?}");
+    for task in &t {
+        assert_eq!(get(&task.ips[0]).await.as_deref(), Some("v1"));
+    }
+
+    // Scale up and down.
+    std::fs::write(&file, compose(5, "v1", &label)).unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t5 = wait_ready(&cluster, &stack, 5).await;
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for task in &t5 {
+        *per_node.entry(task.node.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_node.values().all(|n| (1..=2).contains(n)),
+        "{per_node:?}"
+    );
+    let kept: Vec<(String, Vec<String>)> =
+        t.iter().map(|t| (t.name.clone(), t.ips.clone())).collect();
+    for (name, ips) in &kept {
+        assert!(
+            t5.iter().any(|n| &n.name == name && &n.ips == ips),
+            "scaling up left {name} alone"
+        );
+    }
+    std::fs::write(&file, compose(2, "v1", &label)).unwrap();
+    assert!(
+        skiff(
+            &cluster,
+            dir.path(),
+            &["deploy", "-f", "compose.yml", &stack]
+        )
+        .await
+        .status
+        .success()
+    );
+    wait_ready(&cluster, &stack, 2).await;
+    wait_for(
+        "the engine to hold 2 containers",
+        Duration::from_secs(30),
+        || async { (engine_containers(&stack).await == 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+
+    // A changed spec replaces the containers.
+    std::fs::write(&file, compose(2, "v2", &label)).unwrap();
+    assert!(
+        skiff(
+            &cluster,
+            dir.path(),
+            &["deploy", "-f", "compose.yml", &stack]
+        )
+        .await
+        .status
+        .success()
+    );
+    let t2 = wait_ready(&cluster, &stack, 2).await;
+    for task in &t2 {
+        assert_eq!(get(&task.ips[0]).await.as_deref(), Some("v2"));
+    }
+    let out = skiff(&cluster, dir.path(), &["release", "ls", &stack, "--json"]).await;
+    let releases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(releases.len(), 4);
+    assert_eq!(releases[0]["current"], true);
+    let out = skiff(&cluster, dir.path(), &["stack", "ps", &stack]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("healthy"));
+
+    // Remove.
+    let out = skiff(&cluster, dir.path(), &["stack", "rm", &stack]).await;
+    assert!(out.status.success());
+    wait_for(
+        "the stack's containers to be gone",
+        Duration::from_secs(60),
+        || async { (engine_containers(&stack).await == 0).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_stacks_are_refused_and_change_nothing() {
+    let cluster = launch_cluster(1, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("bad{label}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+
+    // Malformed YAML: file, line and column.
+    std::fs::write(&file, "services:\n  web:\n    image: [unclosed\n").unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("compose.yml:"), "{err}");
+
+    // A constraint no node matches: refused by the scheduler, with the reason.
+    std::fs::write(&file, compose(2, "v1", "no-such-label")).unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("service web") && err.contains("node.labels.test == no-such-label"),
+        "{err}"
+    );
+
+    // An invalid constraint.
+    std::fs::write(
+        &file,
+        compose(1, "v1", &label).replace("node.labels.test", "node.label.test"),
+    )
+    .unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node.label.test"));
+
+    // More memory than any host has.
+    let greedy = compose(1, "v1", &label).replace(
+        "      replicas: 1\n",
+        "      replicas: 1\n      resources:\n        reservations:\n          memory: 100000G\n",
+    );
+    std::fs::write(&file, greedy).unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Two services publishing one port.
+    std::fs::write(
+        &file,
+        "services:\n  a:\n    image: x\n    ports: [\"8081:80\"]\n  b:\n    image: y\n    ports: [\"8081:80\"]\n",
+    )
+    .unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8081"));
+
+    // Nothing was recorded or started.
+    let stacks: Vec<serde_json::Value> = cluster
+        .coordinator
+        .client()
+        .call(Method::GET, "/stacks", None::<&()>)
+        .await
+        .unwrap();
+    assert!(stacks.is_empty(), "{stacks:?}");
+    assert_eq!(engine_containers(&stack).await, 0);
+}
