@@ -329,3 +329,134 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     assert!(stacks.is_empty(), "{stacks:?}");
     assert_eq!(engine_containers(&stack).await, 0);
 }
+
+async fn inspect(id: &str) -> (String, String, i64) {
+    let docker = docker().await.unwrap();
+    let c = docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap();
+    (
+        c.id.unwrap_or_default(),
+        c.state.and_then(|s| s.started_at).unwrap_or_default(),
+        c.restart_count.unwrap_or(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let mut cluster = launch_cluster(2, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("keep{label}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yml"), compose(2, "v1", &label)).unwrap();
+    assert!(
+        skiff(&cluster, dir.path(), &["deploy", &stack])
+            .await
+            .status
+            .success()
+    );
+    let before = wait_ready(&cluster, &stack, 2).await;
+    let docker = docker().await.unwrap();
+    let ids =
+        |tasks: &[TaskView]| -> Vec<String> { tasks.iter().map(|t| t.name.clone()).collect() };
+    let mut state = Vec::new();
+    for t in &before {
+        let filters = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!("skiff.name={}", t.name)],
+        )]);
+        let list = docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+        state.push(inspect(list[0].id.as_deref().unwrap()).await);
+    }
+
+    // Killing and restarting an agent: its containers are adopted, not recreated.
+    let victim = cluster.agents[0].node_id();
+    cluster.agents[0].kill().await;
+    cluster.agents[0].start().unwrap();
+    cluster
+        .coordinator
+        .wait_node(
+            &victim,
+            skiff_coordinator::api::types::NodeStatus::Connected,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let after = wait_ready(&cluster, &stack, 2).await;
+    assert_eq!(ids(&after), ids(&before));
+    for s in &state {
+        assert_eq!(
+            &inspect(&s.0).await,
+            s,
+            "same container, same start time, same restart count"
+        );
+    }
+
+    // With the coordinator gone, agents keep enforcing their last plan: a
+    // container removed behind their back comes back.
+    cluster.coordinator.kill().await;
+    let gone = &state[0].0;
+    docker
+        .remove_container(
+            gone,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let name = before[0].name.clone();
+    wait_for(
+        "the agent to recreate the container",
+        Duration::from_secs(60),
+        || async {
+            let filters = std::collections::HashMap::from([(
+                "label".to_owned(),
+                vec![format!("skiff.name={name}")],
+            )]);
+            let list = docker
+                .list_containers(Some(ListContainersOptions {
+                    all: false,
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .ok()?;
+            (list.len() == 1 && list[0].id.as_deref() != Some(gone.as_str())).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        inspect(&state[1].0).await,
+        state[1],
+        "the other replica was left alone"
+    );
+
+    // The coordinator returns; a change made then converges.
+    cluster.coordinator.start().await.unwrap();
+    std::fs::write(dir.path().join("compose.yml"), compose(3, "v1", &label)).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_ready(&cluster, &stack, 3).await;
+    assert_eq!(inspect(&state[1].0).await, state[1]);
+}
