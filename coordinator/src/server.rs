@@ -184,11 +184,29 @@ pub async fn run(
             }
         }
     });
+    let lost_state = state.clone();
+    let lost = tokio::spawn(async move {
+        // Check often relative to the grace period, but not busily.
+        let period = (lost_state.config.host_lost_grace / 4)
+            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                () = lost_state.shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(error) = crate::deploy::reschedule_lost(&lost_state).await {
+                        warn!(error = %error, "Rescheduling after a host loss failed.");
+                    }
+                }
+            }
+        }
+    });
     state.shutdown.cancelled().await;
     let drain = async {
         let _ = link.await;
         let _ = api_task.await;
         let _ = flush.await;
+        let _ = lost.await;
         // Give sessions a moment to send their close frames.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !state.sessions.is_empty() && tokio::time::Instant::now() < deadline {

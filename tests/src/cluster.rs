@@ -35,6 +35,8 @@ pub struct CoordinatorOptions {
     /// Address the agent port binds (default 127.0.0.1).
     pub agent_ip: String,
     pub advertise: Vec<String>,
+    /// How long a silent node is given before its replicas move.
+    pub host_lost_grace: Duration,
 }
 
 impl Default for CoordinatorOptions {
@@ -44,6 +46,7 @@ impl Default for CoordinatorOptions {
             cert_ttl: Duration::from_secs(3600),
             agent_ip: "127.0.0.1".into(),
             advertise: Vec::new(),
+            host_lost_grace: Duration::from_secs(60),
         }
     }
 }
@@ -71,10 +74,11 @@ impl Coordinator {
             .join(", ");
         let config = format!(
             "data_dir = {:?}\napi_listen = \"{api}\"\nagent_listen = \"{agent}\"\nadvertise = [{advertise}]\n\
-             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\n",
+             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n",
             root.path().join("data"),
             opts.heartbeat_interval.as_millis(),
             opts.cert_ttl.as_secs(),
+            opts.host_lost_grace.as_millis(),
         );
         std::fs::write(root.path().join("coordinator.toml"), config)?;
         let mut c = Self {

@@ -136,7 +136,7 @@ pub async fn deploy(
     // One deploy at a time: each reads and rewrites node plans.
     let _guard = state.deploy_lock.lock().await;
     let hosts = hosts(state).await?;
-    let (steps, new_plans) = place(name, &defs, &hosts)?;
+    let (steps, new_plans) = place(name, &defs, &hosts, false)?;
     if dry_run {
         return Ok(Outcome {
             release: None,
@@ -167,10 +167,13 @@ pub async fn deploy(
 type NodePlans = BTreeMap<String, Vec<ContainerSpec>>;
 
 /// Schedules the stack and computes each changed node's new containers.
+/// With `partial`, what could be placed is kept even when some replicas
+/// could not be (after a host loss); otherwise any shortfall refuses it all.
 fn place(
     name: &str,
     defs: &[ServiceDef],
     hosts: &[(Host, Arc<NodePlan>)],
+    partial: bool,
 ) -> Result<(Vec<Step>, NodePlans), DeployError> {
     let current: Vec<Placement> = hosts
         .iter()
@@ -188,7 +191,7 @@ fn place(
     let host_list: Vec<Host> = hosts.iter().map(|(h, _)| h.clone()).collect();
     let services: Vec<scheduler::Service> = defs.iter().map(ServiceDef::to_scheduler).collect();
     let plan = scheduler::schedule(&host_list, &services, &current);
-    if !plan.is_complete() {
+    if !partial && !plan.is_complete() {
         return Err(DeployError::Placement(
             plan.errors.iter().map(ToString::to_string).collect(),
         ));
@@ -270,6 +273,57 @@ async fn apply(
         );
     }
     Ok(())
+}
+
+/// Moves the stateless replicas of nodes lost past the grace period to
+/// other nodes. The lost node's plan loses them too, so when it comes back
+/// it removes its copies and exactly the desired count runs. Returns how
+/// many changes were made.
+pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
+    let _guard = state.deploy_lock.lock().await;
+    let hosts = hosts(state).await?;
+    let down: BTreeSet<&str> = hosts
+        .iter()
+        .filter(|(h, _)| h.status == HostStatus::Down)
+        .map(|(h, _)| h.attrs.id.as_str())
+        .collect();
+    if down.is_empty() {
+        return Ok(0);
+    }
+    let mut changed = 0;
+    for stack in state.store.stacks().await? {
+        let affected = hosts.iter().any(|(h, p)| {
+            down.contains(h.attrs.id.as_str()) && p.containers.iter().any(|c| c.stack == stack.name)
+        });
+        if !affected {
+            continue;
+        }
+        let Some(release) = state
+            .store
+            .releases(&stack.name)
+            .await?
+            .into_iter()
+            .find(|r| r.number == stack.current_release)
+        else {
+            continue;
+        };
+        let defs: Vec<ServiceDef> = serde_json::from_str(&release.services).map_err(|e| {
+            DeployError::Store(StoreError::Corrupt(format!(
+                "release {}: {e}",
+                release.number
+            )))
+        })?;
+        let (steps, new_plans) = place(&stack.name, &defs, &hosts, true)?;
+        if new_plans.is_empty() {
+            continue;
+        }
+        for step in &steps {
+            info!(stack = %stack.name, ?step, "Host lost: rescheduling.");
+        }
+        changed += steps.len();
+        apply(state, new_plans).await?;
+    }
+    Ok(changed)
 }
 
 /// Removes a stack: its containers leave every node's plan.

@@ -460,3 +460,60 @@ async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
     wait_ready(&cluster, &stack, 3).await;
     assert_eq!(inspect(&state[1].0).await, state[1]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_of_a_lost_host_move_and_duplicates_go_when_it_returns() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let opts = CoordinatorOptions {
+        host_lost_grace: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let cluster = launch_cluster(2, opts).await.unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("move{label}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("compose.yml"), compose(2, "v1", &label)).unwrap();
+    assert!(
+        skiff(&cluster, dir.path(), &["deploy", &stack])
+            .await
+            .status
+            .success()
+    );
+    let before = wait_ready(&cluster, &stack, 2).await;
+    let lost = cluster.agents[0].name.clone();
+    assert!(before.iter().any(|t| t.node == lost));
+
+    cluster.agents[0].proxy.cut();
+    let moved = wait_for(
+        "the lost host's replica to run elsewhere",
+        Duration::from_secs(60),
+        || async {
+            let t = tasks(&cluster, &stack).await;
+            (t.len() == 2
+                && t.iter().all(|t| {
+                    t.node != lost && t.state == "running" && t.health.as_deref() == Some("healthy")
+                }))
+            .then_some(t)
+        },
+    )
+    .await
+    .unwrap();
+    let names: std::collections::BTreeSet<&str> = moved.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names.len(),
+        2,
+        "the same two replicas, now on one host: {moved:?}"
+    );
+    // Cut off, the lost host still runs its copy: an outage is never destructive.
+    assert_eq!(engine_containers(&stack).await, 3);
+
+    cluster.agents[0].proxy.heal();
+    wait_for(
+        "the returned host to drop its duplicate",
+        Duration::from_secs(60),
+        || async { (engine_containers(&stack).await == 2).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(wait_ready(&cluster, &stack, 2).await.len(), 2);
+}
