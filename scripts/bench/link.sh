@@ -59,6 +59,7 @@ pidfile="$dir/coordinator.pid"
 ready="$dir/ready"
 results="$dir/results.jsonl"
 rm -f "$ready" "$pidfile" "$results"
+: >"$log"
 
 coord_pid=""
 bench_pid=""

@@ -337,33 +337,35 @@ fn usable_cached(
     ids: Vec<CachedIdentity>,
     ca_fingerprint_hex: &str,
     live: &HashSet<String>,
-) -> (Vec<CachedIdentity>, &'static str) {
+) -> (Vec<CachedIdentity>, String) {
     let same_ca = certs_from_pem(&meta.ca_pem, "cached CA")
         .ok()
         .and_then(|c| c.into_iter().next())
         .is_some_and(|ca| hex::encode(fingerprint(&ca)) == ca_fingerprint_hex);
     if !same_ca {
-        return (Vec::new(), "the cache belongs to another cluster CA");
+        return (Vec::new(), "the cache belongs to another cluster CA".into());
     }
     let deadline = SystemTime::now() + CERT_MARGIN;
-    let kept = ids
-        .into_iter()
-        .filter(|id| live.contains(&id.node_id))
-        .filter(|id| {
-            certs_from_pem(&id.cert_pem, "cached certificate")
-                .ok()
-                .and_then(|c| c.into_iter().next())
-                .and_then(|der| skiff_agent::identity::validity(&der))
-                .is_some_and(|(_, not_after)| not_after > deadline)
-        })
-        .collect();
-    (
-        kept,
-        "nodes that were removed or certificates near expiry were dropped",
-    )
+    let (known, gone): (Vec<_>, Vec<_>) =
+        ids.into_iter().partition(|id| live.contains(&id.node_id));
+    let (kept, expiring): (Vec<_>, Vec<_>) = known.into_iter().partition(|id| {
+        certs_from_pem(&id.cert_pem, "cached certificate")
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|der| skiff_agent::identity::validity(&der))
+            .is_some_and(|(_, not_after)| not_after > deadline)
+    });
+    let why = format!(
+        "{} removed or unknown to the coordinator, {} with a certificate expiring within {} min",
+        gone.len(),
+        expiring.len(),
+        CERT_MARGIN.as_secs() / 60
+    );
+    (kept, why)
 }
 
-/// Facts every simulated agent reports: this host's, under its own name.
+/// A typical server's facts; each simulated agent reports them under its
+/// own host name, so the coordinator stores a realistic row per node.
 fn facts_template() -> HostFacts {
     HostFacts {
         hostname: String::new(),
@@ -590,6 +592,7 @@ struct Shared {
     /// Agents back after a drop while armed, and how long after the first drop.
     reconnected: AtomicUsize,
     reconnect_ms: Mutex<Vec<u64>>,
+    /// Failed attempts and unexpected drops, counted by kind.
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -875,7 +878,9 @@ async fn run_agent(agent: SimAgent, shared: Arc<Shared>) {
             }
             Err(ConnectError::Failed(why)) => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                if !shared.armed.load(Ordering::Relaxed) {
+                if shared.armed.load(Ordering::Relaxed) {
+                    shared.note_error(format!("after restart: {why}"));
+                } else {
                     shared.note_error(why);
                 }
             }
@@ -1201,6 +1206,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let Some(&t0) = shared.first_drop.get() else {
             bail!("first drop vanished");
         };
+        let tool_at_drop = self_sample();
+        let failures_at_drop = shared.failures.load(Ordering::Relaxed);
         eprintln!("Links dropping; waiting for every agent to reconnect...");
         let deadline = t0 + Duration::from_secs(cli.reconnect_timeout);
         let mut at_60 = None;
@@ -1230,6 +1237,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let back = shared.reconnected.load(Ordering::Relaxed);
+        // The restarted process did nothing but start and take the links
+        // back, so its whole CPU time is the cost of the reconnection.
+        let restarted = target.sample();
+        let tool_done = self_sample();
         let mut lat = shared
             .reconnect_ms
             .lock()
@@ -1249,7 +1260,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "p90_ms": percentile(&lat, 90.0),
             "p99_ms": percentile(&lat, 99.0),
             "max_ms": lat.last(),
-            "failed_attempts_total": shared.failures.load(Ordering::Relaxed),
+            "failed_attempts": shared.failures.load(Ordering::Relaxed) - failures_at_drop,
+            "restarted_coordinator_cpu_seconds": restarted.cpu_ticks.map(|t| round2(t as f64 / USER_HZ)),
+            "restarted_coordinator_rss_kib": restarted.rss_kib,
+            "tool_cpu_seconds": opt_round2(cpu_seconds(&tool_at_drop, &tool_done)),
         }));
         eprintln!(
             "Reconnect: {back}/{n} back{}; first after {} ms.",
@@ -1317,7 +1331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     if !errors.is_empty() {
-        eprintln!("  errors before the restart:");
+        eprintln!("  failed attempts and lost links, by kind:");
         for (kind, count) in &errors {
             eprintln!("    {count:>6}  {kind}");
         }
