@@ -58,6 +58,31 @@ pub enum Command {
     /// A stack's releases.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Restore an earlier release of a stack exactly (default: the one before the current).
+    Rollback {
+        stack: String,
+        /// The release number to restore.
+        #[arg(long)]
+        to: Option<i64>,
+        /// Return without following progress.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Services of a stack.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Set replica counts: STACK.SERVICE=N ...
+    Scale {
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// Return without following progress.
+        #[arg(long)]
+        detach: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +331,58 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let client = Client::new(&url, token)?;
             stack_command(&client, cmd, &mut out).await?;
         }
+        Command::Rollback { stack, to, detach } => {
+            let client = Client::new(&url, token)?;
+            let view: DeployView = client
+                .call(
+                    Method::POST,
+                    &format!("/stacks/{}/rollback", path_segment(&stack)?),
+                    Some(&RollbackRequest { to }),
+                )
+                .await?;
+            let release = view.release.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "Release {release} of {stack} restores the earlier one: {} changes.",
+                view.steps.len()
+            );
+            if !detach {
+                follow(&client, &stack, release, Duration::from_secs(300), &mut out).await?;
+            }
+        }
+        Command::Service(ServiceCommand::Scale { targets, detach }) => {
+            let client = Client::new(&url, token)?;
+            for t in &targets {
+                let parsed = t.split_once('=').and_then(|(svc, n)| {
+                    let (stack, service) = svc.split_once('.')?;
+                    Some((stack, service, n.parse::<u32>().ok()?))
+                });
+                let Some((stack, service, replicas)) = parsed else {
+                    return Err(Failure::usage(format!(
+                        "invalid scale target {t:?}: expected STACK.SERVICE=N"
+                    )));
+                };
+                let view: DeployView = client
+                    .call(
+                        Method::POST,
+                        &format!(
+                            "/stacks/{}/services/{}/scale",
+                            path_segment(stack)?,
+                            path_segment(service)?
+                        ),
+                        Some(&ScaleRequest { replicas }),
+                    )
+                    .await?;
+                let release = view.release.unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{stack}.{service} scaled to {replicas} (release {release})."
+                );
+                if !detach {
+                    follow(&client, stack, release, Duration::from_secs(300), &mut out).await?;
+                }
+            }
+        }
         Command::Release(ReleaseCommand::Ls { stack, json }) => {
             let client = Client::new(&url, token)?;
             let releases: Vec<ReleaseView> = client
@@ -328,6 +405,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             } else {
                                 String::new()
                             },
+                            r.status.clone(),
                             r.created_at.clone(),
                             r.images
                                 .iter()
@@ -337,7 +415,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         ]
                     })
                     .collect();
-                table(&mut out, &["RELEASE", "", "CREATED", "IMAGES"], rows);
+                table(
+                    &mut out,
+                    &["RELEASE", "", "STATUS", "CREATED", "IMAGES"],
+                    rows,
+                );
             }
         }
     }
@@ -737,23 +819,41 @@ async fn deploy_command(
     if args.detach {
         return Ok(());
     }
-    follow(client, &args.stack, timeout, out).await
+    follow(client, &args.stack, release, timeout, out).await
 }
 
-/// Prints progress until every replica runs the current spec (and is
-/// healthy where it has a health check), or fails after `timeout`.
+/// Prints progress until release `release` is rolled out and every
+/// replica runs it (healthy, where it has a health check); fails when the
+/// rollout rolled back, paused or failed, or after `timeout`.
 async fn follow(
     client: &Client,
     stack: &str,
+    release: i64,
     timeout: Duration,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
+        let view: StackView = client
+            .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)
+            .await?;
         let tasks: Vec<TaskView> = client
             .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
             .await?;
+        let rollout = view.rollout.filter(|r| r.release == release);
+        if let Some(r) = &rollout
+            && !matches!(r.state.as_str(), "in_progress" | "completed")
+        {
+            return Err(Failure {
+                message: format!(
+                    "release {release} of {stack} {}: {}",
+                    r.state.replace('_', " "),
+                    r.message
+                ),
+                code: 1,
+            });
+        }
         let ready = tasks
             .iter()
             .filter(|t| {
@@ -762,12 +862,17 @@ async fn follow(
                     && t.health.as_deref().is_none_or(|h| h == "healthy")
             })
             .count();
-        let line = format!("{ready}/{} replicas ready", tasks.len());
+        let replaced = rollout
+            .as_ref()
+            .map(|r| format!(", {}/{} replaced", r.replaced, r.total))
+            .unwrap_or_default();
+        let line = format!("{ready}/{} replicas ready{replaced}", view.desired);
         if line != last {
             let _ = writeln!(out, "{line}");
             last = line;
         }
-        if ready == tasks.len() {
+        let rolled_out = rollout.as_ref().is_none_or(|r| r.state == "completed");
+        if rolled_out && ready >= view.desired && tasks.iter().all(|t| t.up_to_date) {
             let _ = writeln!(out, "Deployed.");
             return Ok(());
         }
@@ -786,7 +891,7 @@ async fn follow(
                 code: 1,
             });
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 

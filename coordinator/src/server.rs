@@ -143,6 +143,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         plans,
         observed: Default::default(),
         deploy_lock: Default::default(),
+        rollouts: Default::default(),
     }))
 }
 

@@ -36,6 +36,8 @@ pub struct AppState {
     pub observed: ObservedBook,
     /// Held by a deploy or stack removal while it reads and rewrites node plans.
     pub deploy_lock: tokio::sync::Mutex<()>,
+    /// Each stack's latest rolling update.
+    pub rollouts: crate::deploy::rollout::RolloutBook,
 }
 
 /// The last observed state each agent reported, with when it arrived.

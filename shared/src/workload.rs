@@ -16,14 +16,21 @@ pub const LABEL_SERVICE: &str = "skiff.service";
 pub const LABEL_SLOT: &str = "skiff.slot";
 /// Fingerprint of the spec the container was created from.
 pub const LABEL_SPEC: &str = "skiff.spec";
+/// The container's key: its name and the release that made it, `<name>@<revision>`.
+pub const LABEL_KEY: &str = "skiff.key";
 
 /// One container the host should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     pub stack: String,
     pub service: String,
-    /// Replica slot, 1-based; global services use slot 1 on each host.
+    /// Replica slot, 1-based; 0 for the copy of a global service on each host.
     pub slot: u32,
+    /// The release that introduced this replica's spec. A rolling update
+    /// runs the old and the new revision of a slot side by side (start-first),
+    /// so the revision is part of the container's key.
+    #[serde(default)]
+    pub revision: u64,
     /// Image reference, by digest once the coordinator has resolved one.
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,11 +143,19 @@ impl ContainerSpec {
         format!("{}.{}.{}", self.stack, self.service, self.slot)
     }
 
-    /// A short digest of the whole spec: containers created from equal specs
-    /// have equal fingerprints, so a changed spec means a replaced container.
+    /// `<stack>.<service>.<slot>@<revision>`: unique per host, also while
+    /// two revisions of a slot run side by side.
+    pub fn key(&self) -> String {
+        format!("{}@{}", self.name(), self.revision)
+    }
+
+    /// A short digest of what the container runs (everything but the
+    /// revision): equal fingerprints mean nothing needs replacing.
     pub fn fingerprint(&self) -> String {
+        let mut canonical = self.clone();
+        canonical.revision = 0;
         // Field order is fixed by the struct and maps are sorted, so the JSON is canonical.
-        let json = serde_json::to_vec(self).unwrap_or_default();
+        let json = serde_json::to_vec(&canonical).unwrap_or_default();
         hex::encode(&crate::sha256(&json)[..12])
     }
 }
@@ -161,6 +176,9 @@ pub struct ObservedState {
 pub struct ContainerStatus {
     /// `<stack>.<service>.<slot>`.
     pub name: String,
+    /// `<name>@<revision>`, as in [`ContainerSpec::key`].
+    #[serde(default)]
+    pub key: String,
     pub id: String,
     /// Docker's state: `created`, `running`, `restarting`, `exited`, `dead`, `paused`.
     pub state: String,
@@ -192,6 +210,7 @@ mod tests {
             stack: "shop".into(),
             service: service.into(),
             slot,
+            revision: 1,
             image: "skiff-test/busybox:1".into(),
             command: Some(vec!["sleep".into(), "1000".into()]),
             entrypoint: None,
@@ -216,6 +235,14 @@ mod tests {
         b.env.insert("A".into(), "1".into());
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.name(), "shop.web.1");
+        assert_eq!(a.key(), "shop.web.1@1");
+        let mut c = a.clone();
+        c.revision = 7;
+        assert_eq!(
+            a.fingerprint(),
+            c.fingerprint(),
+            "the revision is not part of what runs"
+        );
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), a);
     }

@@ -14,8 +14,8 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use skiff_shared::workload::{
-    ContainerSpec, ContainerStatus, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC,
-    LABEL_STACK, MountKind, Protocol, RestartSpec,
+    ContainerSpec, ContainerStatus, LABEL_KEY, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT,
+    LABEL_SPEC, LABEL_STACK, MountKind, Protocol, RestartSpec,
 };
 use tracing::{info, warn};
 
@@ -59,7 +59,7 @@ impl Engine {
     /// The engine name of a container: unique per node (several agents may
     /// share one engine), readable in `docker ps`.
     pub fn container_name(&self, spec: &ContainerSpec) -> String {
-        format!("skiff.{}.{}", spec.name(), self.node_id)
+        format!("skiff.{}.r{}.{}", spec.name(), spec.revision, self.node_id)
     }
 
     /// Events on this node's containers, as a stream of "something changed".
@@ -98,6 +98,10 @@ impl Engine {
                 // Containers carry our node label only if we made them; one
                 // without a name label is not ours to interpret, so skip it.
                 let name = labels.get(LABEL_NAME)?.clone();
+                let key = labels
+                    .get(LABEL_KEY)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{name}@0"));
                 let state = match c.state {
                     Some(ContainerSummaryStateEnum::CREATED) => State::Created,
                     Some(ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD) => {
@@ -107,6 +111,7 @@ impl Engine {
                 };
                 Some(Observed {
                     id: c.id?,
+                    key,
                     name,
                     spec: labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
                     state,
@@ -144,6 +149,7 @@ impl Engine {
                 })
                 .unwrap_or_default();
             out.push(ContainerStatus {
+                key: o.key,
                 name: o.name,
                 id: o.id,
                 state: state.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -163,7 +169,7 @@ impl Engine {
                 spec: o.spec,
             });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
@@ -286,6 +292,7 @@ impl Engine {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(LABEL_NODE.into(), self.node_id.clone());
         labels.insert(LABEL_NAME.into(), spec.name());
+        labels.insert(LABEL_KEY.into(), spec.key());
         labels.insert(LABEL_STACK.into(), spec.stack.clone());
         labels.insert(LABEL_SERVICE.into(), spec.service.clone());
         labels.insert(LABEL_SLOT.into(), spec.slot.to_string());

@@ -120,6 +120,8 @@ pub fn node_filter(node_id: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub id: String,
+    /// `<stack>.<service>.<slot>@<revision>` from its `skiff.key` label.
+    pub key: String,
     /// `<stack>.<service>.<slot>` from its `skiff.name` label.
     pub name: String,
     /// Fingerprint of the spec it was created from (`skiff.spec` label).
@@ -150,13 +152,15 @@ pub enum Action {
 }
 
 /// Decides what to do so that exactly the desired containers exist.
+/// Containers are matched by key (`<name>@<revision>`), so during a
+/// start-first update the old and new revision of a slot are two keys.
 ///
 /// - a desired spec with no container: create it;
 /// - a container whose spec fingerprint differs from the desired one:
 ///   remove it, then create the new one (the coordinator orders rolling
 ///   updates across hosts; within a host replacement is stop-first);
 /// - a created, never-started container: start it;
-/// - more than one container for a name: keep the one matching the spec
+/// - more than one container for a key: keep the one matching the spec
 ///   (preferring one that is up), remove the rest;
 /// - a container no spec asks for: remove it.
 ///
@@ -165,14 +169,14 @@ pub enum Action {
 pub fn diff(desired: &[ContainerSpec], observed: &[Observed]) -> Vec<Action> {
     let mut by_name: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
     for o in observed {
-        by_name.entry(o.name.as_str()).or_default().push(o);
+        by_name.entry(o.key.as_str()).or_default().push(o);
     }
     let mut removals = Vec::new();
     let mut starts = Vec::new();
     let mut creates = Vec::new();
     let mut wanted: BTreeMap<String, &ContainerSpec> = BTreeMap::new();
     for spec in desired {
-        wanted.insert(spec.name(), spec);
+        wanted.insert(spec.key(), spec);
     }
     for (name, spec) in &wanted {
         let fingerprint = spec.fingerprint();
@@ -241,6 +245,7 @@ mod tests {
             stack: "shop".into(),
             service: service.into(),
             slot,
+            revision: 0,
             image: image.into(),
             command: None,
             entrypoint: None,
@@ -260,6 +265,7 @@ mod tests {
     fn obs(id: &str, s: &ContainerSpec, state: State) -> Observed {
         Observed {
             id: id.into(),
+            key: s.key(),
             name: s.name(),
             spec: s.fingerprint(),
             state,
@@ -284,11 +290,11 @@ mod tests {
             vec![
                 Action::Remove {
                     id: "b".into(),
-                    name: "shop.db.1".into()
+                    name: "shop.db.1@0".into()
                 },
                 Action::Remove {
                     id: "c".into(),
-                    name: "shop.old.1".into()
+                    name: "shop.old.1@0".into()
                 },
                 Action::Create { spec: Box::new(db) },
                 Action::Create {
@@ -307,7 +313,7 @@ mod tests {
             diff(&[web1, web2], &observed),
             vec![Action::Start {
                 id: "b".into(),
-                name: "shop.web.2".into()
+                name: "shop.web.2@0".into()
             }]
         );
     }
@@ -331,11 +337,11 @@ mod tests {
             vec![
                 Action::Remove {
                     id: "m".into(),
-                    name: "shop.web.1".into()
+                    name: "shop.web.1@0".into()
                 },
                 Action::Remove {
                     id: "z".into(),
-                    name: "shop.web.1".into()
+                    name: "shop.web.1@0".into()
                 },
             ]
         );
@@ -381,7 +387,7 @@ mod tests {
             }
             prop_assert_eq!(after.len(), desired.len());
             for d in &desired {
-                let matching: Vec<_> = after.iter().filter(|o| o.name == d.name()).collect();
+                let matching: Vec<_> = after.iter().filter(|o| o.key == d.key()).collect();
                 prop_assert_eq!(matching.len(), 1);
                 prop_assert_eq!(&matching[0].spec, &d.fingerprint());
             }

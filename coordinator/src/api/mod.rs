@@ -81,10 +81,10 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
     paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers,
-        list_stacks, remove_stack, deploy_stack, stack_tasks, stack_releases, create_join_token, list_join_tokens, revoke_join_token),
+        list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView)),
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -122,7 +122,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/tokens/join/{id}", delete(revoke_join_token))
         .route("/stacks", get(list_stacks))
-        .route("/stacks/{name}", delete(remove_stack))
+        .route("/stacks/{name}", get(get_stack).delete(remove_stack))
+        .route("/stacks/{name}/rollback", post(rollback_stack))
+        .route(
+            "/stacks/{name}/services/{service}/scale",
+            post(scale_service),
+        )
         .route("/stacks/{name}/deploy", post(deploy_stack))
         .route("/stacks/{name}/tasks", get(stack_tasks))
         .route("/stacks/{name}/releases", get(stack_releases))
@@ -491,39 +496,7 @@ async fn deploy_stack(
         ApiError::bad_request("invalid_stack", format!("the stack model is invalid: {e}"))
     })?;
     let outcome = crate::deploy::deploy(&state, &name, &stack, &req.compose, req.dry_run).await?;
-    let steps = outcome
-        .steps
-        .into_iter()
-        .map(|s| match s {
-            crate::deploy::Step::Start { container, node } => StepView {
-                action: "start".into(),
-                container,
-                node,
-                reason: None,
-            },
-            crate::deploy::Step::Replace { container, node } => StepView {
-                action: "replace".into(),
-                container,
-                node,
-                reason: None,
-            },
-            crate::deploy::Step::Stop {
-                container,
-                node,
-                reason,
-            } => StepView {
-                action: "stop".into(),
-                container,
-                node,
-                reason: Some(reason),
-            },
-        })
-        .collect();
-    Ok(Json(DeployView {
-        release: outcome.release,
-        steps,
-        warnings: outcome.warnings,
-    }))
+    Ok(Json(deploy_view(outcome)))
 }
 
 fn task_view(t: crate::deploy::Task) -> TaskView {
@@ -560,28 +533,122 @@ async fn stack_tasks(
     ))
 }
 
+async fn stack_view(state: &AppState, s: crate::store::StackRow) -> StackView {
+    let tasks = crate::deploy::tasks(state, &s.name)
+        .await
+        .unwrap_or_default();
+    let rollout = state.rollouts.get(&s.name).map(|r| RolloutView {
+        release: r.release,
+        state: r.state.as_str().to_owned(),
+        message: r.message,
+        replaced: r.replaced,
+        total: r.total,
+    });
+    let slots: std::collections::BTreeSet<(String, u32, String)> = tasks
+        .iter()
+        .map(|t| (t.service.clone(), t.slot, t.node_id.clone()))
+        .collect();
+    StackView {
+        desired: slots.len(),
+        running: tasks
+            .iter()
+            .filter(|t| t.up_to_date && t.observed.as_ref().is_some_and(|o| o.state == "running"))
+            .count(),
+        name: s.name,
+        release: s.current_release,
+        created_at: rfc3339_ms(s.created_at),
+        updated_at: rfc3339_ms(s.updated_at),
+        rollout,
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/stacks", responses((status = 200, body = [StackView])))]
 async fn list_stacks(State(state): State<Arc<AppState>>) -> ApiResult<Vec<StackView>> {
     let mut out = Vec::new();
     for s in state.store.stacks().await? {
-        let tasks = crate::deploy::tasks(&state, &s.name)
-            .await
-            .unwrap_or_default();
-        out.push(StackView {
-            desired: tasks.len(),
-            running: tasks
-                .iter()
-                .filter(|t| {
-                    t.up_to_date && t.observed.as_ref().is_some_and(|o| o.state == "running")
-                })
-                .count(),
-            name: s.name,
-            release: s.current_release,
-            created_at: rfc3339_ms(s.created_at),
-            updated_at: rfc3339_ms(s.updated_at),
-        });
+        out.push(stack_view(&state, s).await);
     }
     Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks/{name}", params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = StackView), (status = 404, body = ApiErrorBody)))]
+async fn get_stack(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<StackView> {
+    let s = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| ApiError::not_found("stack", &name))?;
+    Ok(Json(stack_view(&state, s).await))
+}
+
+fn deploy_view(outcome: crate::deploy::Outcome) -> DeployView {
+    let steps = outcome
+        .steps
+        .into_iter()
+        .map(|s| match s {
+            crate::deploy::Step::Start { container, node } => StepView {
+                action: "start".into(),
+                container,
+                node,
+                reason: None,
+            },
+            crate::deploy::Step::Replace { container, node } => StepView {
+                action: "replace".into(),
+                container,
+                node,
+                reason: None,
+            },
+            crate::deploy::Step::Stop {
+                container,
+                node,
+                reason,
+            } => StepView {
+                action: "stop".into(),
+                container,
+                node,
+                reason: Some(reason),
+            },
+        })
+        .collect();
+    DeployView {
+        release: outcome.release,
+        steps,
+        warnings: outcome.warnings,
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/stacks/{name}/rollback", request_body = RollbackRequest,
+    params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+async fn rollback_stack(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<RollbackRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<DeployView> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    Ok(Json(deploy_view(
+        crate::deploy::rollback(&state, &name, req.to).await?,
+    )))
+}
+
+#[utoipa::path(post, path = "/api/v1/stacks/{name}/services/{service}/scale", request_body = ScaleRequest,
+    params(("name" = String, Path, description = "stack name"), ("service" = String, Path, description = "service name")),
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+async fn scale_service(
+    State(state): State<Arc<AppState>>,
+    Path((name, service)): Path<(String, String)>,
+    body: Result<Json<ScaleRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<DeployView> {
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    Ok(Json(deploy_view(
+        crate::deploy::scale(&state, &name, &service, req.replicas).await?,
+    )))
 }
 
 #[utoipa::path(delete, path = "/api/v1/stacks/{name}", params(("name" = String, Path, description = "stack name")),
@@ -605,6 +672,7 @@ async fn remove_stack(
         updated_at: rfc3339_ms(stack.updated_at),
         desired: 0,
         running: 0,
+        rollout: None,
     }))
 }
 
@@ -635,6 +703,8 @@ async fn stack_releases(
                     number: r.number,
                     created_at: rfc3339_ms(r.created_at),
                     current: Some(r.number) == current,
+                    status: r.status,
+                    message: r.message,
                     images: defs
                         .into_iter()
                         .map(|d| (d.name, d.template.image))

@@ -221,6 +221,34 @@ pub struct StackView {
     pub desired: usize,
     /// Replicas running from the current spec.
     pub running: usize,
+    /// The latest rolling update, while the coordinator has run since it started.
+    pub rollout: Option<RolloutView>,
+}
+
+/// A stack's latest rolling update.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RolloutView {
+    pub release: i64,
+    /// `in_progress`, `completed`, `rolled_back`, `paused`, `superseded` or `failed`.
+    pub state: String,
+    pub message: String,
+    pub replaced: usize,
+    pub total: usize,
+}
+
+/// Roll a stack back to an earlier release.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The release to restore; default: the one before the current.
+    pub to: Option<i64>,
+}
+
+/// Set a service's replica count.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    pub replicas: u32,
 }
 
 /// A release of a stack.
@@ -229,6 +257,9 @@ pub struct ReleaseView {
     pub number: i64,
     pub created_at: String,
     pub current: bool,
+    /// `deploying`, `deployed`, `rolled_back`, `paused` or `failed`.
+    pub status: String,
+    pub message: Option<String>,
     /// Service name to image.
     pub images: BTreeMap<String, String>,
 }

@@ -1,9 +1,9 @@
 //! Deploys: a parsed stack becomes a numbered release, the scheduler places
 //! its replicas, and every node whose containers change gets a new plan.
 //!
-//! This first version applies a release to all nodes at once: each agent
-//! replaces what changed on its host (stop-first). Rolling updates across
-//! hosts, health gates and automatic rollback build on the same pieces.
+//! Scale changes and moves apply at once; replicas whose spec changed are
+//! replaced by a rolling update ([`rollout`]) that waits for each batch to
+//! be healthy and rolls back by itself when one is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use crate::state::{AppState, NodePlan, now_ms};
 use crate::store::StoreError;
 
 pub mod resolve;
+pub mod rollout;
 
 use resolve::{GLOBAL_SLOT, ServiceDef};
 
@@ -124,7 +125,7 @@ fn slot_of(c: &ContainerSpec) -> Slot {
 
 /// Deploys `stack` as `name` (or plans it, with `dry_run`).
 pub async fn deploy(
-    state: &AppState,
+    state: &Arc<AppState>,
     name: &str,
     stack: &Stack,
     compose: &str,
@@ -133,14 +134,43 @@ pub async fn deploy(
     check_stack_name(name)?;
     let (defs, warnings) = resolve::resolve(name, stack)
         .map_err(|errors| DeployError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
+    deploy_defs(state, name, defs, compose, warnings, dry_run).await
+}
+
+/// Deploys resolved services as a new release of `name`: scale changes
+/// and moves apply at once; replicas whose spec changed are replaced by a
+/// rolling update in the background ([`rollout`]).
+pub async fn deploy_defs(
+    state: &Arc<AppState>,
+    name: &str,
+    defs: Vec<ServiceDef>,
+    compose: &str,
+    warnings: Vec<String>,
+    dry_run: bool,
+) -> Result<Outcome, DeployError> {
     // One deploy at a time: each reads and rewrites node plans.
-    let _guard = state.deploy_lock.lock().await;
+    let guard = state.deploy_lock.lock().await;
     let hosts = hosts(state).await?;
-    let (steps, new_plans) = place(name, &defs, &hosts, false)?;
+    let releases = state.store.releases(name).await?;
+    let revision = releases.first().map_or(1, |r| r.number + 1);
+    let previous = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.current_release);
+    let transition = place(
+        name,
+        &defs,
+        &hosts,
+        false,
+        u64::try_from(revision).unwrap_or(0),
+    )?;
     if dry_run {
         return Ok(Outcome {
             release: None,
-            steps,
+            steps: transition.steps,
             warnings,
         });
     }
@@ -149,16 +179,28 @@ pub async fn deploy(
         .store
         .insert_release(name, compose, &services, now_ms())
         .await?;
-    apply(state, new_plans).await?;
+    // A rollout still replacing replicas of this stack stops here; this
+    // deploy starts from what runs now.
+    state.rollouts.cancel(name);
+    apply(state, transition.immediate).await?;
+    drop(guard);
     info!(
         stack = name,
         release,
-        steps = steps.len(),
+        steps = transition.steps.len(),
         "Stack deployed."
+    );
+    rollout::start(
+        state.clone(),
+        name.to_owned(),
+        release,
+        previous,
+        defs,
+        transition.updates,
     );
     Ok(Outcome {
         release: Some(release),
-        steps,
+        steps: transition.steps,
         warnings,
     })
 }
@@ -166,26 +208,53 @@ pub async fn deploy(
 /// New containers per node id, for the nodes whose containers change.
 type NodePlans = BTreeMap<String, Vec<ContainerSpec>>;
 
-/// Schedules the stack and computes each changed node's new containers.
-/// With `partial`, what could be placed is kept even when some replicas
-/// could not be (after a host loss); otherwise any shortfall refuses it all.
+/// A replica to replace on a host: the container running now and the one
+/// that should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub node_id: String,
+    pub node: String,
+    pub old: ContainerSpec,
+    pub new: ContainerSpec,
+}
+
+/// From what runs to what should run.
+#[derive(Debug, Default)]
+struct Transition {
+    /// For dry runs and progress.
+    steps: Vec<Step>,
+    /// Node plans with replicas added and removed, but replaced ones still old.
+    immediate: NodePlans,
+    /// Replicas to replace, rolled out afterwards.
+    updates: Vec<Update>,
+}
+
+/// Schedules the stack and works out the transition. New containers get
+/// `revision`; replicas whose spec is unchanged keep theirs. With
+/// `partial`, what could be placed is kept even when some replicas could
+/// not be (after a host loss); otherwise any shortfall refuses it all.
 fn place(
     name: &str,
     defs: &[ServiceDef],
     hosts: &[(Host, Arc<NodePlan>)],
     partial: bool,
-) -> Result<(Vec<Step>, NodePlans), DeployError> {
+    revision: u64,
+) -> Result<Transition, DeployError> {
     let current: Vec<Placement> = hosts
         .iter()
         .flat_map(|(h, plan)| {
-            plan.containers
+            // During a rolling update a slot may have two revisions on a host: one placement.
+            let slots: BTreeSet<(String, Slot)> = plan
+                .containers
                 .iter()
                 .filter(|c| c.stack == name)
-                .map(|c| Placement {
-                    service: c.service.clone(),
-                    slot: slot_of(c),
-                    host: h.attrs.id.clone(),
-                })
+                .map(|c| (c.service.clone(), slot_of(c)))
+                .collect();
+            slots.into_iter().map(|(service, slot)| Placement {
+                service,
+                slot,
+                host: h.attrs.id.clone(),
+            })
         })
         .collect();
     let host_list: Vec<Host> = hosts.iter().map(|(h, _)| h.clone()).collect();
@@ -197,67 +266,80 @@ fn place(
         ));
     }
     let by_name: BTreeMap<&str, &ServiceDef> = defs.iter().map(|d| (d.name.as_str(), d)).collect();
-    let mut steps = Vec::new();
-    let mut new_plans = BTreeMap::new();
+    let mut t = Transition::default();
     for (host, plan_now) in hosts {
         let id = &host.attrs.id;
+        let node = host.attrs.hostname.clone();
+        // This stack's containers on the host by slot; the newest revision first.
+        let mut before: BTreeMap<(String, u32), Vec<&ContainerSpec>> = BTreeMap::new();
+        for c in plan_now.containers.iter().filter(|c| c.stack == name) {
+            before
+                .entry((c.service.clone(), c.slot))
+                .or_default()
+                .push(c);
+        }
+        for v in before.values_mut() {
+            v.sort_by_key(|c| std::cmp::Reverse(c.revision));
+        }
         let mut containers: Vec<ContainerSpec> = plan_now
             .containers
             .iter()
             .filter(|c| c.stack != name)
             .cloned()
             .collect();
+        let mut kept_slots = BTreeSet::new();
         for p in plan.placements.iter().filter(|p| &p.host == id) {
-            if let Some(def) = by_name.get(p.service.as_str()) {
-                containers.push(def.container(p.slot));
-            }
-        }
-        containers.sort_by_key(ContainerSpec::name);
-        let before: BTreeMap<String, &ContainerSpec> = plan_now
-            .containers
-            .iter()
-            .filter(|c| c.stack == name)
-            .map(|c| (c.name(), c))
-            .collect();
-        let after: BTreeMap<String, &ContainerSpec> = containers
-            .iter()
-            .filter(|c| c.stack == name)
-            .map(|c| (c.name(), c))
-            .collect();
-        for (cname, spec) in &after {
-            match before.get(cname) {
-                None => steps.push(Step::Start {
-                    container: cname.clone(),
-                    node: host.attrs.hostname.clone(),
-                }),
-                Some(old) if old.fingerprint() != spec.fingerprint() => {
-                    steps.push(Step::Replace {
-                        container: cname.clone(),
-                        node: host.attrs.hostname.clone(),
+            let Some(def) = by_name.get(p.service.as_str()) else {
+                continue;
+            };
+            let mut want = def.container(p.slot);
+            want.revision = revision;
+            let slot_key = (want.service.clone(), want.slot);
+            kept_slots.insert(slot_key.clone());
+            match before.get(&slot_key).map(Vec::as_slice) {
+                None | Some([]) => {
+                    t.steps.push(Step::Start {
+                        container: want.name(),
+                        node: node.clone(),
+                    });
+                    containers.push(want);
+                }
+                Some([newest, ..]) if newest.fingerprint() == want.fingerprint() => {
+                    // Unchanged: keep it (an older revision still beside it goes).
+                    containers.push((*newest).clone());
+                }
+                Some([newest, ..]) => {
+                    t.steps.push(Step::Replace {
+                        container: want.name(),
+                        node: node.clone(),
+                    });
+                    containers.push((*newest).clone());
+                    t.updates.push(Update {
+                        node_id: id.clone(),
+                        node: node.clone(),
+                        old: (*newest).clone(),
+                        new: want,
                     });
                 }
-                Some(_) => {}
             }
         }
-        for cname in before.keys().filter(|c| !after.contains_key(*c)) {
-            steps.push(Step::Stop {
-                container: cname.clone(),
-                node: host.attrs.hostname.clone(),
+        for ((service, slot), _) in before.iter().filter(|(k, _)| !kept_slots.contains(*k)) {
+            t.steps.push(Step::Stop {
+                container: format!("{name}.{service}.{slot}"),
+                node: node.clone(),
                 reason: "no longer in the stack's placements".into(),
             });
         }
+        containers.sort_by_key(ContainerSpec::key);
         if containers != plan_now.containers {
-            new_plans.insert(id.clone(), containers);
+            t.immediate.insert(id.clone(), containers);
         }
     }
-    Ok((steps, new_plans))
+    Ok(t)
 }
 
 /// Stores and publishes new node plans.
-async fn apply(
-    state: &AppState,
-    new_plans: BTreeMap<String, Vec<ContainerSpec>>,
-) -> Result<(), StoreError> {
+async fn apply(state: &AppState, new_plans: NodePlans) -> Result<(), StoreError> {
     for (node, containers) in new_plans {
         let generation = state
             .store
@@ -271,6 +353,24 @@ async fn apply(
                 containers,
             },
         );
+    }
+    Ok(())
+}
+
+/// Changes one node's plan in place (under the deploy lock), storing and
+/// publishing it if it changed.
+pub async fn edit_node_plan(
+    state: &AppState,
+    node_id: &str,
+    edit: impl FnOnce(&mut Vec<ContainerSpec>),
+) -> Result<(), StoreError> {
+    let _guard = state.deploy_lock.lock().await;
+    let current = state.plans.get(node_id);
+    let mut containers = current.containers.clone();
+    edit(&mut containers);
+    containers.sort_by_key(ContainerSpec::key);
+    if containers != current.containers {
+        apply(state, BTreeMap::from([(node_id.to_owned(), containers)])).await?;
     }
     Ok(())
 }
@@ -298,30 +398,24 @@ pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
         if !affected {
             continue;
         }
-        let Some(release) = state
-            .store
-            .releases(&stack.name)
-            .await?
-            .into_iter()
-            .find(|r| r.number == stack.current_release)
-        else {
-            continue;
-        };
-        let defs: Vec<ServiceDef> = serde_json::from_str(&release.services).map_err(|e| {
-            DeployError::Store(StoreError::Corrupt(format!(
-                "release {}: {e}",
-                release.number
-            )))
-        })?;
-        let (steps, new_plans) = place(&stack.name, &defs, &hosts, true)?;
-        if new_plans.is_empty() {
+        let defs = current_defs(state, &stack.name, stack.current_release).await?;
+        if defs.is_empty() {
             continue;
         }
-        for step in &steps {
+        let revision = u64::try_from(stack.current_release).unwrap_or(0);
+        let t = place(&stack.name, &defs, &hosts, true, revision)?;
+        if t.immediate.is_empty() {
+            continue;
+        }
+        for step in t
+            .steps
+            .iter()
+            .filter(|s| !matches!(s, Step::Replace { .. }))
+        {
             info!(stack = %stack.name, ?step, "Host lost: rescheduling.");
         }
-        changed += steps.len();
-        apply(state, new_plans).await?;
+        changed += t.steps.len();
+        apply(state, t.immediate).await?;
     }
     Ok(changed)
 }
@@ -329,6 +423,7 @@ pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
 /// Removes a stack: its containers leave every node's plan.
 pub async fn remove(state: &AppState, name: &str) -> Result<usize, DeployError> {
     let _guard = state.deploy_lock.lock().await;
+    state.rollouts.cancel(name);
     if !state.store.remove_stack(name, now_ms()).await? {
         return Err(DeployError::NoStack(name.to_owned()));
     }
@@ -356,6 +451,7 @@ pub async fn remove(state: &AppState, name: &str) -> Result<usize, DeployError> 
 #[derive(Debug, Clone)]
 pub struct Task {
     pub container: String,
+    pub revision: u64,
     pub service: String,
     pub slot: u32,
     pub node_id: String,
@@ -369,21 +465,34 @@ pub struct Task {
 
 /// The stack's replicas across the cluster.
 pub async fn tasks(state: &AppState, name: &str) -> Result<Vec<Task>, DeployError> {
-    if !state.store.stacks().await?.iter().any(|s| s.name == name) {
+    let Some(stack) = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+    else {
         return Err(DeployError::NoStack(name.to_owned()));
-    }
+    };
+    let defs = current_defs(state, name, stack.current_release).await?;
     let mut out = Vec::new();
     for n in state.store.nodes(false).await? {
         let plan = state.plans.get(&n.id);
         let report = state.observed.get(&n.id);
         for c in plan.containers.iter().filter(|c| c.stack == name) {
-            let cname = c.name();
+            let key = c.key();
             let observed = report
                 .as_ref()
-                .and_then(|(_, r)| r.containers.iter().find(|o| o.name == cname).cloned());
-            let up_to_date = observed.as_ref().is_some_and(|o| o.spec == c.fingerprint());
+                .and_then(|(_, r)| r.containers.iter().find(|o| o.key == key).cloned());
+            let current = defs
+                .iter()
+                .find(|d| d.name == c.service)
+                .is_some_and(|d| d.container(slot_of(c)).fingerprint() == c.fingerprint());
+            let up_to_date =
+                current && observed.as_ref().is_some_and(|o| o.spec == c.fingerprint());
             out.push(Task {
-                container: cname,
+                container: c.name(),
+                revision: c.revision,
                 service: c.service.clone(),
                 slot: c.slot,
                 node_id: n.id.clone(),
@@ -394,8 +503,116 @@ pub async fn tasks(state: &AppState, name: &str) -> Result<Vec<Task>, DeployErro
             });
         }
     }
-    out.sort_by(|a, b| (&a.service, a.slot, &a.node).cmp(&(&b.service, b.slot, &b.node)));
+    out.sort_by(|a, b| {
+        (&a.service, a.slot, &a.node, a.revision).cmp(&(&b.service, b.slot, &b.node, b.revision))
+    });
     Ok(out)
+}
+
+/// The resolved services of a stack's release.
+pub async fn current_defs(
+    state: &AppState,
+    name: &str,
+    release: i64,
+) -> Result<Vec<ServiceDef>, DeployError> {
+    let Some(r) = state
+        .store
+        .releases(name)
+        .await?
+        .into_iter()
+        .find(|r| r.number == release)
+    else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str(&r.services).map_err(|e| {
+        DeployError::Store(StoreError::Corrupt(format!(
+            "release {} of {name}: {e}",
+            r.number
+        )))
+    })
+}
+
+/// Deploys release `to` of a stack again (default: the release before the
+/// current one), as a new release: what it ran is restored exactly.
+pub async fn rollback(
+    state: &Arc<AppState>,
+    name: &str,
+    to: Option<i64>,
+) -> Result<Outcome, DeployError> {
+    let Some(stack) = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+    else {
+        return Err(DeployError::NoStack(name.to_owned()));
+    };
+    let releases = state.store.releases(name).await?;
+    let target = match to {
+        Some(n) => releases.iter().find(|r| r.number == n),
+        None => releases
+            .iter()
+            .find(|r| r.number < stack.current_release && r.status == "deployed"),
+    };
+    let Some(target) = target else {
+        return Err(DeployError::Invalid(vec![match to {
+            Some(n) => format!("stack {name} has no release {n}; see `skiff release ls {name}`"),
+            None => format!("stack {name} has no earlier deployed release to roll back to"),
+        }]));
+    };
+    let defs: Vec<ServiceDef> = serde_json::from_str(&target.services).map_err(|e| {
+        DeployError::Store(StoreError::Corrupt(format!(
+            "release {}: {e}",
+            target.number
+        )))
+    })?;
+    info!(stack = name, to = target.number, "Rolling back.");
+    deploy_defs(state, name, defs, &target.compose, Vec::new(), false).await
+}
+
+/// Sets a service's replica count, as a new release of the current spec.
+pub async fn scale(
+    state: &Arc<AppState>,
+    name: &str,
+    service: &str,
+    replicas: u32,
+) -> Result<Outcome, DeployError> {
+    let Some(stack) = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+    else {
+        return Err(DeployError::NoStack(name.to_owned()));
+    };
+    let mut defs = current_defs(state, name, stack.current_release).await?;
+    let Some(def) = defs.iter_mut().find(|d| d.name == service) else {
+        return Err(DeployError::Invalid(vec![format!(
+            "stack {name} has no service {service:?}"
+        )]));
+    };
+    if def.replicas.is_none() {
+        return Err(DeployError::Invalid(vec![format!(
+            "service {service} is global (one per host); it cannot be scaled"
+        )]));
+    }
+    if replicas > 10_000 {
+        return Err(DeployError::Invalid(vec![format!(
+            "{replicas} replicas is more than the 10000 a service may have"
+        )]));
+    }
+    def.replicas = Some(replicas);
+    let compose = state
+        .store
+        .releases(name)
+        .await?
+        .into_iter()
+        .find(|r| r.number == stack.current_release)
+        .map(|r| r.compose)
+        .unwrap_or_default();
+    deploy_defs(state, name, defs, &compose, Vec::new(), false).await
 }
 
 /// How long a host may be silent before its replicas are placed elsewhere.

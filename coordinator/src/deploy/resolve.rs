@@ -237,6 +237,7 @@ pub fn resolve(
             stack: stack_name.to_owned(),
             service: name.clone(),
             slot: 1,
+            revision: 0,
             image: svc.image.clone(),
             command: svc.command.clone(),
             entrypoint: svc.entrypoint.clone(),

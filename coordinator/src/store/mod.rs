@@ -88,6 +88,9 @@ pub struct ReleaseRow {
     pub compose: String,
     /// The resolved services, JSON.
     pub services: String,
+    /// `deploying`, `deployed`, `rolled_back`, `paused` or `failed`.
+    pub status: String,
+    pub message: Option<String>,
 }
 
 /// Why a join token was not accepted. The messages are safe to show the
@@ -168,6 +171,14 @@ pub trait Store: Send + Sync + 'static {
     async fn stacks(&self) -> Result<Vec<StackRow>>;
     /// A stack's releases, newest first.
     async fn releases(&self, stack: &str) -> Result<Vec<ReleaseRow>>;
+    async fn set_release_status(
+        &self,
+        stack: &str,
+        number: i64,
+        status: &str,
+        message: Option<&str>,
+    ) -> Result<()>;
+    async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()>;
     /// Marks a stack removed; false if it was not live.
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
     /// Marks a node removed; false if it was not live.

@@ -40,6 +40,11 @@ fn migrator() -> Migrator {
             "stacks",
             include_str!("../../migrations/0003_stacks.sql"),
         ),
+        m(
+            4,
+            "release status",
+            include_str!("../../migrations/0004_release_status.sql"),
+        ),
     ])
 }
 
@@ -456,9 +461,38 @@ impl Store for SqliteStore {
                     created_at: r.try_get("created_at")?,
                     compose: r.try_get("compose")?,
                     services: r.try_get("services")?,
+                    status: r.try_get("status")?,
+                    message: r.try_get("message")?,
                 })
             })
             .collect()
+    }
+
+    async fn set_release_status(
+        &self,
+        stack: &str,
+        number: i64,
+        status: &str,
+        message: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE releases SET status = ?, message = ? WHERE stack = ? AND number = ?")
+            .bind(status)
+            .bind(message)
+            .bind(stack)
+            .bind(number)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()> {
+        sqlx::query("UPDATE stacks SET current_release = ?, updated_at = ? WHERE name = ?")
+            .bind(number)
+            .bind(now)
+            .bind(stack)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {

@@ -19,6 +19,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         stack: "shop".into(),
         service: service.into(),
         slot,
+        revision: 1,
         image: image.into(),
         command: Some(vec!["sleep".into(), "3600".into()]),
         entrypoint: None,
@@ -86,7 +87,7 @@ async fn ids(engine: &Engine) -> BTreeMap<String, (String, State)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|o| (o.name, (o.id, o.state)))
+        .map(|o| (o.key, (o.id, o.state)))
         .collect()
 }
 
@@ -166,6 +167,10 @@ async fn reconcile_creates_adopts_replaces_and_removes_only_its_own_containers()
     let labels = config.labels.unwrap();
     assert_eq!(labels.get("skiff.node"), Some(&node));
     assert_eq!(
+        labels.get("skiff.key").map(String::as_str),
+        Some("shop.web.1@1")
+    );
+    assert_eq!(
         labels.get("skiff.name").map(String::as_str),
         Some("shop.web.1")
     );
@@ -203,10 +208,10 @@ async fn reconcile_creates_adopts_replaces_and_removes_only_its_own_containers()
     .await
     .unwrap();
     let second = ids(&engine).await;
-    assert_ne!(second["shop.web.1"].0, first["shop.web.1"].0);
-    assert_ne!(second["shop.web.2"].0, first["shop.web.2"].0);
+    assert_ne!(second["shop.web.1@1"].0, first["shop.web.1@1"].0);
+    assert_ne!(second["shop.web.2@1"].0, first["shop.web.2@1"].0);
     assert_eq!(
-        second["shop.worker.1"].0, first["shop.worker.1"].0,
+        second["shop.worker.1@1"].0, first["shop.worker.1@1"].0,
         "unchanged service untouched"
     );
 
@@ -220,7 +225,7 @@ async fn reconcile_creates_adopts_replaces_and_removes_only_its_own_containers()
     let third = ids(&engine).await;
     assert_eq!(
         third.keys().cloned().collect::<Vec<_>>(),
-        vec!["shop.web.1".to_owned(), "shop.worker.1".to_owned()]
+        vec!["shop.web.1@1".to_owned(), "shop.worker.1@1".to_owned()]
     );
     reconcile_once(&engine, &plan(&node, 4, vec![]))
         .await
