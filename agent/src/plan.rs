@@ -32,10 +32,22 @@ pub fn accept(identity: &Identity, signed: &SignedPlan) -> Result<Plan, AcceptEr
             have,
         });
     }
+    check(&plan)?;
     let bytes =
         serde_json::to_vec(signed).map_err(|e| AcceptError::Store(std::io::Error::other(e)))?;
     write_atomic(&identity.dir.join("plan.json"), &bytes, PUBLIC).map_err(AcceptError::Store)?;
     Ok(plan)
+}
+
+/// Refuses a plan that names a container (key) twice.
+fn check(plan: &Plan) -> Result<(), AcceptError> {
+    let mut keys = std::collections::HashSet::new();
+    for c in &plan.containers {
+        if !keys.insert(c.key()) {
+            return Err(AcceptError::Duplicate(c.key()));
+        }
+    }
+    Ok(())
 }
 
 /// The stored plan, re-verified (a file edited on disk is not trusted).
@@ -58,4 +70,33 @@ pub fn stored_generation(dir: &Path) -> Option<u64> {
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_naming_a_container_twice_is_refused() {
+        let spec: skiff_shared::workload::ContainerSpec = serde_json::from_str(
+            r#"{"stack":"s","service":"web","slot":1,"revision":2,"image":"x"}"#,
+        )
+        .unwrap();
+        let mut plan = Plan {
+            node_id: "n".into(),
+            generation: 1,
+            issued_at_ms: 0,
+            containers: vec![spec.clone()],
+        };
+        assert!(check(&plan).is_ok());
+        let mut newer = spec.clone();
+        newer.revision = 3;
+        plan.containers.push(newer);
+        assert!(
+            check(&plan).is_ok(),
+            "two revisions of a slot side by side are fine"
+        );
+        plan.containers.push(spec);
+        assert!(matches!(check(&plan), Err(AcceptError::Duplicate(k)) if k == "s.web.1@2"));
+    }
 }
