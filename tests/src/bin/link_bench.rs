@@ -43,15 +43,15 @@ use skiff_coordinator::client::Client;
 use skiff_shared::files::{PRIVATE, create_private_dir, write_atomic};
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken};
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_PLANS, CLOSE_REMOVED, CoordinatorMessage,
-    Heartbeat, Hello, HostFacts, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS,
-    PROTOCOL_VERSION,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
+    CoordinatorMessage, Heartbeat, Hello, HostFacts, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
+    MISSED_HEARTBEATS, PROTOCOL_VERSION,
 };
 use skiff_shared::tls::{
     certs_from_pem, fingerprint, join_client_config, key_from_pem, link_client_config,
     server_name_of,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use skiff_shared::workload::ObservedState;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::WebSocketStream;
@@ -651,13 +651,12 @@ fn is_revoked(e: &std::io::Error) -> bool {
 
 type Link = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-/// TCP, TLS, WebSocket upgrade, hello and welcome. Returns the link and
-/// the heartbeat interval from the welcome.
+/// TCP, TLS, WebSocket upgrade, hello and welcome.
 async fn connect(
     agent: &SimAgent,
     shared: &Shared,
     plan_generation: Option<u64>,
-) -> Result<(Link, Duration), ConnectError> {
+) -> Result<Welcomed, ConnectError> {
     let failed = ConnectError::Failed;
     let tcp = tokio::time::timeout(
         shared.link.connect_timeout,
@@ -702,7 +701,11 @@ async fn connect(
     let hello = AgentMessage::Hello(Box::new(Hello {
         protocol_versions: vec![PROTOCOL_VERSION],
         agent_version: skiff_shared::VERSION.to_owned(),
-        capabilities: vec![CAP_PLANS.to_owned(), CAP_CERT_RENEWAL.to_owned()],
+        capabilities: vec![
+            CAP_PLANS.to_owned(),
+            CAP_CERT_RENEWAL.to_owned(),
+            CAP_OBSERVED.to_owned(),
+        ],
         facts,
         plan_generation,
     }));
@@ -730,26 +733,55 @@ async fn connect(
             welcome.protocol_version, welcome.node_id
         )));
     }
-    Ok((
+    Ok(Welcomed {
         ws,
-        Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
-    ))
+        interval: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
+        report: welcome.capabilities.iter().any(|c| c == CAP_OBSERVED),
+    })
+}
+
+/// An open link after the welcome.
+struct Welcomed {
+    ws: Link,
+    /// Heartbeat interval from the welcome.
+    interval: Duration,
+    /// Whether the coordinator takes observed-state reports.
+    report: bool,
+}
+
+/// What an empty host reports once it has converged to `plan_generation`:
+/// the simulated agents run no containers.
+fn observed(plan_generation: Option<u64>) -> AgentMessage {
+    AgentMessage::Observed(Box::new(ObservedState {
+        plan_generation: plan_generation.unwrap_or(0),
+        containers: Vec::new(),
+        error: None,
+    }))
 }
 
 /// Holds one link as the agent does: heartbeat on every tick, answer
-/// plans, give up after MISSED_HEARTBEATS silent intervals.
-async fn hold<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    interval: Duration,
+/// plans (and report the converged state, when the coordinator takes
+/// reports), give up after MISSED_HEARTBEATS silent intervals.
+async fn hold(
+    link: &mut Welcomed,
     shared: &Shared,
     agent: &SimAgent,
     plan_generation: &mut Option<u64>,
 ) -> End {
+    let ws = &mut link.ws;
     let mut next_id = 1u64;
-    let silence_limit = interval * MISSED_HEARTBEATS;
-    let mut tick = tokio::time::interval(interval);
+    let silence_limit = link.interval * MISSED_HEARTBEATS;
+    let mut tick = tokio::time::interval(link.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
+    if link.report {
+        // The agent reports its last observed state as soon as it is welcomed.
+        next_id += 1;
+        let msg = protocol::encode(next_id, None, &observed(*plan_generation));
+        if let Err(e) = ws.send(Message::text(msg)).await {
+            return End::Lost(format!("sending observed state failed: {e}"));
+        }
+    }
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => {
@@ -787,20 +819,28 @@ async fn hold<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(e) => return End::Lost(format!("invalid message: {e}")),
                 };
                 if let CoordinatorMessage::Plan(signed) = env.body {
-                    // Verify as the agent does; storing the plan is the agent's
-                    // business, not the link's.
-                    let ack = match skiff_shared::signing::open(&shared.plan_key, &signed, &agent.node_id) {
+                    // Verify as the agent does; storing the plan and running
+                    // containers are the agent's business, not the link's.
+                    let (ack, accepted) = match skiff_shared::signing::open(&shared.plan_key, &signed, &agent.node_id) {
                         Ok(plan) => {
                             *plan_generation = Some(plan.generation);
-                            Ack::ok()
+                            (Ack::ok(), true)
                         }
-                        Err(e) => Ack::err(e.to_string()),
+                        Err(e) => (Ack::err(e.to_string()), false),
                     };
                     next_id += 1;
                     if let Err(e) = ws.send(Message::text(protocol::encode(next_id, Some(env.id), &AgentMessage::Ack(ack)))).await {
                         return End::Lost(format!("sending an ack failed: {e}"));
                     }
                     shared.plans.fetch_add(1, Ordering::Relaxed);
+                    if accepted && link.report {
+                        // An empty host converges at once and reports it.
+                        next_id += 1;
+                        let msg = protocol::encode(next_id, None, &observed(*plan_generation));
+                        if let Err(e) = ws.send(Message::text(msg)).await {
+                            return End::Lost(format!("sending observed state failed: {e}"));
+                        }
+                    }
                 }
             }
         }
@@ -830,7 +870,7 @@ async fn run_agent(agent: SimAgent, shared: Arc<Shared>) {
         };
         drop(permit);
         match attempt {
-            Ok((mut ws, interval)) => {
+            Ok(mut link) => {
                 shared.up.fetch_add(1, Ordering::Relaxed);
                 shared.connects.fetch_add(1, Ordering::Relaxed);
                 if !ever {
@@ -850,7 +890,7 @@ async fn run_agent(agent: SimAgent, shared: Arc<Shared>) {
                     shared.reconnected.fetch_add(1, Ordering::Relaxed);
                 }
                 let started = Instant::now();
-                let end = hold(&mut ws, interval, &shared, &agent, &mut plan_generation).await;
+                let end = hold(&mut link, &shared, &agent, &mut plan_generation).await;
                 shared.up.fetch_sub(1, Ordering::Relaxed);
                 match end {
                     End::Shutdown => return,
