@@ -517,3 +517,169 @@ async fn replicas_of_a_lost_host_move_and_duplicates_go_when_it_returns() {
     .unwrap();
     assert_eq!(wait_ready(&cluster, &stack, 2).await.len(), 2);
 }
+
+fn compose_rolling(version: &str, label: &str, order: &str, health: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: skiff-test/busybox:1\n    command: [\"sh\", \"-c\", \"echo {version} > /www/index.html && httpd -f -p 8080 -h /www\"]\n    healthcheck:\n      test: {health}\n      interval: 1s\n      timeout: 1s\n      retries: 2\n    deploy:\n      replicas: 3\n      update_config:\n        parallelism: 1\n        order: {order}\n        monitor: 1s\n      placement:\n        constraints: [\"node.labels.test == {label}\"]\n"
+    )
+}
+
+const HEALTHY: &str = "[\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]";
+
+/// Polls every running container of the stack over HTTP, as a client
+/// would, until told to stop; returns the fewest that answered in one round
+/// and every answer seen.
+fn poll_stack(
+    stack: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, std::collections::BTreeSet<String>)> {
+    tokio::spawn(async move {
+        let docker = docker().await.unwrap();
+        let mut fewest = usize::MAX;
+        let mut seen = std::collections::BTreeSet::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let filters = std::collections::HashMap::from([
+                ("label".to_owned(), vec![format!("skiff.stack={stack}")]),
+                ("status".to_owned(), vec!["running".to_owned()]),
+            ]);
+            let list = docker
+                .list_containers(Some(ListContainersOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .unwrap_or_default();
+            let mut answered = 0;
+            for c in list {
+                let ip = c.network_settings.and_then(|n| n.networks).and_then(|n| {
+                    n.into_values()
+                        .find_map(|e| e.ip_address.filter(|i| !i.is_empty()))
+                });
+                if let Some(ip) = ip
+                    && let Some(body) = get(&ip).await
+                {
+                    answered += 1;
+                    seen.insert(body);
+                }
+            }
+            fewest = fewest.min(answered);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (fewest, seen)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rolling_updates_keep_serving_and_a_failing_update_rolls_back_by_itself() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let cluster = launch_cluster(3, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("roll{label}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.yml");
+    std::fs::write(&file, compose_rolling("v1", &label, "stop-first", HEALTHY)).unwrap();
+    assert!(
+        skiff(&cluster, dir.path(), &["deploy", &stack])
+            .await
+            .status
+            .success()
+    );
+    wait_ready(&cluster, &stack, 3).await;
+
+    for (version, order) in [("v2", "start-first"), ("v3", "stop-first")] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let poller = poll_stack(stack.clone(), stop.clone());
+        std::fs::write(&file, compose_rolling(version, &label, order, HEALTHY)).unwrap();
+        let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (fewest, seen) = poller.await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            fewest >= 2,
+            "{order}: at least replicas - parallelism answered throughout, fewest was {fewest}"
+        );
+        assert!(seen.contains(version), "{order}: {seen:?}");
+        let tasks = wait_ready(&cluster, &stack, 3).await;
+        for t in &tasks {
+            assert_eq!(get(&t.ips[0]).await.as_deref(), Some(version));
+        }
+    }
+
+    // An update whose health check fails rolls back by itself; v3 keeps serving.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = poll_stack(stack.clone(), stop.clone());
+    std::fs::write(
+        &file,
+        compose_rolling("v4", &label, "start-first", "[\"CMD\", \"false\"]"),
+    )
+    .unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (fewest, _) = poller.await.unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolled back"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fewest >= 3,
+        "start-first: the old replicas served throughout, fewest was {fewest}"
+    );
+    let tasks = wait_ready(&cluster, &stack, 3).await;
+    for t in &tasks {
+        assert_eq!(get(&t.ips[0]).await.as_deref(), Some("v3"));
+    }
+    wait_for(
+        "the engine to hold only the three v3 containers",
+        Duration::from_secs(60),
+        || async { (engine_containers(&stack).await == 3).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let out = skiff(&cluster, dir.path(), &["release", "ls", &stack, "--json"]).await;
+    let releases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(releases[0]["status"], "rolled_back");
+    assert_eq!(releases[0]["current"], false);
+    assert_eq!(
+        releases[1]["current"], true,
+        "the stack is back on the release before"
+    );
+
+    // And an explicit rollback to release 1 restores v1 exactly.
+    let out = skiff(&cluster, dir.path(), &["rollback", &stack, "--to", "1"]).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in &wait_ready(&cluster, &stack, 3).await {
+        assert_eq!(get(&t.ips[0]).await.as_deref(), Some("v1"));
+    }
+    // Scaling is a release too.
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["service", "scale", &format!("{stack}.web=1")],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_ready(&cluster, &stack, 1).await;
+}
