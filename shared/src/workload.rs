@@ -169,6 +169,10 @@ pub struct ObservedState {
     /// The last reconcile error, if the last round failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Images present on the host, by tag and by id; the scheduler prefers
+    /// hosts that already have a service's image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 /// One managed container as the engine sees it.

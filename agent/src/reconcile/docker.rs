@@ -120,6 +120,28 @@ impl Engine {
             .collect())
     }
 
+    /// The images on the engine, by tag and id.
+    pub async fn images(&self) -> Result<Vec<String>, ApplyError> {
+        let list = self
+            .docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .map_err(docker_err("listing images"))?;
+        let mut out: Vec<String> = list
+            .into_iter()
+            .flat_map(|i| {
+                let mut names = i.repo_tags;
+                names.push(i.id);
+                names.extend(i.repo_digests);
+                names
+            })
+            .filter(|n| !n.is_empty() && n != "<none>:<none>")
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// The engine's view of this node's containers, for the coordinator.
     pub async fn status(&self) -> Result<Vec<ContainerStatus>, ApplyError> {
         let mut out = Vec::new();

@@ -64,10 +64,12 @@ pub async fn run(
             };
             match engine.status().await {
                 Ok(containers) => {
+                    let images = engine.images().await.unwrap_or_default();
                     let state = ObservedState {
                         plan_generation: plan.generation,
                         containers,
                         error,
+                        images,
                     };
                     observed.send_if_modified(|current| {
                         if current.as_deref() == Some(&state) {

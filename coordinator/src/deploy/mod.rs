@@ -107,7 +107,11 @@ async fn hosts(state: &AppState) -> Result<Vec<(Host, Arc<NodePlan>)>, StoreErro
                     cpu_millis: u64::from(n.facts.cpus).saturating_mul(1000),
                     memory_bytes: n.facts.memory_bytes,
                 },
-                images: BTreeSet::new(),
+                images: state
+                    .observed
+                    .get(&n.id)
+                    .map(|(_, o)| o.images.iter().cloned().collect())
+                    .unwrap_or_default(),
             },
             plan,
         ));

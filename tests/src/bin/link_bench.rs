@@ -756,6 +756,7 @@ fn observed(plan_generation: Option<u64>) -> AgentMessage {
         plan_generation: plan_generation.unwrap_or(0),
         containers: Vec::new(),
         error: None,
+        images: Vec::new(),
     }))
 }
 
