@@ -71,6 +71,17 @@ pub enum Command {
     /// Services of a stack.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// The cluster's recent events: deploys, rollouts, nodes.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Only this stack's events.
+        #[arg(long)]
+        stack: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +391,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
                 if !detach {
                     follow(&client, stack, release, Duration::from_secs(300), &mut out).await?;
+                }
+            }
+        }
+        Command::Events {
+            follow,
+            stack,
+            json,
+        } => {
+            let client = Client::new(&url, token)?;
+            let mut query = format!("/events?follow={follow}");
+            if let Some(s) = &stack {
+                query.push_str(&format!("&stack={}", path_segment(s)?));
+            }
+            let print = |out: &mut std::io::StdoutLock<'_>, e: &crate::events::Event| {
+                if json {
+                    let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
+                } else {
+                    let subject = e.stack.as_deref().or(e.node.as_deref()).unwrap_or("-");
+                    let node = match (&e.stack, &e.node) {
+                        (Some(_), Some(n)) => format!(" on {n}"),
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{}  {:<17} {subject}{node}: {}",
+                        e.at, e.kind, e.message
+                    );
+                }
+                let _ = out.flush();
+            };
+            if follow {
+                client
+                    .follow_events(&query, |data| {
+                        if let Ok(e) = serde_json::from_str::<crate::events::Event>(data) {
+                            print(&mut out, &e);
+                        }
+                        true
+                    })
+                    .await?;
+            } else {
+                let events: Vec<crate::events::Event> =
+                    client.call(Method::GET, &query, None::<&()>).await?;
+                for e in &events {
+                    print(&mut out, e);
                 }
             }
         }

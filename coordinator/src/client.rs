@@ -171,6 +171,87 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Follows a server-sent-event stream under `/api/v1`, calling `on_data`
+    /// with each event's data until it returns false or the stream ends.
+    pub async fn follow_events(
+        &self,
+        path: &str,
+        mut on_data: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let http = |message: String| ClientError::Http {
+            url: self.url.clone(),
+            message,
+        };
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}/api/v1{path}", self.base_path))
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| http(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| http(e.to_string()))?
+                .to_bytes();
+            return Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.code,
+                    message: e.message,
+                },
+                Err(_) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: "http".into(),
+                    message: format!("HTTP {status}"),
+                },
+            });
+        }
+        let mut buf = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| http(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if !data.is_empty() && !on_data(&data.join("\n")) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //!   and install endpoints.
 //! - [`api`]: the HTTP API and its OpenAPI document.
 //! - [`state`]: what the tasks share, including the live session registry.
+//! - [`events`]: the in-memory event log and its followers.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod deploy;
+pub mod events;
 pub mod identity;
 pub mod link;
 pub mod pki;

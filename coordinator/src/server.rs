@@ -144,6 +144,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         observed: Default::default(),
         deploy_lock: Default::default(),
         rollouts: Default::default(),
+        events: Default::default(),
     }))
 }
 

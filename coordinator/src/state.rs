@@ -38,6 +38,7 @@ pub struct AppState {
     pub deploy_lock: tokio::sync::Mutex<()>,
     /// Each stack's latest rolling update.
     pub rollouts: crate::deploy::rollout::RolloutBook,
+    pub events: crate::events::EventLog,
 }
 
 /// The last observed state each agent reported, with when it arrived.

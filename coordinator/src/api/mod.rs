@@ -81,10 +81,10 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
     paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers,
-        list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
+        events, list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest)),
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -121,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(list_join_tokens).post(create_join_token),
         )
         .route("/tokens/join/{id}", delete(revoke_join_token))
+        .route("/events", get(events))
         .route("/stacks", get(list_stacks))
         .route("/stacks/{name}", get(get_stack).delete(remove_stack))
         .route("/stacks/{name}/rollback", post(rollback_stack))
@@ -283,6 +284,12 @@ async fn remove_node(
     state.store.remove_node(&node.id, now_ms()).await?;
     state.sessions.close(&node.id);
     info!(node = %node.id, name = %node.name, "Node removed; its certificate is revoked.");
+    state.events.emit(
+        "node_removed",
+        None,
+        Some(&node.id),
+        format!("{} removed; its certificate is revoked", node.name),
+    );
     let mut view = node_view(&state, node);
     view.status = NodeStatus::Disconnected;
     view.connected_since = None;
@@ -713,4 +720,57 @@ async fn stack_releases(
             })
             .collect(),
     ))
+}
+
+/// Query of `GET /events`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Keep the connection open and send new events as they happen (server-sent events).
+    #[serde(default)]
+    pub follow: bool,
+    /// Only events of this stack.
+    pub stack: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/events", params(EventsQuery),
+    responses((status = 200, body = [crate::events::Event], description = "JSON, or with follow=true a text/event-stream whose data lines are events")))]
+async fn events(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let (past, rx) = state.events.subscribe();
+    let wanted = move |e: &crate::events::Event| {
+        q.stack.as_ref().is_none_or(|s| e.stack.as_ref() == Some(s))
+    };
+    let past: Vec<crate::events::Event> = past.into_iter().filter(|e| wanted(e)).collect();
+    if !q.follow {
+        return Ok(Json(past).into_response());
+    }
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let to_sse = |e: &crate::events::Event| {
+        SseEvent::default().data(serde_json::to_string(e).unwrap_or_default())
+    };
+    let history = futures_util::stream::iter(past.iter().map(to_sse).collect::<Vec<_>>());
+    let shutdown = state.shutdown.clone();
+    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => return Some((e, rx)),
+                // A slow follower skips what it missed and goes on.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .filter(move |e| std::future::ready(wanted(e)))
+    .map(move |e| to_sse(&e))
+    .take_until(async move { shutdown.cancelled().await });
+    let stream = history.chain(live).map(Ok::<_, std::convert::Infallible>);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -194,6 +194,16 @@ pub async fn deploy_defs(
         steps = transition.steps.len(),
         "Stack deployed."
     );
+    state.events.emit(
+        "deploy",
+        Some(name),
+        None,
+        format!(
+            "release {release} recorded: {} changes, {} to roll out",
+            transition.steps.len(),
+            transition.updates.len()
+        ),
+    );
     rollout::start(
         state.clone(),
         name.to_owned(),
@@ -417,6 +427,16 @@ pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
             .filter(|s| !matches!(s, Step::Replace { .. }))
         {
             info!(stack = %stack.name, ?step, "Host lost: rescheduling.");
+            let (what, node) = match step {
+                Step::Start { container, node } => (format!("{container} started"), node),
+                Step::Stop {
+                    container, node, ..
+                } => (format!("{container} moved away"), node),
+                Step::Replace { container, node } => (format!("{container} replaced"), node),
+            };
+            state
+                .events
+                .emit("host_lost", Some(&stack.name), Some(node), what);
         }
         changed += t.steps.len();
         apply(state, t.immediate).await?;
@@ -448,6 +468,12 @@ pub async fn remove(state: &AppState, name: &str) -> Result<usize, DeployError> 
     }
     apply(state, new_plans).await?;
     info!(stack = name, containers = removed, "Stack removed.");
+    state.events.emit(
+        "stack_removed",
+        Some(name),
+        None,
+        format!("{removed} containers to stop"),
+    );
     Ok(removed)
 }
 

@@ -167,6 +167,12 @@ pub fn start(
         {
             warn!(error = %e, "Recording the rolled-back release failed.");
         }
+        state.events.emit(
+            "rollout",
+            Some(&stack),
+            None,
+            format!("release {release} {}: {message}", rollout_state.as_str()),
+        );
         if rollout_state == RolloutState::Completed {
             info!(stack = %stack, release, "Rollout completed.");
         } else {
@@ -215,6 +221,14 @@ async fn run(
             let result = replace_batch(state, batch, &def.update, token).await;
             match result {
                 Ok(()) => {
+                    for u in batch {
+                        state.events.emit(
+                            "rollout",
+                            Some(stack),
+                            Some(&u.node),
+                            format!("{} updated", u.new.name()),
+                        );
+                    }
                     done.extend(batch.iter().cloned().map(|u| (u, def.update.start_first)));
                     state
                         .rollouts

@@ -263,6 +263,12 @@ impl Session {
             },
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
+        self.state.events.emit(
+            "node_connected",
+            None,
+            Some(&self.node_id),
+            format!("from {}", self.peer),
+        );
         Ok(())
     }
 
@@ -506,6 +512,19 @@ impl Session {
             End::Quiet(reason) => {
                 info!(reason = %reason, "Agent link ended.");
             }
+        }
+        if self
+            .state
+            .sessions
+            .get(&self.node_id)
+            .is_some_and(|s| s.conn_id == self.conn_id)
+        {
+            self.state.events.emit(
+                "node_disconnected",
+                None,
+                Some(&self.node_id),
+                "link closed",
+            );
         }
         self.state.sessions.remove(&self.node_id, self.conn_id);
         if let Err(error) = self

@@ -588,6 +588,20 @@ async fn rolling_updates_keep_serving_and_a_failing_update_rolls_back_by_itself(
     );
     wait_ready(&cluster, &stack, 3).await;
 
+    // Follow the events as a user would, while the next update rolls out.
+    let coord = &cluster.coordinator;
+    let mut follower = tokio::process::Command::new(target_bin("skiff"))
+        .args(["events", "--follow", "--json", "--stack", &stack])
+        .env("SKIFF_URL", coord.api_url())
+        .env("SKIFF_TOKEN", coord.admin_token())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        follower.stdout.take().unwrap(),
+    ));
+
     for (version, order) in [("v2", "start-first"), ("v3", "stop-first")] {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let poller = poll_stack(stack.clone(), stop.clone());
@@ -611,6 +625,34 @@ async fn rolling_updates_keep_serving_and_a_failing_update_rolls_back_by_itself(
             assert_eq!(get(&t.ips[0]).await.as_deref(), Some(version));
         }
     }
+    // The follower saw both rollouts complete, replica by replica.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("release 3 completed"))
+    {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(line);
+    }
+    let events: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.iter().any(|e| e["kind"] == "deploy"), "{seen:?}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "rollout"
+                && e["message"].as_str().unwrap_or("").ends_with("updated"))
+            .count()
+            >= 6,
+        "{seen:?}"
+    );
+    drop(follower);
 
     // An update whose health check fails rolls back by itself; v3 keeps serving.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
