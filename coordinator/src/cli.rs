@@ -828,7 +828,18 @@ async fn deploy_command(
         })
         .unwrap_or(std::path::Path::new("."))
         .to_owned();
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    // As Compose does: the shell's environment, plus a `.env` file beside the
+    // stack file for variables the shell does not set.
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let dotenv = dir.join(".env");
+    if let Ok(text) = std::fs::read_to_string(&dotenv) {
+        let shown = dotenv.display().to_string();
+        let vars = skiff_shared::stack::parse_env_file(&text, &shown, &env)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        for (k, v) in vars {
+            env.entry(k).or_insert(v);
+        }
+    }
     let file_name = args.file.display().to_string();
     let input = skiff_shared::stack::Input::new(&text, &file_name, &dir, &env);
     let parsed = skiff_shared::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;

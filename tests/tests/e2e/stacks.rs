@@ -319,6 +319,32 @@ async fn bad_stacks_are_refused_and_change_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("8081"));
 
+    // A required variable: missing is an error naming it; a `.env` beside
+    // the file provides it (checked with a dry run, which changes nothing).
+    std::fs::write(
+        &file,
+        compose(1, "v1", &label).replace(
+            "skiff-test/busybox:1",
+            "${IMAGE:?set IMAGE to the image to run}",
+        ),
+    )
+    .unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", "--dry-run", &stack]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set IMAGE to the image to run"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(dir.path().join(".env"), "IMAGE=skiff-test/busybox:1\n").unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", "--dry-run", &stack]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("start"));
+
     // Nothing was recorded or started.
     let stacks: Vec<serde_json::Value> = cluster
         .coordinator
