@@ -98,23 +98,57 @@ impl Client {
     ) -> Result<T, ClientError> {
         let (status, bytes) = self.raw(method, &format!("/api/v1{path}"), body).await?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes).trim()),
-                },
-            });
+            return Err(Self::api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
             url: self.url.clone(),
             message: e.to_string(),
         })
+    }
+
+    fn http_error(&self, message: impl ToString) -> ClientError {
+        ClientError::Http {
+            url: self.url.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Opens a connection and sends one request; `path` is below the base URL.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        json: Option<Bytes>,
+        accept: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base_path))
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::ACCEPT, accept);
+        if json.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(t) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Full::new(json.unwrap_or_default()))
+            .map_err(|e| self.http_error(e))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.http_error(e))
     }
 
     /// Sends a request and returns status and body, whatever the status.
@@ -124,50 +158,37 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let http = |message: String| ClientError::Http {
-            url: self.url.clone(),
-            message,
+        let json = match body {
+            Some(b) => Some(Bytes::from(
+                serde_json::to_vec(b).map_err(|e| self.http_error(e))?,
+            )),
+            None => None,
         };
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(conn);
-        let payload = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| http(e.to_string()))?),
-            None => Bytes::new(),
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base_path))
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-        }
-        if let Some(t) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Full::new(payload))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let resp = self.send(method, path, json, "application/json").await?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| http(e.to_string()))?
+            .map_err(|e| self.http_error(e))?
             .to_bytes();
         Ok((status, bytes))
+    }
+
+    /// The API error in a failed answer's body.
+    fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+        match serde_json::from_slice::<ApiErrorBody>(bytes) {
+            Ok(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.code,
+                message: e.message,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "http".into(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(bytes).trim()),
+            },
+        }
     }
 }
 
@@ -179,59 +200,27 @@ impl Client {
         path: &str,
         mut on_data: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let http = |message: String| ClientError::Http {
-            url: self.url.clone(),
-            message,
-        };
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: self.url.clone(),
-                source,
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("{}/api/v1{path}", self.base_path))
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::ACCEPT, "text/event-stream");
-        if let Some(t) = &self.token {
-            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http(e.to_string()))?;
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/api/v1{path}"),
+                None,
+                "text/event-stream",
+            )
+            .await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
             let bytes = body
                 .collect()
                 .await
-                .map_err(|e| http(e.to_string()))?
+                .map_err(|e| self.http_error(e))?
                 .to_bytes();
-            return Err(match serde_json::from_slice::<ApiErrorBody>(&bytes) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.code,
-                    message: e.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: format!("HTTP {status}"),
-                },
-            });
+            return Err(Self::api_error(status, &bytes));
         }
         let mut buf = String::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| http(e.to_string()))?;
+            let frame = frame.map_err(|e| self.http_error(e))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };

@@ -584,13 +584,7 @@ async fn get_stack(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<StackView> {
-    let s = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ApiError::not_found("stack", &name))?;
+    let s = crate::deploy::find_stack(&state, &name).await?;
     Ok(Json(stack_view(&state, s).await))
 }
 
@@ -664,13 +658,7 @@ async fn remove_stack(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult<StackView> {
-    let stack = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| ApiError::not_found("stack", &name))?;
+    let stack = crate::deploy::find_stack(&state, &name).await?;
     crate::deploy::remove(&state, &name).await?;
     Ok(Json(StackView {
         name: stack.name,

@@ -495,15 +495,7 @@ pub struct Task {
 
 /// The stack's replicas across the cluster.
 pub async fn tasks(state: &AppState, name: &str) -> Result<Vec<Task>, DeployError> {
-    let Some(stack) = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-    else {
-        return Err(DeployError::NoStack(name.to_owned()));
-    };
+    let stack = find_stack(state, name).await?;
     let defs = current_defs(state, name, stack.current_release).await?;
     let mut out = Vec::new();
     for n in state.store.nodes(false).await? {
@@ -539,6 +531,30 @@ pub async fn tasks(state: &AppState, name: &str) -> Result<Vec<Task>, DeployErro
     Ok(out)
 }
 
+/// A live stack by name.
+pub async fn find_stack(
+    state: &AppState,
+    name: &str,
+) -> Result<crate::store::StackRow, DeployError> {
+    state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| DeployError::NoStack(name.to_owned()))
+}
+
+/// The resolved services recorded with a release.
+fn defs_of(r: &crate::store::ReleaseRow) -> Result<Vec<ServiceDef>, DeployError> {
+    serde_json::from_str(&r.services).map_err(|e| {
+        DeployError::Store(StoreError::Corrupt(format!(
+            "release {} of {}: {e}",
+            r.number, r.stack
+        )))
+    })
+}
+
 /// The resolved services of a stack's release.
 pub async fn current_defs(
     state: &AppState,
@@ -554,12 +570,7 @@ pub async fn current_defs(
     else {
         return Ok(Vec::new());
     };
-    serde_json::from_str(&r.services).map_err(|e| {
-        DeployError::Store(StoreError::Corrupt(format!(
-            "release {} of {name}: {e}",
-            r.number
-        )))
-    })
+    defs_of(&r)
 }
 
 /// Deploys release `to` of a stack again (default: the release before the
@@ -569,15 +580,7 @@ pub async fn rollback(
     name: &str,
     to: Option<i64>,
 ) -> Result<Outcome, DeployError> {
-    let Some(stack) = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-    else {
-        return Err(DeployError::NoStack(name.to_owned()));
-    };
+    let stack = find_stack(state, name).await?;
     let releases = state.store.releases(name).await?;
     let target = match to {
         Some(n) => releases.iter().find(|r| r.number == n),
@@ -591,12 +594,7 @@ pub async fn rollback(
             None => format!("stack {name} has no earlier deployed release to roll back to"),
         }]));
     };
-    let defs: Vec<ServiceDef> = serde_json::from_str(&target.services).map_err(|e| {
-        DeployError::Store(StoreError::Corrupt(format!(
-            "release {}: {e}",
-            target.number
-        )))
-    })?;
+    let defs = defs_of(target)?;
     info!(stack = name, to = target.number, "Rolling back.");
     deploy_defs(state, name, defs, &target.compose, Vec::new(), false).await
 }
@@ -608,15 +606,7 @@ pub async fn scale(
     service: &str,
     replicas: u32,
 ) -> Result<Outcome, DeployError> {
-    let Some(stack) = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .find(|s| s.name == name)
-    else {
-        return Err(DeployError::NoStack(name.to_owned()));
-    };
+    let stack = find_stack(state, name).await?;
     let mut defs = current_defs(state, name, stack.current_release).await?;
     let Some(def) = defs.iter_mut().find(|d| d.name == service) else {
         return Err(DeployError::Invalid(vec![format!(
