@@ -1207,6 +1207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "window_seconds": round2(window),
         "heartbeats_sent_per_second": round2(heartbeats as f64 / window.max(1e-9)),
         "coordinator_rss_kib_baseline": baseline.rss_kib,
+        "coordinator_rss_kib_window_start": w0.rss_kib,
         "coordinator_rss_kib_steady": steady_rss,
         "coordinator_rss_kib_max_in_window": max_rss,
         "memory_per_connection_bytes": per_conn_bytes.map(f64::round),
