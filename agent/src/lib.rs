@@ -9,6 +9,7 @@
 //! - [`link`]: connect, hello, heartbeats, renewal, reconnect with backoff.
 //! - [`plan`]: verifying and storing signed plans.
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
+//! - [`secrets`]: secret values delivered for this host's containers.
 //! - [`reconcile`]: the pure diff of desired against observed containers,
 //!   and applying it through the Docker Engine API.
 //!
@@ -22,3 +23,4 @@ pub mod identity;
 pub mod link;
 pub mod plan;
 pub mod reconcile;
+pub mod secrets;

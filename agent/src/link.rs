@@ -427,6 +427,13 @@ impl<'a> Session<'a> {
     ) -> Result<bool, ConnectError> {
         match env.body {
             CoordinatorMessage::Heartbeat(_) | CoordinatorMessage::Welcome(_) => Ok(false),
+            CoordinatorMessage::Secrets { values } => {
+                match crate::secrets::store(&self.identity.dir, &values) {
+                    Ok(n) => debug!(stored = n, "Secrets delivered."),
+                    Err(error) => warn!(error = %error, "Delivered secrets refused."),
+                }
+                Ok(false)
+            }
             CoordinatorMessage::Plan(signed) => {
                 let ack = match crate::plan::accept(self.identity, &signed) {
                     Ok(plan) => {

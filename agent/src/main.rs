@@ -182,6 +182,7 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
         identity.node.node_id.clone(),
         plan_rx,
         observed,
+        identity.dir.clone(),
         shutdown.clone(),
     ));
     match link::run(
@@ -214,6 +215,7 @@ async fn reconcile(
     observed: tokio::sync::watch::Sender<
         Option<std::sync::Arc<skiff_shared::workload::ObservedState>>,
     >,
+    data_dir: std::path::PathBuf,
     shutdown: CancellationToken,
 ) {
     let mut said = false;
@@ -236,6 +238,7 @@ async fn reconcile(
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
         }
     };
-    let engine = skiff_agent::reconcile::docker::Engine::new(docker, node_id);
+    let engine =
+        skiff_agent::reconcile::docker::Engine::new(docker, node_id).with_secrets_from(&data_dir);
     skiff_agent::reconcile::run(engine, plans, observed, shutdown).await;
 }

@@ -71,6 +71,9 @@ pub enum Command {
     /// Services of a stack.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// A stack's secrets (values are never shown).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -82,6 +85,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret from standard input or --file; a changed value takes effect at the next deploy.
+    Set {
+        stack: String,
+        name: String,
+        /// Read the value from this file instead of standard input.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List a stack's secrets: names and versions.
+    Ls {
+        stack: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret (releases that used it keep their version).
+    Rm { stack: String, name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -393,6 +416,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     follow(&client, stack, release, Duration::from_secs(300), &mut out).await?;
                 }
             }
+        }
+        Command::Secret(cmd) => {
+            let client = Client::new(&url, token)?;
+            secret_command(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,
@@ -846,6 +873,9 @@ async fn deploy_command(
     for w in &parsed.warnings {
         eprintln!("skiff: {}", w.render());
     }
+    if !args.dry_run {
+        upload_stack_secrets(client, &args.stack, &parsed.stack, &env).await?;
+    }
     let request = DeployRequest {
         stack: serde_json::to_value(&parsed.stack).unwrap_or_default(),
         compose: text,
@@ -1035,6 +1065,123 @@ async fn stack_command(
                 .await?;
             let _ = writeln!(out, "Stack {stack} removed.");
         }
+    }
+    Ok(())
+}
+
+async fn set_secret(
+    client: &Client,
+    stack: &str,
+    name: &str,
+    value: &[u8],
+) -> Result<SecretView, Failure> {
+    use base64::Engine as _;
+    let body = SetSecret {
+        value: base64::engine::general_purpose::STANDARD.encode(value),
+    };
+    Ok(client
+        .call(
+            Method::PUT,
+            &format!(
+                "/stacks/{}/secrets/{}",
+                path_segment(stack)?,
+                path_segment(name)?
+            ),
+            Some(&body),
+        )
+        .await?)
+}
+
+async fn secret_command(
+    client: &Client,
+    cmd: SecretCommand,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match cmd {
+        SecretCommand::Set { stack, name, file } => {
+            let value = match &file {
+                Some(p) => std::fs::read(p)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", p.display())))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map_err(|e| {
+                        Failure::usage(format!("cannot read the secret from standard input: {e}"))
+                    })?;
+                    buf
+                }
+            };
+            if value.is_empty() {
+                return Err(Failure::usage(
+                    "the secret is empty; pipe it in or pass --file",
+                ));
+            }
+            let v = set_secret(client, &stack, &name, &value).await?;
+            let _ = writeln!(out, "Secret {name} of {stack} is at version {}.", v.version);
+        }
+        SecretCommand::Ls { stack, json } => {
+            let list: Vec<SecretView> = client
+                .call(
+                    Method::GET,
+                    &format!("/stacks/{}/secrets", path_segment(&stack)?),
+                    None::<&()>,
+                )
+                .await?;
+            if json {
+                print_json(out, &list);
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.version.to_string(), s.created_at.clone()])
+                    .collect();
+                table(out, &["NAME", "VERSION", "CREATED"], rows);
+            }
+        }
+        SecretCommand::Rm { stack, name } => {
+            let _: SecretView = client
+                .call(
+                    Method::DELETE,
+                    &format!(
+                        "/stacks/{}/secrets/{}",
+                        path_segment(&stack)?,
+                        path_segment(&name)?
+                    ),
+                    None::<&()>,
+                )
+                .await?;
+            let _ = writeln!(out, "Secret {name} of {stack} removed.");
+        }
+    }
+    Ok(())
+}
+
+/// Uploads the stack's `file:` and `environment:` secrets before a deploy
+/// (a value equal to the stored one makes no new version).
+async fn upload_stack_secrets(
+    client: &Client,
+    stack_name: &str,
+    stack: &skiff_shared::stack::Stack,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Failure> {
+    for (name, def) in &stack.secrets {
+        let value = match &def.source {
+            skiff_shared::stack::SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+                Failure::usage(format!(
+                    "secret {name}: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?,
+            skiff_shared::stack::SecretSource::Environment(var) => env
+                .get(var)
+                .ok_or_else(|| {
+                    Failure::usage(format!(
+                        "secret {name}: environment variable {var} is not set"
+                    ))
+                })?
+                .clone()
+                .into_bytes(),
+            skiff_shared::stack::SecretSource::External(_) => continue,
+        };
+        set_secret(client, stack_name, name, &value).await?;
     }
     Ok(())
 }

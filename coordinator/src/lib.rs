@@ -15,6 +15,7 @@
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
+//! - [`secrets`]: sealing stack secrets at rest.
 //! - [`server`]: wiring and shutdown.
 //! - [`client`] and [`cli`]: the `skiff` command-line client of the API.
 //!
@@ -32,6 +33,7 @@ pub mod identity;
 pub mod link;
 pub mod pki;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod store;

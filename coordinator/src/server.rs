@@ -37,6 +37,8 @@ pub enum ServerError {
     Link(#[from] crate::link::LinkSetupError),
     #[error("system random source failed")]
     Random,
+    #[error("{0}")]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 /// The agent binary to serve: the configured one, or `skiff-agent` beside
@@ -120,6 +122,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
             None
         }
     };
+    let secret_key = crate::secrets::SecretKey::load_or_create(&config.data_dir)?;
     let plans = crate::state::PlanBook::default();
     for row in store.node_plans().await? {
         let generation = u64::try_from(row.generation).unwrap_or(1);
@@ -145,6 +148,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         deploy_lock: Default::default(),
         rollouts: Default::default(),
         events: Default::default(),
+        secret_key,
     }))
 }
 

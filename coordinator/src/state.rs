@@ -39,6 +39,7 @@ pub struct AppState {
     /// Each stack's latest rolling update.
     pub rollouts: crate::deploy::rollout::RolloutBook,
     pub events: crate::events::EventLog,
+    pub secret_key: crate::secrets::SecretKey,
 }
 
 /// The last observed state each agent reported, with when it arrived.

@@ -11,10 +11,10 @@
 //! - [`files`]: crash-safe writes of state and key material.
 //! - [`stack`]: stack files: Compose files parsed into a typed, normalized
 //!   model with positioned diagnostics.
-//! - [`workload`]: the container specs a plan carries, and the labels the
-//!   agent puts on the containers it manages.
 //! - [`placement`]: the placement constraint language of Compose files
 //!   (`node.labels.zone == eu`), parsed and matched against a host.
+//! - [`workload`]: the container specs a plan carries, and the labels the
+//!   agent puts on the containers it manages.
 //!
 //! Types here are the wire format; each side converts them to its own
 //! internal types at the edge.

@@ -90,6 +90,11 @@ pub enum CoordinatorMessage {
     },
     /// The host's desired state; the agent answers with an [`Ack`].
     Plan(crate::signing::SignedPlan),
+    /// Values of the secrets the next plan's containers mount, sent just
+    /// before it. Never logged, never stored in the plan.
+    Secrets {
+        values: Vec<crate::workload::SecretValue>,
+    },
 }
 
 /// The agent's opening message.

@@ -58,6 +58,30 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// Secrets mounted as files. The plan carries only their digests; the
+    /// values come in a separate message and the agent checks them against
+    /// the digests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretMount>,
+}
+
+/// A secret mounted into a container as a read-only file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub name: String,
+    pub version: u64,
+    /// SHA-256 of the value, hex: names the file the agent stores it in.
+    pub digest: String,
+    /// Absolute path in the container.
+    pub target: String,
+}
+
+/// A secret's value as delivered to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretValue {
+    pub digest: String,
+    /// Base64 of the value.
+    pub value: String,
 }
 
 #[derive(
@@ -228,6 +252,7 @@ mod tests {
             stop_grace_ms: None,
             user: None,
             working_dir: None,
+            secrets: vec![],
         }
     }
 

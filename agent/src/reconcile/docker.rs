@@ -12,7 +12,8 @@ use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
     StartContainerOptions, StopContainerOptions,
 };
-use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{StreamExt, stream};
 use skiff_shared::workload::{
     ContainerSpec, ContainerStatus, LABEL_KEY, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT,
     LABEL_SPEC, LABEL_STACK, MountKind, Protocol, RestartSpec,
@@ -24,6 +25,16 @@ use super::{Action, Observed, State};
 /// Default time between SIGTERM and SIGKILL.
 const DEFAULT_GRACE_SECS: i32 = 10;
 
+/// How many containers are created, started, removed or inspected at once.
+/// The engine overlaps much of the work of one container's create and
+/// start (the runtime, the shim, network setup) with another's: on a
+/// 2-core machine, 20 containers took about 60% of the sequential time
+/// four at a time, and eight at a time gained nothing more.
+const PARALLEL: usize = 4;
+
+/// The most waiting engine events taken as one "something changed".
+const EVENT_BATCH: usize = 1024;
+
 /// A reconcile step that failed, naming the container and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -34,6 +45,12 @@ pub enum ApplyError {
     },
     #[error("image {image} is not on this host and could not be pulled: {reason}")]
     Image { image: String, reason: String },
+    #[error("{container}: secret {secret} (version {version}) has not been delivered to this host")]
+    Secret {
+        container: String,
+        secret: String,
+        version: u64,
+    },
 }
 
 /// The agent's handle on its engine, scoped to its own node id.
@@ -41,6 +58,8 @@ pub enum ApplyError {
 pub struct Engine {
     docker: Docker,
     node_id: String,
+    /// Where delivered secrets are stored (see [`crate::secrets`]).
+    secrets_dir: Option<std::path::PathBuf>,
 }
 
 fn docker_err(what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> ApplyError {
@@ -53,7 +72,47 @@ impl Engine {
         Self {
             docker,
             node_id: node_id.into(),
+            secrets_dir: None,
         }
+    }
+
+    /// Mounts secrets from `data_dir`'s secret store.
+    pub fn with_secrets_from(mut self, data_dir: &std::path::Path) -> Self {
+        self.secrets_dir = Some(crate::secrets::dir(data_dir));
+        self
+    }
+
+    /// Removes delivered secrets that no desired container mounts.
+    pub fn prune_secrets(&self, desired: &[ContainerSpec]) {
+        if let Some(dir) = &self.secrets_dir
+            && let Err(error) = crate::secrets::prune(dir, desired)
+        {
+            warn!(error = %error, "Removing unused secrets failed.");
+        }
+    }
+
+    /// The host path of each secret a spec mounts; fails naming the first
+    /// one that was not delivered.
+    fn secret_files(
+        &self,
+        spec: &ContainerSpec,
+    ) -> Result<Vec<(std::path::PathBuf, String)>, ApplyError> {
+        spec.secrets
+            .iter()
+            .map(|s| {
+                let path = self
+                    .secrets_dir
+                    .as_ref()
+                    .map(|d| d.join(&s.digest))
+                    .filter(|p| p.is_file());
+                path.map(|p| (p, s.target.clone()))
+                    .ok_or_else(|| ApplyError::Secret {
+                        container: spec.name(),
+                        secret: s.name.clone(),
+                        version: s.version,
+                    })
+            })
+            .collect()
     }
 
     /// The engine name of a container: unique per node (several agents may
@@ -63,6 +122,9 @@ impl Engine {
     }
 
     /// Events on this node's containers, as a stream of "something changed".
+    /// Events that are already waiting come as one item: a reconcile round
+    /// that creates 50 containers leaves some 150 events behind it, and
+    /// one more round sees all of them.
     pub fn events(&self) -> futures_util::stream::BoxStream<'static, ()> {
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
@@ -74,6 +136,7 @@ impl Engine {
                 ..Default::default()
             }))
             .take_while(|e| std::future::ready(e.is_ok()))
+            .ready_chunks(EVENT_BATCH)
             .map(|_| ())
             .boxed()
     }
@@ -143,97 +206,166 @@ impl Engine {
     }
 
     /// The engine's view of this node's containers, for the coordinator.
+    /// Containers are inspected [`PARALLEL`] at a time.
     pub async fn status(&self) -> Result<Vec<ContainerStatus>, ApplyError> {
-        let mut out = Vec::new();
-        for o in self.observe().await? {
-            // A container removed between list and inspect is simply not reported.
-            let Ok(c) = self
-                .docker
-                .inspect_container(
-                    &o.id,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-            else {
-                continue;
-            };
-            let state = c.state.unwrap_or_default();
-            let ips = c
-                .network_settings
-                .and_then(|n| n.networks)
-                .map(|nets| {
-                    let mut ips: Vec<String> = nets
-                        .into_values()
-                        .filter_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
-                        .collect();
-                    ips.sort();
-                    ips
-                })
-                .unwrap_or_default();
-            out.push(ContainerStatus {
-                key: o.key,
-                name: o.name,
-                id: o.id,
-                state: state.status.map(|s| s.to_string()).unwrap_or_default(),
-                health: state
-                    .health
-                    .and_then(|h| h.status)
-                    .map(|s| s.to_string())
-                    .filter(|s| !s.is_empty() && s != "none"),
-                restart_count: c
-                    .restart_count
-                    .and_then(|n| u64::try_from(n).ok())
-                    .unwrap_or(0),
-                started_at: state.started_at.filter(|t| !t.starts_with("0001-")),
-                exit_code: state.exit_code,
-                ips,
-                image_id: c.image.unwrap_or_default(),
-                spec: o.spec,
-            });
-        }
+        let mut out: Vec<ContainerStatus> = stream::iter(self.observe().await?)
+            .map(|o| self.container_status(o))
+            .buffer_unordered(PARALLEL)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
 
-    /// Applies actions in order; stops at the first failure (the next
-    /// reconcile round retries from what then exists).
+    /// One container's status; `None` when it was removed between list and
+    /// inspect (it is then simply not reported).
+    async fn container_status(&self, o: Observed) -> Option<ContainerStatus> {
+        let c = self
+            .docker
+            .inspect_container(
+                &o.id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()?;
+        let state = c.state.unwrap_or_default();
+        let ips = c
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|nets| {
+                let mut ips: Vec<String> = nets
+                    .into_values()
+                    .filter_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
+                    .collect();
+                ips.sort();
+                ips
+            })
+            .unwrap_or_default();
+        Some(ContainerStatus {
+            key: o.key,
+            name: o.name,
+            id: o.id,
+            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| !s.is_empty() && s != "none"),
+            restart_count: c
+                .restart_count
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0),
+            started_at: state.started_at.filter(|t| !t.starts_with("0001-")),
+            exit_code: state.exit_code,
+            ips,
+            image_id: c.image.unwrap_or_default(),
+            spec: o.spec,
+        })
+    }
+
+    /// Applies actions in the order [`super::diff`] gives them (removals,
+    /// then starts, then creates): each run of actions of one kind is done
+    /// [`PARALLEL`] at a time, and the next run begins only when the one
+    /// before it finished, so names and ports are free before anything is
+    /// created. Stops at the first failure: nothing new is begun after it,
+    /// what is under way finishes, and the error of the earliest failed
+    /// action is returned (the next reconcile round retries from what then
+    /// exists).
     pub async fn apply(&self, actions: &[Action]) -> Result<(), ApplyError> {
-        for action in actions {
-            match action {
-                Action::Remove { id, name } => {
-                    info!(container = %name, "Removing container.");
-                    self.remove(id).await?;
-                }
-                Action::Start { id, name } => {
-                    info!(container = %name, "Starting container.");
-                    self.docker
-                        .start_container(id, None::<StartContainerOptions>)
-                        .await
-                        .map_err(docker_err(format!("starting {name}")))?;
-                }
-                Action::Create { spec } => {
-                    info!(container = %spec.name(), image = %spec.image, "Creating container.");
-                    self.ensure_image(&spec.image).await?;
-                    let name = self.container_name(spec);
-                    let created = self
-                        .docker
-                        .create_container(
-                            Some(CreateContainerOptions {
-                                name: Some(name.clone()),
-                                ..Default::default()
-                            }),
-                            self.create_body(spec),
-                        )
-                        .await
-                        .map_err(docker_err(format!("creating {}", spec.name())))?;
-                    self.docker
-                        .start_container(&created.id, None::<StartContainerOptions>)
-                        .await
-                        .map_err(docker_err(format!("starting {}", spec.name())))?;
-                }
-            }
+        for run in actions.chunk_by(|a, b| std::mem::discriminant(a) == std::mem::discriminant(b)) {
+            self.apply_run(run).await?;
         }
         Ok(())
+    }
+
+    /// Applies actions that may run concurrently, [`PARALLEL`] at a time.
+    async fn apply_run(&self, run: &[Action]) -> Result<(), ApplyError> {
+        // Each image once, before its containers are created, rather than
+        // once per container and possibly several pulls of one image at once.
+        let mut images: HashMap<&str, Option<String>> = HashMap::new();
+        for action in run {
+            if let Action::Create { spec } = action
+                && !images.contains_key(spec.image.as_str())
+            {
+                let failure = self.ensure_image(&spec.image).await.err().map(|e| match e {
+                    ApplyError::Image { reason, .. } => reason,
+                    other => other.to_string(),
+                });
+                images.insert(&spec.image, failure);
+            }
+        }
+        // A hand-driven FuturesUnordered rather than `stream.map(closure)`:
+        // the closure form is not provably Send for every lifetime, which a
+        // spawned reconcile task needs.
+        let images = &images;
+        let mut pending = run.iter().enumerate();
+        let mut in_flight = FuturesUnordered::new();
+        let mut results: Vec<(usize, Result<(), ApplyError>)> = Vec::new();
+        let mut failed = false;
+        loop {
+            while !failed && in_flight.len() < PARALLEL {
+                let Some((i, action)) = pending.next() else {
+                    break;
+                };
+                in_flight.push(async move { (i, self.apply_one(action, images).await) });
+            }
+            let Some((i, result)) = in_flight.next().await else {
+                break;
+            };
+            failed |= result.is_err();
+            results.push((i, result));
+        }
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().try_for_each(|(_, result)| result)
+    }
+
+    /// One action. `images` holds the pull failure, if any, of every image
+    /// a create in the same run needs.
+    async fn apply_one(
+        &self,
+        action: &Action,
+        images: &HashMap<&str, Option<String>>,
+    ) -> Result<(), ApplyError> {
+        match action {
+            Action::Remove { id, name } => {
+                info!(container = %name, "Removing container.");
+                self.remove(id).await
+            }
+            Action::Start { id, name } => {
+                info!(container = %name, "Starting container.");
+                self.docker
+                    .start_container(id, None::<StartContainerOptions>)
+                    .await
+                    .map_err(docker_err(format!("starting {name}")))
+            }
+            Action::Create { spec } => {
+                info!(container = %spec.name(), image = %spec.image, "Creating container.");
+                if let Some(Some(reason)) = images.get(spec.image.as_str()) {
+                    return Err(ApplyError::Image {
+                        image: spec.image.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                let secrets = self.secret_files(spec)?;
+                let name = self.container_name(spec);
+                let created = self
+                    .docker
+                    .create_container(
+                        Some(CreateContainerOptions {
+                            name: Some(name.clone()),
+                            ..Default::default()
+                        }),
+                        self.create_body(spec, &secrets),
+                    )
+                    .await
+                    .map_err(docker_err(format!("creating {}", spec.name())))?;
+                self.docker
+                    .start_container(&created.id, None::<StartContainerOptions>)
+                    .await
+                    .map_err(docker_err(format!("starting {}", spec.name())))
+            }
+        }
     }
 
     async fn remove(&self, id: &str) -> Result<(), ApplyError> {
@@ -310,7 +442,11 @@ impl Engine {
         Ok(())
     }
 
-    fn create_body(&self, spec: &ContainerSpec) -> ContainerCreateBody {
+    fn create_body(
+        &self,
+        spec: &ContainerSpec,
+        secrets: &[(std::path::PathBuf, String)],
+    ) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(LABEL_NODE.into(), self.node_id.clone());
         labels.insert(LABEL_NAME.into(), spec.name());
@@ -344,7 +480,7 @@ impl Engine {
                     host_port: Some(p.published.to_string()),
                 });
         }
-        let mounts = spec
+        let mounts: Vec<Mount> = spec
             .mounts
             .iter()
             .map(|m| Mount {
@@ -358,6 +494,13 @@ impl Engine {
                 read_only: Some(m.read_only),
                 ..Default::default()
             })
+            .chain(secrets.iter().map(|(path, target)| Mount {
+                target: Some(target.clone()),
+                source: Some(path.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            }))
             .collect();
         let restart_policy = Some(match spec.restart {
             RestartSpec::No => RestartPolicy {

@@ -110,6 +110,7 @@ pub async fn reconcile_once(
     let observed = engine.observe().await?;
     let actions = diff(&plan.containers, &observed);
     engine.apply(&actions).await?;
+    engine.prune_secrets(&plan.containers);
     Ok(actions.len())
 }
 
@@ -261,6 +262,7 @@ mod tests {
             stop_grace_ms: None,
             user: None,
             working_dir: None,
+            secrets: vec![],
         }
     }
 

@@ -81,10 +81,10 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
     paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers,
-        events, list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
+        events, list_secrets, set_secret, remove_secret, list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event)),
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event, SetSecret, SecretView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -123,6 +123,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/tokens/join/{id}", delete(revoke_join_token))
         .route("/events", get(events))
         .route("/stacks", get(list_stacks))
+        .route("/stacks/{name}/secrets", get(list_secrets))
+        .route(
+            "/stacks/{name}/secrets/{secret}",
+            axum::routing::put(set_secret).delete(remove_secret),
+        )
         .route("/stacks/{name}", get(get_stack).delete(remove_stack))
         .route("/stacks/{name}/rollback", post(rollback_stack))
         .route(
@@ -761,4 +766,91 @@ async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+fn secret_view(s: crate::store::SecretRow) -> SecretView {
+    SecretView {
+        name: s.name,
+        version: s.version,
+        created_at: rfc3339_ms(s.created_at),
+    }
+}
+
+#[utoipa::path(put, path = "/api/v1/stacks/{name}/secrets/{secret}", request_body = SetSecret,
+    params(("name" = String, Path, description = "stack name"), ("secret" = String, Path, description = "secret name")),
+    responses((status = 200, body = SecretView), (status = 400, body = ApiErrorBody)))]
+async fn set_secret(
+    State(state): State<Arc<AppState>>,
+    Path((name, secret)): Path<(String, String)>,
+    body: Result<Json<SetSecret>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<SecretView> {
+    use base64::Engine as _;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    crate::deploy::check_stack_name(&name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    crate::secrets::check_name(&secret).map_err(|m| ApiError::bad_request("invalid_name", m))?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(req.value.trim())
+        .map_err(|_| ApiError::bad_request("invalid_value", "the secret value must be base64"))?;
+    if value.len() > crate::secrets::MAX_SECRET_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_value",
+            "a secret may hold at most 512 KiB",
+        ));
+    }
+    let digest = hex::encode(skiff_shared::sha256(&value));
+    let key = &state.secret_key;
+    let seal = |version: i64| {
+        key.seal(&crate::secrets::context(&name, &secret, version), &value)
+            .ok()
+    };
+    let row = state
+        .store
+        .put_secret(&name, &secret, &digest, &seal, now_ms())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "sealing the secret failed",
+            )
+        })?;
+    info!(stack = %name, secret = %secret, version = row.version, "Secret set.");
+    Ok(Json(secret_view(row)))
+}
+
+#[utoipa::path(get, path = "/api/v1/stacks/{name}/secrets", params(("name" = String, Path, description = "stack name")),
+    responses((status = 200, body = [SecretView])))]
+async fn list_secrets(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<SecretView>> {
+    Ok(Json(
+        state
+            .store
+            .secrets(&name)
+            .await?
+            .into_iter()
+            .map(secret_view)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/stacks/{name}/secrets/{secret}",
+    params(("name" = String, Path, description = "stack name"), ("secret" = String, Path, description = "secret name")),
+    responses((status = 200, body = SecretView), (status = 404, body = ApiErrorBody)))]
+async fn remove_secret(
+    State(state): State<Arc<AppState>>,
+    Path((name, secret)): Path<(String, String)>,
+) -> ApiResult<SecretView> {
+    let row = state
+        .store
+        .secrets(&name)
+        .await?
+        .into_iter()
+        .find(|s| s.name == secret)
+        .ok_or_else(|| ApiError::not_found("secret", &secret))?;
+    state.store.remove_secret(&name, &secret, now_ms()).await?;
+    info!(stack = %name, secret = %secret, "Secret removed.");
+    Ok(Json(secret_view(row)))
 }

@@ -282,3 +282,18 @@ pub struct TaskView {
     /// Whether the container runs the current spec.
     pub up_to_date: bool,
 }
+
+/// Set a secret: its value, base64.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetSecret {
+    pub value: String,
+}
+
+/// A secret as listed: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretView {
+    pub name: String,
+    pub version: i64,
+    pub created_at: String,
+}

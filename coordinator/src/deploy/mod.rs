@@ -136,7 +136,14 @@ pub async fn deploy(
     dry_run: bool,
 ) -> Result<Outcome, DeployError> {
     check_stack_name(name)?;
-    let (defs, warnings) = resolve::resolve(name, stack)
+    let secrets: BTreeMap<String, (u64, String)> = state
+        .store
+        .secrets(name)
+        .await?
+        .into_iter()
+        .map(|s| (s.name, (u64::try_from(s.version).unwrap_or(0), s.digest)))
+        .collect();
+    let (defs, warnings) = resolve::resolve(name, stack, &secrets)
         .map_err(|errors| DeployError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
     deploy_defs(state, name, defs, compose, warnings, dry_run).await
 }

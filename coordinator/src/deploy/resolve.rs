@@ -12,6 +12,7 @@ use skiff_shared::stack::{
 };
 use skiff_shared::workload::{
     ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, Protocol, ResourceSpec, RestartSpec,
+    SecretMount,
 };
 
 use crate::scheduler::{self, Mode, Resources};
@@ -72,9 +73,11 @@ fn policy(c: &UpdateConfig) -> UpdatePolicy {
 /// Resolves every service of `stack`, deployed as `stack_name`. Returns
 /// all problems, not just the first; warnings are things that deploy but
 /// are not acted on yet.
+/// `secrets` are the stack's secrets as stored: name to (version, digest).
 pub fn resolve(
     stack_name: &str,
     stack: &Stack,
+    secrets: &BTreeMap<String, (u64, String)>,
 ) -> Result<(Vec<ServiceDef>, Vec<String>), Vec<ResolveError>> {
     let mut defs = Vec::new();
     let mut errors = Vec::new();
@@ -87,11 +90,30 @@ pub fn resolve(
             service: name.clone(),
             message,
         };
-        if !svc.secrets.is_empty() || !svc.configs.is_empty() {
+        if !svc.configs.is_empty() {
             errors.push(err(
-                "secrets and configs are not delivered to hosts yet; remove them from the service or pass the values another way".into(),
+                "configs are not delivered to hosts yet; use a secret, or bake the file into the image".into(),
             ));
             continue;
+        }
+        let mut mounts_secret = Vec::new();
+        for grant in &svc.secrets {
+            match secrets.get(&grant.source) {
+                Some((version, digest)) => mounts_secret.push(SecretMount {
+                    name: grant.source.clone(),
+                    version: *version,
+                    digest: digest.clone(),
+                    target: if grant.target.starts_with('/') {
+                        grant.target.clone()
+                    } else {
+                        format!("/run/secrets/{}", grant.target)
+                    },
+                }),
+                None => errors.push(err(format!(
+                    "secret {:?} is not set for stack {stack_name}; run `skiff secret set {stack_name} {}`",
+                    grant.source, grant.source
+                ))),
+            }
         }
         for c in &svc.deploy.placement.constraints {
             if let Err(e) = c.parse::<Constraint>() {
@@ -255,6 +277,7 @@ pub fn resolve(
             stop_grace_ms: Some(ms(svc.stop_grace_period)),
             user: svc.user.clone(),
             working_dir: svc.working_dir.clone(),
+            secrets: mounts_secret,
         };
         // A published port can be bound once per host.
         let max_per_host = svc
@@ -359,7 +382,7 @@ mod tests {
         let stack = parse(
             "services:\n  web:\n    image: skiff-test/busybox:1\n    command: httpd -f -p 8080\n    ports: [\"8080:8080\"]\n    environment: {A: \"1\"}\n    volumes: [\"data:/data\"]\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 2s\n    deploy:\n      replicas: 3\n      resources: {limits: {cpus: \"0.5\", memory: 64M}, reservations: {memory: 32M}}\n      update_config: {order: start-first, parallelism: 2}\nvolumes:\n  data: {}\n",
         );
-        let (defs, _) = resolve("shop", &stack).unwrap();
+        let (defs, _) = resolve("shop", &stack, &BTreeMap::new()).unwrap();
         let web = &defs[0];
         assert_eq!(web.replicas, Some(3));
         assert!(web.stateful);
@@ -387,7 +410,7 @@ mod tests {
         let stack = parse(
             "services:\n  a:\n    image: x\n    ports: [\"80:80\"]\n  b:\n    image: y\n    ports: [\"81:8080\"]\n    deploy: {placement: {constraints: [\"node.label.zone == eu\"]}}\n",
         );
-        let errors = resolve("s", &stack).unwrap_err();
+        let errors = resolve("s", &stack, &BTreeMap::new()).unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(
             text.iter()
@@ -401,7 +424,7 @@ mod tests {
             b.ports[0].published = Some(80);
             b.deploy.placement.constraints.clear();
         }
-        let errors = resolve("s", &stack).unwrap_err();
+        let errors = resolve("s", &stack, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             errors[0].to_string(),
             "service b: port 80 is also published by service a; publish it from one service only"

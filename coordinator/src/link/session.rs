@@ -286,6 +286,12 @@ impl Session {
             issued_at_ms: skiff_shared::unix_millis(),
             containers: plan.containers.clone(),
         };
+        // The secrets this host's containers mount go first, and only to it.
+        let values = self.secret_values(&plan.containers).await;
+        if !values.is_empty() {
+            self.send(ws, None, &CoordinatorMessage::Secrets { values })
+                .await?;
+        }
         let bytes = serde_json::to_vec(&wire).unwrap_or_default();
         let signed = signing::sign(&self.state.identity.plan_key, &bytes);
         let id = self
@@ -293,6 +299,53 @@ impl Session {
             .await?;
         self.pending_plan = Some((id, plan.generation));
         Ok(())
+    }
+
+    /// Opens the secrets the containers mount; one that cannot be opened
+    /// is left out (the agent then reports the container as not startable).
+    async fn secret_values(
+        &self,
+        containers: &[skiff_shared::workload::ContainerSpec],
+    ) -> Vec<skiff_shared::workload::SecretValue> {
+        use base64::Engine as _;
+        let mut out: Vec<skiff_shared::workload::SecretValue> = Vec::new();
+        for c in containers {
+            for m in &c.secrets {
+                if out.iter().any(|v| v.digest == m.digest) {
+                    continue;
+                }
+                let version = i64::try_from(m.version).unwrap_or(0);
+                let sealed = match self
+                    .state
+                    .store
+                    .sealed_secret(&c.stack, &m.name, version)
+                    .await
+                {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        warn!(stack = %c.stack, secret = %m.name, version, "A planned secret version is not in the store.");
+                        continue;
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "Reading a secret failed.");
+                        continue;
+                    }
+                };
+                match self.state.secret_key.open(
+                    &crate::secrets::context(&c.stack, &m.name, version),
+                    &sealed,
+                ) {
+                    Ok(value) => out.push(skiff_shared::workload::SecretValue {
+                        digest: m.digest.clone(),
+                        value: base64::engine::general_purpose::STANDARD.encode(value),
+                    }),
+                    Err(error) => {
+                        warn!(stack = %c.stack, secret = %m.name, error = %error, "A secret cannot be opened.")
+                    }
+                }
+            }
+        }
+        out
     }
 
     async fn serve<S>(

@@ -93,6 +93,15 @@ pub struct ReleaseRow {
     pub message: Option<String>,
 }
 
+/// A secret's latest version (never its value).
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    pub name: String,
+    pub version: i64,
+    pub digest: String,
+    pub created_at: i64,
+}
+
 /// Why a join token was not accepted. The messages are safe to show the
 /// joining agent: they do not say whether a token id exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +188,21 @@ pub trait Store: Send + Sync + 'static {
         message: Option<&str>,
     ) -> Result<()>;
     async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()>;
+    /// Stores a new version of a secret, sealed by `seal(version)`, unless
+    /// the latest version already has `digest`. `None` when sealing failed.
+    async fn put_secret(
+        &self,
+        stack: &str,
+        name: &str,
+        digest: &str,
+        seal: &(dyn Fn(i64) -> Option<String> + Sync),
+        now: i64,
+    ) -> Result<Option<SecretRow>>;
+    /// The latest version of each live secret of a stack.
+    async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>>;
+    async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>>;
+    /// Marks a secret removed (its versions stay for releases that used them).
+    async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool>;
     /// Marks a stack removed; false if it was not live.
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
     /// Marks a node removed; false if it was not live.

@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlStr, SqlitePool};
 
 use super::{
-    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, ReleaseRow, Result, StackRow, Store,
-    StoreError,
+    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, ReleaseRow, Result, SecretRow,
+    StackRow, Store, StoreError,
 };
 use skiff_shared::workload::ContainerSpec;
 
@@ -44,6 +44,11 @@ fn migrator() -> Migrator {
             4,
             "release status",
             include_str!("../../migrations/0004_release_status.sql"),
+        ),
+        m(
+            5,
+            "secrets",
+            include_str!("../../migrations/0005_secrets.sql"),
         ),
     ])
 }
@@ -493,6 +498,97 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn put_secret(
+        &self,
+        stack: &str,
+        name: &str,
+        digest: &str,
+        seal: &(dyn Fn(i64) -> Option<String> + Sync),
+        now: i64,
+    ) -> Result<Option<SecretRow>> {
+        let mut tx = self.pool.begin().await?;
+        let latest: Option<(i64, String, Option<i64>)> = sqlx::query_as(
+            "SELECT version, digest, removed_at FROM secrets WHERE stack = ? AND name = ? ORDER BY version DESC LIMIT 1",
+        )
+        .bind(stack)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((version, d, None)) = &latest
+            && d == digest
+        {
+            return Ok(Some(SecretRow {
+                name: name.to_owned(),
+                version: *version,
+                digest: d.clone(),
+                created_at: now,
+            }));
+        }
+        let version = latest.map_or(1, |(v, _, _)| v + 1);
+        let Some(sealed) = seal(version) else {
+            return Ok(None);
+        };
+        sqlx::query("INSERT INTO secrets (stack, name, version, digest, sealed, created_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, NULL)")
+            .bind(stack)
+            .bind(name)
+            .bind(version)
+            .bind(digest)
+            .bind(sealed)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(SecretRow {
+            name: name.to_owned(),
+            version,
+            digest: digest.to_owned(),
+            created_at: now,
+        }))
+    }
+
+    async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>> {
+        let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+            "SELECT s.name, s.version, s.digest, s.created_at FROM secrets s \
+             WHERE s.stack = ? AND s.removed_at IS NULL AND s.version = \
+             (SELECT MAX(version) FROM secrets t WHERE t.stack = s.stack AND t.name = s.name) ORDER BY s.name",
+        )
+        .bind(stack)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, version, digest, created_at)| SecretRow {
+                name,
+                version,
+                digest,
+                created_at,
+            })
+            .collect())
+    }
+
+    async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT sealed FROM secrets WHERE stack = ? AND name = ? AND version = ?",
+        )
+        .bind(stack)
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE secrets SET removed_at = ? WHERE stack = ? AND name = ? AND removed_at IS NULL",
+        )
+        .bind(now)
+        .bind(stack)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {

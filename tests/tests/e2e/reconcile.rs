@@ -36,6 +36,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         stop_grace_ms: Some(1000),
         user: None,
         working_dir: None,
+        secrets: vec![],
     }
 }
 

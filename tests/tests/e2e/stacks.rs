@@ -751,3 +751,116 @@ async fn rolling_updates_keep_serving_and_a_failing_update_rolls_back_by_itself(
     );
     wait_ready(&cluster, &stack, 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_are_sealed_at_rest_and_reach_only_the_hosts_that_mount_them() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let cluster = launch_cluster(2, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("sec{label}");
+    let dir = tempfile::tempdir().unwrap();
+    let only = cluster.agents[0].name.clone();
+    let compose = format!(
+        "services:\n  web:\n    image: skiff-test/busybox:1\n    command: [\"sh\", \"-c\", \"cp /run/secrets/db_password /www/index.html && httpd -f -p 8080 -h /www\"]\n    secrets: [db_password]\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 1s\n    deploy:\n      placement:\n        constraints: [\"node.hostname == {only}\", \"node.labels.test == {label}\"]\nsecrets:\n  db_password:\n    external: true\n"
+    );
+    std::fs::write(dir.path().join("compose.yml"), &compose).unwrap();
+
+    // Not set yet: refused, naming the fix.
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("skiff secret set {stack} db_password"))
+    );
+
+    let secret = "correct horse battery staple";
+    let coord = &cluster.coordinator;
+    let mut set = tokio::process::Command::new(target_bin("skiff"))
+        .args(["secret", "set", &stack, "db_password"])
+        .env("SKIFF_URL", coord.api_url())
+        .env("SKIFF_TOKEN", coord.admin_token())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(set.stdin.as_mut().unwrap(), secret.as_bytes())
+        .await
+        .unwrap();
+    drop(set.stdin.take());
+    assert!(set.wait_with_output().await.unwrap().status.success());
+
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = wait_ready(&cluster, &stack, 1).await;
+    assert_eq!(t[0].node, only);
+    assert_eq!(get(&t[0].ips[0]).await.as_deref(), Some(secret));
+
+    // Never shown by the API, never stored in the clear, only on the host that mounts it.
+    let out = skiff(&cluster, dir.path(), &["secret", "ls", &stack, "--json"]).await;
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listed.contains("db_password") && !listed.contains(secret),
+        "{listed}"
+    );
+    for f in ["skiff.db", "skiff.db-wal"] {
+        let bytes = std::fs::read(coord.data_dir().join(f)).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{f} holds the secret in the clear"
+        );
+    }
+    assert!(!coord.log().contains(secret));
+    let holds = |a: &skiff_tests::cluster::Agent| {
+        std::fs::read_dir(a.data_dir().join("secrets"))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| std::fs::read(e.path()).is_ok_and(|b| b == secret.as_bytes()))
+            })
+            .unwrap_or(false)
+    };
+    assert!(holds(&cluster.agents[0]));
+    assert!(
+        !holds(&cluster.agents[1]),
+        "a host that runs no container using it never gets it"
+    );
+
+    // A new value rolls out with the next deploy.
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf rotated | {} secret set {stack} db_password",
+            target_bin("skiff").display()
+        ))
+        .env("SKIFF_URL", coord.api_url())
+        .env("SKIFF_TOKEN", coord.admin_token())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("version 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        skiff(&cluster, dir.path(), &["deploy", &stack])
+            .await
+            .status
+            .success()
+    );
+    let t = wait_ready(&cluster, &stack, 1).await;
+    assert_eq!(get(&t[0].ips[0]).await.as_deref(), Some("rotated"));
+    wait_for(
+        "the old value to leave the host",
+        Duration::from_secs(60),
+        || async { (!holds(&cluster.agents[0])).then_some(()) },
+    )
+    .await
+    .unwrap();
+}
