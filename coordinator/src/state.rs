@@ -116,6 +116,18 @@ impl PlanBook {
         self.sender(node_id).borrow().clone()
     }
 
+    /// Nodes whose plan runs at least one container.
+    pub fn nodes_with_containers(&self) -> Vec<String> {
+        let map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .filter(|(_, tx)| !tx.borrow().containers.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Publishes a node's new plan (already stored).
     pub fn publish(&self, node_id: &str, plan: NodePlan) {
         self.sender(node_id).send_replace(Arc::new(plan));
