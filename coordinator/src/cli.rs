@@ -930,6 +930,8 @@ async fn follow(
 ) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    // A host's error seen on this many polls in a row fails the deploy.
+    let mut failing = 0;
     loop {
         let view: StackView = client
             .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)
@@ -966,6 +968,18 @@ async fn follow(
         if line != last {
             let _ = writeln!(out, "{line}");
             last = line;
+        }
+        match tasks.iter().find_map(|t| t.error.as_ref().map(|e| (t, e))) {
+            Some((t, e)) => {
+                failing += 1;
+                if failing >= 3 {
+                    return Err(Failure {
+                        message: format!("deploy of {stack} failed: {} on {}: {e}", t.name, t.node),
+                        code: 1,
+                    });
+                }
+            }
+            None => failing = 0,
         }
         let rolled_out = rollout.as_ref().is_none_or(|r| r.state == "completed");
         if rolled_out && ready >= view.desired && tasks.iter().all(|t| t.up_to_date) {

@@ -527,6 +527,7 @@ fn task_view(t: crate::deploy::Task) -> TaskView {
         restart_count: o.as_ref().map_or(0, |o| o.restart_count),
         ips: o.map(|o| o.ips).unwrap_or_default(),
         up_to_date: t.up_to_date,
+        error: t.error,
     }
 }
 

@@ -281,6 +281,8 @@ pub struct TaskView {
     pub ips: Vec<String>,
     /// Whether the container runs the current spec.
     pub up_to_date: bool,
+    /// Why the host could not create it, such as an image it cannot pull.
+    pub error: Option<String>,
 }
 
 /// Set a secret: its value, base64.

@@ -507,6 +507,8 @@ pub struct Task {
     pub observed: Option<skiff_shared::workload::ContainerStatus>,
     /// Whether the running container was created from the desired spec.
     pub up_to_date: bool,
+    /// Why the agent could not create it (such as an image it cannot pull).
+    pub error: Option<String>,
 }
 
 /// The stack's replicas across the cluster.
@@ -528,7 +530,15 @@ pub async fn tasks(state: &AppState, name: &str) -> Result<Vec<Task>, DeployErro
                 .is_some_and(|d| d.container(slot_of(c)).fingerprint() == c.fingerprint());
             let up_to_date =
                 current && observed.as_ref().is_some_and(|o| o.spec == c.fingerprint());
+            let error = match (&observed, &report) {
+                (None, Some((_, r))) => r
+                    .error
+                    .clone()
+                    .filter(|e| e.contains(&c.image) || e.contains(&c.name())),
+                _ => None,
+            };
             out.push(Task {
+                error,
                 container: c.name(),
                 revision: c.revision,
                 service: c.service.clone(),

@@ -304,6 +304,27 @@ async fn bad_stacks_are_refused_and_change_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // An image no host has and none can pull: the deploy fails, saying so.
+    std::fs::write(
+        &file,
+        compose(1, "v1", &label).replace("skiff-test/busybox:1", "skiff-test/no-such-image:1"),
+    )
+    .unwrap();
+    let out = skiff(
+        &cluster,
+        dir.path(),
+        &["deploy", "-f", "compose.yml", &stack],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skiff-test/no-such-image:1") && err.contains("could not be pulled"),
+        "{err}"
+    );
+    let out = skiff(&cluster, dir.path(), &["stack", "rm", &stack]).await;
+    assert!(out.status.success());
+
     // Two services publishing one port.
     std::fs::write(
         &file,
