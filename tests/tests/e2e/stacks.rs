@@ -885,3 +885,32 @@ async fn secrets_are_sealed_at_rest_and_reach_only_the_hosts_that_mount_them() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn global_services_run_once_on_every_eligible_node() {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let cluster = launch_cluster(3, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    let stack = format!("glob{label}");
+    let dir = tempfile::tempdir().unwrap();
+    let global = compose(1, "v1", &label).replace("      replicas: 1\n", "      mode: global\n");
+    // One node is excluded by a constraint on its name.
+    let excluded = cluster.agents[2].name.clone();
+    let global = global.replace(
+        &format!("constraints: [\"node.labels.test == {label}\"]"),
+        &format!("constraints: [\"node.labels.test == {label}\", \"node.hostname != {excluded}\"]"),
+    );
+    std::fs::write(dir.path().join("compose.yml"), global).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = wait_ready(&cluster, &stack, 2).await;
+    let nodes: std::collections::BTreeSet<&str> = t.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(nodes.len(), 2);
+    assert!(!nodes.contains(excluded.as_str()));
+}
