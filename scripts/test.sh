@@ -47,4 +47,6 @@ if [ -z "${SKIFF_SKIP_TIER2:-}" ]; then
 fi
 
 say "cargo test"
-cargo test --workspace --locked
+# One test at a time: the end-to-end tests start clusters and containers on
+# the machine's two cores; run side by side they would measure each other.
+cargo test --workspace --locked -- --test-threads=1

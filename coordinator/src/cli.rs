@@ -930,15 +930,37 @@ async fn follow(
 ) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
-    // A host's error seen on this many polls in a row fails the deploy.
-    let mut failing = 0;
+    // A host's error that persists this long fails the deploy (a busy
+    // engine can fail a round that the next one gets through).
+    const PERSISTENT: Duration = Duration::from_secs(10);
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
-        let view: StackView = client
-            .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)
-            .await?;
-        let tasks: Vec<TaskView> = client
-            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
-            .await?;
+        // A coordinator briefly busy or restarting does not end the follow.
+        let polled = async {
+            let view: StackView = client
+                .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)
+                .await?;
+            let tasks: Vec<TaskView> = client
+                .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
+                .await?;
+            Ok::<_, ClientError>((view, tasks))
+        };
+        let (view, tasks) = match polled.await {
+            Ok(v) => v,
+            Err(
+                e @ (ClientError::Connect { .. }
+                | ClientError::Http { .. }
+                | ClientError::Api { status: 503, .. }),
+            ) if tokio::time::Instant::now() < deadline => {
+                if last != e.to_string() {
+                    eprintln!("skiff: {e}; still following");
+                    last = e.to_string();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let rollout = view.rollout.filter(|r| r.release == release);
         if let Some(r) = &rollout
             && !matches!(r.state.as_str(), "in_progress" | "completed")
@@ -971,15 +993,15 @@ async fn follow(
         }
         match tasks.iter().find_map(|t| t.error.as_ref().map(|e| (t, e))) {
             Some((t, e)) => {
-                failing += 1;
-                if failing >= 3 {
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= PERSISTENT {
                     return Err(Failure {
                         message: format!("deploy of {stack} failed: {} on {}: {e}", t.name, t.node),
                         code: 1,
                     });
                 }
             }
-            None => failing = 0,
+            None => failing_since = None,
         }
         let rolled_out = rollout.as_ref().is_none_or(|r| r.state == "completed");
         if rolled_out && ready >= view.desired && tasks.iter().all(|t| t.up_to_date) {

@@ -42,7 +42,8 @@ pub struct CoordinatorOptions {
 impl Default for CoordinatorOptions {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(500),
+            // Short for quick tests, but with room for a loaded two-core machine.
+            heartbeat_interval: Duration::from_secs(1),
             cert_ttl: Duration::from_secs(3600),
             agent_ip: "127.0.0.1".into(),
             advertise: Vec::new(),

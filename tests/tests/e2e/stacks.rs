@@ -403,11 +403,12 @@ async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
     let stack = format!("keep{label}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yml"), compose(2, "v1", &label)).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
     assert!(
-        skiff(&cluster, dir.path(), &["deploy", &stack])
-            .await
-            .status
-            .success()
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     let before = wait_ready(&cluster, &stack, 2).await;
     let docker = docker().await.unwrap();
@@ -520,11 +521,12 @@ async fn replicas_of_a_lost_host_move_and_duplicates_go_when_it_returns() {
     let stack = format!("move{label}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("compose.yml"), compose(2, "v1", &label)).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
     assert!(
-        skiff(&cluster, dir.path(), &["deploy", &stack])
-            .await
-            .status
-            .success()
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     let before = wait_ready(&cluster, &stack, 2).await;
     let lost = cluster.agents[0].name.clone();
@@ -627,11 +629,12 @@ async fn rolling_updates_keep_serving_and_a_failing_update_rolls_back_by_itself(
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("compose.yml");
     std::fs::write(&file, compose_rolling("v1", &label, "stop-first", HEALTHY)).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
     assert!(
-        skiff(&cluster, dir.path(), &["deploy", &stack])
-            .await
-            .status
-            .success()
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     wait_ready(&cluster, &stack, 3).await;
 
@@ -869,11 +872,12 @@ async fn secrets_are_sealed_at_rest_and_reach_only_the_hosts_that_mount_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
     assert!(
-        skiff(&cluster, dir.path(), &["deploy", &stack])
-            .await
-            .status
-            .success()
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     let t = wait_ready(&cluster, &stack, 1).await;
     assert_eq!(get(&t[0].ips[0]).await.as_deref(), Some("rotated"));
