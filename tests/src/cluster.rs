@@ -400,6 +400,41 @@ pub async fn launch_cluster(n: usize, opts: CoordinatorOptions) -> anyhow::Resul
     })
 }
 
+impl Drop for Cluster {
+    /// Removes the containers the cluster's agents created: they outlive
+    /// their agents by design (restart policy `always`), but not a test.
+    fn drop(&mut self) {
+        // Agents first, so none recreates what is removed below.
+        for a in &mut self.agents {
+            if let Some(c) = a.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+        for a in &self.agents {
+            let ids = std::process::Command::new("docker")
+                .args([
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=skiff.node={}", a.node_id()),
+                ])
+                .output();
+            if let Ok(out) = ids {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+    }
+}
+
 /// Labels as a map, for assertions.
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
