@@ -92,21 +92,9 @@ pub fn context(stack: &str, name: &str, version: i64) -> String {
     format!("{stack}/{name}/{version}")
 }
 
-/// Checks a secret name: 1-63 of `a-z A-Z 0-9 . _ -`.
+/// Checks a secret name: the same rule as node names.
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid secret name {name:?}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        ))
-    }
+    skiff_shared::join::names::check_name("secret", name)
 }
 
 #[cfg(test)]

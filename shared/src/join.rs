@@ -153,9 +153,9 @@ pub struct ErrorBody {
 /// Rules for node names and label keys and values, shared by the agent's
 /// command line and the coordinator's API so both refuse the same input.
 pub mod names {
-    /// Checks a node name: 1-63 characters of `a-z A-Z 0-9 . _ -`, starting
-    /// with a letter or digit.
-    pub fn check_node_name(name: &str) -> Result<(), String> {
+    /// Checks a name of `kind` (node, secret, ...): 1-63 characters of
+    /// `a-z A-Z 0-9 . _ -`, starting with a letter or digit.
+    pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
         let ok = !name.is_empty()
             && name.len() <= 63
             && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -166,9 +166,14 @@ pub mod names {
             Ok(())
         } else {
             Err(format!(
-                "invalid node name {name:?}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                "invalid {kind} name {name:?}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
             ))
         }
+    }
+
+    /// Checks a node name (see [`check_name`]).
+    pub fn check_node_name(name: &str) -> Result<(), String> {
+        check_name("node", name)
     }
 
     /// Checks a label key and value.
