@@ -171,7 +171,7 @@ pub async fn deploy_defs(
         .into_iter()
         .find(|s| s.name == name)
         .map(|s| s.current_release);
-    let transition = place(
+    let mut transition = place(
         name,
         &defs,
         &hosts,
@@ -193,6 +193,7 @@ pub async fn deploy_defs(
     // A rollout still replacing replicas of this stack stops here; this
     // deploy starts from what runs now.
     state.rollouts.cancel(name);
+    let held = hold_dependents(name, &defs, &hosts, &mut transition);
     apply(state, transition.immediate).await?;
     drop(guard);
     info!(
@@ -217,6 +218,7 @@ pub async fn deploy_defs(
         release,
         previous,
         defs,
+        held,
         transition.updates,
     );
     Ok(Outcome {
@@ -357,6 +359,78 @@ fn place(
         }
     }
     Ok(t)
+}
+
+/// A new replica held back until the services it depends on are ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub node_id: String,
+    pub node: String,
+    pub spec: ContainerSpec,
+}
+
+/// Takes the new replicas of services with `depends_on` out of the plans
+/// about to be applied: [`rollout`] starts them once what they depend on
+/// is ready, in the stack's start order.
+fn hold_dependents(
+    name: &str,
+    defs: &[ServiceDef],
+    hosts: &[(Host, Arc<NodePlan>)],
+    t: &mut Transition,
+) -> Vec<Held> {
+    let dependent: BTreeSet<&str> = defs
+        .iter()
+        .filter(|d| !d.depends_on.is_empty())
+        .map(|d| d.name.as_str())
+        .collect();
+    let mut held = Vec::new();
+    if dependent.is_empty() {
+        return held;
+    }
+    for (host, plan_now) in hosts {
+        let id = &host.attrs.id;
+        let Some(containers) = t.immediate.get_mut(id) else {
+            continue;
+        };
+        let before: BTreeSet<String> = plan_now.containers.iter().map(ContainerSpec::key).collect();
+        containers.retain(|c| {
+            let hold = c.stack == name
+                && dependent.contains(c.service.as_str())
+                && !before.contains(&c.key());
+            if hold {
+                held.push(Held {
+                    node_id: id.clone(),
+                    node: host.attrs.hostname.clone(),
+                    spec: c.clone(),
+                });
+            }
+            !hold
+        });
+        if *containers == plan_now.containers {
+            t.immediate.remove(id);
+        }
+    }
+    held
+}
+
+/// Where a stack's replicas of `service` are meant to run: node id, node
+/// name and spec, from the node plans.
+pub(crate) async fn planned(
+    state: &AppState,
+    stack: &str,
+    service: &str,
+) -> Result<Vec<(String, String, ContainerSpec)>, StoreError> {
+    let mut out = Vec::new();
+    for n in state.store.nodes(false).await? {
+        let plan = state.plans.get(&n.id);
+        out.extend(
+            plan.containers
+                .iter()
+                .filter(|c| c.stack == stack && c.service == service)
+                .map(|c| (n.id.clone(), n.name.clone(), c.clone())),
+        );
+    }
+    Ok(out)
 }
 
 /// Stores and publishes new node plans.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use skiff_shared::placement::Constraint;
 use skiff_shared::stack::{
-    DeployMode, HealthTest, Mount, RestartCondition, RestartMode, Stack, UpdateConfig,
+    Dependency, DeployMode, HealthTest, Mount, RestartCondition, RestartMode, Stack, UpdateConfig,
 };
 use skiff_shared::workload::{
     ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, Protocol, ResourceSpec, RestartSpec,
@@ -35,6 +35,10 @@ pub struct ServiceDef {
     pub template: ContainerSpec,
     pub update: UpdatePolicy,
     pub rollback: UpdatePolicy,
+    /// Services whose replicas must be started (or healthy, or done)
+    /// before this service's new replicas start.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Dependency>,
 }
 
 /// How replicas are replaced, from `update_config` / `rollback_config`.
@@ -297,6 +301,7 @@ pub fn resolve(
             template,
             update: policy(&svc.deploy.update_config),
             rollback: policy(&svc.deploy.rollback_config),
+            depends_on: svc.depends_on.clone(),
         });
     }
     check_port_conflicts(&defs, &mut errors);

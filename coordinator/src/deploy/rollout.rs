@@ -5,6 +5,10 @@
 //! `failure_action`: by default every replaced replica goes back to what it
 //! ran before, by itself, and the release is marked rolled back.
 //!
+//! Before replacing anything, new replicas of services with `depends_on`
+//! are started in the stack's start order, each service once the services
+//! it depends on are started, healthy or completed, as its condition says.
+//!
 //! One rollout per stack runs at a time; a new deploy of the stack cancels
 //! the one in progress and starts from what then runs.
 
@@ -16,8 +20,10 @@ use skiff_shared::workload::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use skiff_shared::stack::DependsCondition;
+
 use super::resolve::{ServiceDef, UpdatePolicy};
-use super::{Update, edit_node_plan};
+use super::{Held, Update, edit_node_plan};
 use crate::state::{AppState, now_ms};
 
 /// How often the rollout looks at the agents' reports.
@@ -111,6 +117,7 @@ pub fn start(
     release: i64,
     previous: Option<i64>,
     defs: Vec<ServiceDef>,
+    held: Vec<Held>,
     updates: Vec<super::Update>,
 ) {
     let token = CancellationToken::new();
@@ -131,7 +138,10 @@ pub fn start(
         let _ = old;
     }
     tokio::spawn(async move {
-        let outcome = run(&state, &stack, release, &defs, updates, &token).await;
+        let outcome = match start_in_order(&state, &stack, release, &defs, held, &token).await {
+            Ok(()) => run(&state, &stack, release, &defs, updates, &token).await,
+            Err(stop) => Err(stop),
+        };
         let (rollout_state, message) = match outcome {
             Ok(()) => (RolloutState::Completed, "all replicas updated".to_owned()),
             Err(Stop::Superseded) => (
@@ -191,6 +201,98 @@ enum Stop {
     Paused(String),
     RolledBack(String),
     Failed(String),
+}
+
+/// Starts the held replicas service by service, each once its
+/// dependencies meet their condition. A required dependency that does not
+/// fails the release and its dependents stay stopped.
+async fn start_in_order(
+    state: &AppState,
+    stack: &str,
+    release: i64,
+    defs: &[ServiceDef],
+    held: Vec<Held>,
+    token: &CancellationToken,
+) -> Result<(), Stop> {
+    for def in defs {
+        let mine: Vec<&Held> = held.iter().filter(|h| h.spec.service == def.name).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        for (dep, d) in &def.depends_on {
+            let want = match d.condition {
+                DependsCondition::ServiceStarted => Want::Started,
+                DependsCondition::ServiceHealthy => Want::Healthy,
+                DependsCondition::ServiceCompletedSuccessfully => Want::Completed,
+            };
+            state.rollouts.update(stack, release, |s| {
+                s.message = format!("{}: waiting until {dep} is {}", def.name, want.as_str());
+            });
+            let planned = super::planned(state, stack, dep)
+                .await
+                .map_err(|e| Stop::Failed(e.to_string()))?;
+            let targets = newest_per_slot(&planned);
+            match wait_for(state, &targets, want, Duration::ZERO, token).await {
+                Ok(()) => {}
+                Err(Stop::Superseded) => return Err(Stop::Superseded),
+                Err(Stop::Paused(why) | Stop::RolledBack(why) | Stop::Failed(why)) => {
+                    let why = format!(
+                        "{} not started: it depends on {dep} being {}, but {why}",
+                        def.name,
+                        want.as_str()
+                    );
+                    if d.required {
+                        return Err(Stop::Failed(why));
+                    }
+                    warn!(stack, reason = %why, "Optional dependency not ready; starting anyway.");
+                    state.events.emit(
+                        "deploy",
+                        Some(stack),
+                        None,
+                        format!("{why}; starting anyway (not required)"),
+                    );
+                }
+            }
+        }
+        for h in mine {
+            let spec = h.spec.clone();
+            edit_node_plan(state, &h.node_id, move |c| {
+                if !c.iter().any(|x| x.key() == spec.key()) {
+                    c.push(spec);
+                }
+            })
+            .await
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+            state.events.emit(
+                "deploy",
+                Some(stack),
+                Some(&h.node),
+                format!("{} started after its dependencies", h.spec.name()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Per replica slot, the container of the newest revision.
+fn newest_per_slot(planned: &[(String, String, ContainerSpec)]) -> Vec<Target<'_>> {
+    let mut by_slot: HashMap<u32, &(String, String, ContainerSpec)> = HashMap::new();
+    for p in planned {
+        let e = by_slot.entry(p.2.slot).or_insert(p);
+        if p.2.revision > e.2.revision {
+            *e = p;
+        }
+    }
+    let mut out: Vec<Target<'_>> = by_slot
+        .into_values()
+        .map(|(node_id, node, spec)| Target {
+            node_id,
+            node,
+            spec,
+        })
+        .collect();
+    out.sort_by_key(|t| (t.spec.slot, t.node_id));
+    out
 }
 
 async fn run(
@@ -349,6 +451,79 @@ fn deadline_for(spec: &ContainerSpec) -> Duration {
     (from_check + Duration::from_secs(30)).max(MIN_DEADLINE)
 }
 
+/// What a container must be for a wait to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Running, and healthy if it has a health check (rollout batches).
+    Ready,
+    /// Running (`service_started`).
+    Started,
+    /// Running and healthy (`service_healthy`).
+    Healthy,
+    /// Exited with code 0 (`service_completed_successfully`).
+    Completed,
+}
+
+impl Want {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Started => "started",
+            Self::Healthy => "healthy",
+            Self::Completed => "completed successfully",
+        }
+    }
+}
+
+/// A container on a node to wait for.
+#[derive(Debug, Clone, Copy)]
+struct Target<'a> {
+    node_id: &'a str,
+    node: &'a str,
+    spec: &'a ContainerSpec,
+}
+
+/// Whether one container, as last reported, is what `want` asks:
+/// `Ok(true)` yes, `Ok(false)` not yet, `Err` never will be.
+fn check(
+    want: Want,
+    t: Target<'_>,
+    c: &skiff_shared::workload::ContainerStatus,
+) -> Result<bool, String> {
+    let exited = c.state == "exited" || c.state == "dead";
+    let code = || {
+        c.exit_code
+            .map_or_else(|| "?".to_owned(), |c| c.to_string())
+    };
+    let who = || format!("{} on {}", t.spec.name(), t.node);
+    if want == Want::Completed {
+        return match (exited, c.exit_code) {
+            (true, Some(0)) => Ok(true),
+            (true, _) => Err(format!("{} exited (code {})", who(), code())),
+            (false, _) => Ok(false),
+        };
+    }
+    if exited {
+        return Err(format!("{} exited (code {})", who(), code()));
+    }
+    let health = c.health.as_deref();
+    if want != Want::Started && health == Some("unhealthy") {
+        return Err(format!("{} is unhealthy", who()));
+    }
+    let running = c.state == "running";
+    Ok(match want {
+        Want::Started => running,
+        Want::Healthy if running && health.is_none() => {
+            return Err(format!(
+                "{} has no health check, so it never becomes healthy; give it a healthcheck or use `condition: service_started`",
+                who()
+            ));
+        }
+        Want::Healthy => running && health == Some("healthy"),
+        Want::Ready | Want::Completed => running && health.is_none_or(|h| h == "healthy"),
+    })
+}
+
 /// Waits until every new container of the batch is running (and healthy,
 /// if it has a health check) continuously for `monitor`. Fails at once on
 /// a container that exited or turned unhealthy.
@@ -358,67 +533,63 @@ async fn wait_ready(
     monitor: Duration,
     token: &CancellationToken,
 ) -> Result<(), Stop> {
+    let targets: Vec<Target<'_>> = batch
+        .iter()
+        .map(|u| Target {
+            node_id: &u.node_id,
+            node: &u.node,
+            spec: &u.new,
+        })
+        .collect();
+    wait_for(state, &targets, Want::Ready, monitor, token).await
+}
+
+/// Waits until every target is what `want` asks, continuously for
+/// `monitor`. Fails at once on a container that never will be, and at
+/// the targets' deadline.
+async fn wait_for(
+    state: &AppState,
+    targets: &[Target<'_>],
+    want: Want,
+    monitor: Duration,
+    token: &CancellationToken,
+) -> Result<(), Stop> {
     let deadline = Instant::now()
-        + batch
+        + targets
             .iter()
-            .map(|u| deadline_for(&u.new))
+            .map(|t| deadline_for(t.spec))
             .max()
             .unwrap_or(MIN_DEADLINE);
-    let mut healthy_since: Option<Instant> = None;
+    let mut since: Option<Instant> = None;
     loop {
         let mut all = true;
-        for u in batch {
-            let key = u.new.key();
-            let report = state.observed.get(&u.node_id);
+        for t in targets {
+            let key = t.spec.key();
+            let report = state.observed.get(t.node_id);
             let status = report
                 .as_ref()
                 .and_then(|(_, r)| r.containers.iter().find(|c| c.key == key).cloned());
-            let checked = u
-                .new
-                .healthcheck
-                .as_ref()
-                .is_some_and(|h| h.test.first().is_some_and(|t| t != "NONE"));
             match status {
                 None => all = false,
-                Some(c) if c.state == "exited" || c.state == "dead" => {
-                    return Err(Stop::RolledBack(format!(
-                        "{} on {} exited (code {})",
-                        u.new.name(),
-                        u.node,
-                        c.exit_code
-                            .map_or_else(|| "?".to_owned(), |c| c.to_string())
-                    )));
-                }
-                Some(c) if c.health.as_deref() == Some("unhealthy") => {
-                    return Err(Stop::RolledBack(format!(
-                        "{} on {} is unhealthy",
-                        u.new.name(),
-                        u.node
-                    )));
-                }
-                Some(c) => {
-                    let ok = c.state == "running"
-                        && (!checked || c.health.as_deref() == Some("healthy"));
-                    all &= ok;
-                }
+                Some(c) => all &= check(want, *t, &c).map_err(Stop::RolledBack)?,
             }
         }
         if all {
-            let since = *healthy_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= monitor {
+            if since.get_or_insert_with(Instant::now).elapsed() >= monitor {
                 return Ok(());
             }
         } else {
-            healthy_since = None;
+            since = None;
         }
         if Instant::now() >= deadline {
-            let names: Vec<String> = batch
+            let names: Vec<String> = targets
                 .iter()
-                .map(|u| format!("{} on {}", u.new.name(), u.node))
+                .map(|t| format!("{} on {}", t.spec.name(), t.node))
                 .collect();
             return Err(Stop::RolledBack(format!(
-                "{} not ready in time",
-                names.join(", ")
+                "{} not {} in time",
+                names.join(", "),
+                want.as_str()
             )));
         }
         pause_for(POLL, token).await?;
@@ -429,5 +600,81 @@ async fn pause_for(d: Duration, token: &CancellationToken) -> Result<(), Stop> {
     tokio::select! {
         () = token.cancelled() => Err(Stop::Superseded),
         () = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_shared::workload::ContainerStatus;
+
+    use super::*;
+
+    fn status(state: &str, health: Option<&str>, exit_code: Option<i64>) -> ContainerStatus {
+        ContainerStatus {
+            name: "s.db.1".into(),
+            key: "s.db.1@1".into(),
+            id: "c1".into(),
+            state: state.into(),
+            health: health.map(str::to_owned),
+            restart_count: 0,
+            started_at: None,
+            exit_code,
+            ips: Vec::new(),
+            image_id: String::new(),
+            spec: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_condition_waits_for_what_it_names() {
+        let spec: ContainerSpec = serde_json::from_value(serde_json::json!({
+            "stack": "s", "service": "db", "slot": 1, "image": "x"
+        }))
+        .unwrap();
+        let t = Target {
+            node_id: "n1",
+            node: "host-a",
+            spec: &spec,
+        };
+        let running = status("running", None, None);
+        let starting = status("running", Some("starting"), None);
+        let healthy = status("running", Some("healthy"), None);
+        let unhealthy = status("running", Some("unhealthy"), None);
+        let done = status("exited", None, Some(0));
+        let crashed = status("exited", None, Some(3));
+
+        assert_eq!(check(Want::Started, t, &running), Ok(true));
+        assert_eq!(check(Want::Started, t, &unhealthy), Ok(true));
+        assert_eq!(
+            check(Want::Started, t, &status("created", None, None)),
+            Ok(false)
+        );
+        assert!(
+            check(Want::Started, t, &crashed)
+                .unwrap_err()
+                .contains("exited (code 3)")
+        );
+
+        assert_eq!(check(Want::Healthy, t, &starting), Ok(false));
+        assert_eq!(check(Want::Healthy, t, &healthy), Ok(true));
+        assert!(
+            check(Want::Healthy, t, &unhealthy)
+                .unwrap_err()
+                .contains("s.db.1 on host-a is unhealthy")
+        );
+        assert!(
+            check(Want::Healthy, t, &running)
+                .unwrap_err()
+                .contains("no health check")
+        );
+
+        assert_eq!(check(Want::Ready, t, &running), Ok(true));
+        assert_eq!(check(Want::Ready, t, &starting), Ok(false));
+        assert_eq!(check(Want::Ready, t, &healthy), Ok(true));
+        assert!(check(Want::Ready, t, &unhealthy).is_err());
+
+        assert_eq!(check(Want::Completed, t, &running), Ok(false));
+        assert_eq!(check(Want::Completed, t, &done), Ok(true));
+        assert!(check(Want::Completed, t, &crashed).is_err());
     }
 }

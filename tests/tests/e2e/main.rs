@@ -3,6 +3,7 @@
 
 mod api_cli;
 mod bootstrap;
+mod depends;
 mod harness;
 mod link;
 mod reconcile;

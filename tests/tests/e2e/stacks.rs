@@ -12,7 +12,7 @@ use skiff_tests::cluster::{Cluster, CoordinatorOptions};
 use skiff_tests::image::{docker, ensure_test_image};
 use skiff_tests::{launch_cluster, target_bin, wait_for};
 
-async fn skiff(cluster: &Cluster, dir: &std::path::Path, args: &[&str]) -> Output {
+pub(crate) async fn skiff(cluster: &Cluster, dir: &std::path::Path, args: &[&str]) -> Output {
     let coord = &cluster.coordinator;
     let mut cmd = tokio::process::Command::new(target_bin("skiff"));
     cmd.args(args)
@@ -33,7 +33,7 @@ fn compose(replicas: u32, version: &str, label: &str) -> String {
     )
 }
 
-async fn tasks(cluster: &Cluster, stack: &str) -> Vec<TaskView> {
+pub(crate) async fn tasks(cluster: &Cluster, stack: &str) -> Vec<TaskView> {
     cluster
         .coordinator
         .client()
@@ -78,7 +78,7 @@ async fn get(ip: &str) -> Option<String> {
     buf.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
 }
 
-async fn engine_containers(label: &str) -> usize {
+pub(crate) async fn engine_containers(label: &str) -> usize {
     let docker = docker().await.unwrap();
     let filters = std::collections::HashMap::from([(
         "label".to_owned(),
