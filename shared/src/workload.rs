@@ -63,6 +63,26 @@ pub struct ContainerSpec {
     /// the digests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
+    /// A check the agent runs against the container's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSpec>,
+}
+
+/// An HTTP or TCP check the agent runs from the host against the
+/// container's address. Its result is reported as the container's health,
+/// combined with Docker's own health check when there is one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    /// HTTP path (a 2xx or 3xx answer passes); `None` checks that a TCP
+    /// connection is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_path: Option<String>,
+    pub port: u16,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_ms: u64,
 }
 
 /// A secret mounted into a container as a read-only file.
@@ -253,6 +273,7 @@ mod tests {
             user: None,
             working_dir: None,
             secrets: vec![],
+            probe: None,
         }
     }
 

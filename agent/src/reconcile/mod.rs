@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub mod docker;
+pub mod probe;
 
 /// How often the agent re-checks the engine even when nothing happened.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -38,6 +39,8 @@ pub async fn run(
 ) {
     let mut events = engine.events();
     let mut failing = false;
+    let prober = probe::Prober::default();
+    let probes_changed = prober.changed();
     loop {
         let plan = plans.borrow_and_update().clone();
         if let Some(plan) = plan {
@@ -63,7 +66,13 @@ pub async fn run(
                 }
             };
             match engine.status().await {
-                Ok(containers) => {
+                Ok(mut containers) => {
+                    let specs = plan
+                        .containers
+                        .iter()
+                        .filter_map(|c| c.probe.as_ref().map(|p| (c.key(), p)))
+                        .collect();
+                    prober.sync(&mut containers, &specs);
                     let images = engine.images().await.unwrap_or_default();
                     let state = ObservedState {
                         plan_generation: plan.generation,
@@ -97,6 +106,7 @@ pub async fn run(
                     events = engine.events();
                 }
             }
+            () = probes_changed.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }
@@ -263,6 +273,7 @@ mod tests {
             user: None,
             working_dir: None,
             secrets: vec![],
+            probe: None,
         }
     }
 

@@ -11,8 +11,8 @@ use skiff_shared::stack::{
     Dependency, DeployMode, HealthTest, Mount, RestartCondition, RestartMode, Stack, UpdateConfig,
 };
 use skiff_shared::workload::{
-    ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, Protocol, ResourceSpec, RestartSpec,
-    SecretMount,
+    ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, ProbeSpec, Protocol, ResourceSpec,
+    RestartSpec, SecretMount,
 };
 
 use crate::scheduler::{self, Mode, Resources};
@@ -282,6 +282,14 @@ pub fn resolve(
             user: svc.user.clone(),
             working_dir: svc.working_dir.clone(),
             secrets: mounts_secret,
+            probe: svc.skiff.healthcheck.as_ref().map(|p| ProbeSpec {
+                http_path: p.http_path.clone(),
+                port: p.port,
+                interval_ms: ms(p.interval),
+                timeout_ms: ms(p.timeout),
+                retries: p.retries,
+                start_period_ms: ms(p.start_period),
+            }),
         };
         // A published port can be bound once per host.
         let max_per_host = svc

@@ -448,7 +448,14 @@ fn deadline_for(spec: &ContainerSpec) -> Duration {
                 .saturating_add(h.timeout_ms),
         )
     });
-    (from_check + Duration::from_secs(30)).max(MIN_DEADLINE)
+    let from_probe = spec.probe.as_ref().map_or(Duration::ZERO, |p| {
+        Duration::from_millis(
+            p.start_period_ms
+                .saturating_add(p.interval_ms.saturating_mul(u64::from(p.retries) + 2))
+                .saturating_add(p.timeout_ms),
+        )
+    });
+    (from_check.max(from_probe) + Duration::from_secs(30)).max(MIN_DEADLINE)
 }
 
 /// What a container must be for a wait to end.

@@ -468,5 +468,27 @@ pub struct SkiffSettings {
 pub struct SkiffService {
     /// Host names the edge proxy routes to this service.
     pub domains: Vec<String>,
+    /// A check the agent itself runs against every replica.
+    pub healthcheck: Option<Probe>,
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `x-skiff.healthcheck`: an HTTP or TCP check the agent runs from the host
+/// against each replica's address, beside any Docker `HEALTHCHECK`. Unlike a
+/// Docker check it needs nothing inside the image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    /// `Some(path)` for HTTP (a 2xx or 3xx answer passes), `None` for TCP
+    /// (an accepted connection passes).
+    pub http_path: Option<String>,
+    pub port: u16,
+    #[serde(with = "serde_duration")]
+    pub interval: Duration,
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+    /// Consecutive failures that make the replica unhealthy.
+    pub retries: u32,
+    /// Failures in this time after the start do not count.
+    #[serde(with = "serde_duration")]
+    pub start_period: Duration,
 }

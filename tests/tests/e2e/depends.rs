@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use futures_util::StreamExt;
-use skiff_tests::cluster::CoordinatorOptions;
-use skiff_tests::image::{docker, ensure_test_image};
-use skiff_tests::launch_cluster;
+use skiff_tests::image::docker;
 
-use super::stacks::skiff;
+use super::stacks::{assert_ok, skiff, stack_cluster};
 
 /// `web` waits for `db` to be healthy; `db` becomes healthy after a while
 /// (`healthy` is the command that makes its health check pass).
@@ -104,12 +102,7 @@ async fn containers_of(stack: &str, service: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn services_start_after_their_dependencies_and_not_when_one_fails() {
-    ensure_test_image(&docker().await.unwrap()).await.unwrap();
-    let cluster = launch_cluster(1, CoordinatorOptions::default())
-        .await
-        .unwrap();
-    let label = cluster.coordinator.api.port().to_string();
-    let dir = tempfile::tempdir().unwrap();
+    let (cluster, label, dir) = stack_cluster(1).await;
 
     // In order: web starts only after db reported healthy and cache started.
     let stack = format!("deps{label}");
@@ -120,12 +113,7 @@ async fn services_start_after_their_dependencies_and_not_when_one_fails() {
     )
     .unwrap();
     let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_ok(&out);
     let seen = events.lock().unwrap().clone();
     let healthy = position(&seen, "db", "health_status: healthy").expect("db became healthy");
     let cache = position(&seen, "cache", "start").expect("cache started");

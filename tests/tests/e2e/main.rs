@@ -3,6 +3,7 @@
 
 mod api_cli;
 mod bootstrap;
+mod checks;
 mod depends;
 mod harness;
 mod link;

@@ -37,6 +37,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         user: None,
         working_dir: None,
         secrets: vec![],
+        probe: None,
     }
 }
 

@@ -27,6 +27,27 @@ pub(crate) async fn skiff(cluster: &Cluster, dir: &std::path::Path, args: &[&str
         .unwrap()
 }
 
+/// A cluster of `agents` for stack tests, the label its nodes carry
+/// (`node.labels.test == LABEL` keeps stacks on them) and a working directory.
+pub(crate) async fn stack_cluster(agents: usize) -> (Cluster, String, tempfile::TempDir) {
+    ensure_test_image(&docker().await.unwrap()).await.unwrap();
+    let cluster = launch_cluster(agents, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let label = cluster.coordinator.api.port().to_string();
+    (cluster, label, tempfile::tempdir().unwrap())
+}
+
+/// Fails the test with the command's output unless it succeeded.
+pub(crate) fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn compose(replicas: u32, version: &str, label: &str) -> String {
     format!(
         "services:\n  web:\n    image: skiff-test/busybox:1\n    command: [\"sh\", \"-c\", \"echo {version} > /www/index.html && httpd -f -p 8080 -h /www\"]\n    environment:\n      VERSION: \"{version}\"\n    healthcheck:\n      test: [\"CMD\", \"wget\", \"-q\", \"-O-\", \"http://127.0.0.1:8080/\"]\n      interval: 1s\n      timeout: 1s\n      retries: 3\n    deploy:\n      replicas: {replicas}\n      placement:\n        constraints: [\"node.labels.test == {label}\"]\n"
@@ -43,7 +64,7 @@ pub(crate) async fn tasks(cluster: &Cluster, stack: &str) -> Vec<TaskView> {
 }
 
 /// Waits until `n` replicas run the current spec and are healthy.
-async fn wait_ready(cluster: &Cluster, stack: &str, n: usize) -> Vec<TaskView> {
+pub(crate) async fn wait_ready(cluster: &Cluster, stack: &str, n: usize) -> Vec<TaskView> {
     wait_for(
         &format!("{n} healthy replicas of {stack}"),
         Duration::from_secs(90),
@@ -60,7 +81,7 @@ async fn wait_ready(cluster: &Cluster, stack: &str, n: usize) -> Vec<TaskView> {
     .unwrap()
 }
 
-async fn get(ip: &str) -> Option<String> {
+pub(crate) async fn get(ip: &str) -> Option<String> {
     let mut s = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::TcpStream::connect((ip, 8080)),
