@@ -79,6 +79,16 @@ impl SqliteStore {
         migrator().run(&pool).await?;
         Ok(Self { pool })
     }
+
+    /// A transaction that writes. IMMEDIATE takes the write lock up front:
+    /// a deferred transaction that reads first fails to upgrade to a writer
+    /// with SQLITE_BUSY, without waiting for the busy timeout, whenever
+    /// another writer committed in between (concurrent joins, or a deploy
+    /// recording its release while agents report in, were refused with
+    /// "database is locked").
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -223,12 +233,7 @@ impl Store for SqliteStore {
         now: i64,
         node: &NodeRow,
     ) -> Result<std::result::Result<(), JoinRefusal>> {
-        // IMMEDIATE takes the write lock up front. A deferred transaction
-        // would read first and then fail to upgrade to a writer with
-        // SQLITE_BUSY (the busy timeout does not apply to that upgrade)
-        // whenever another join committed in between: concurrent joins
-        // were refused with "database is locked".
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -323,7 +328,7 @@ impl Store for SqliteStore {
     }
 
     async fn node_seen(&self, ids: &[String], now: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for id in ids {
             sqlx::query("UPDATE nodes SET last_seen_at = ? WHERE id = ?")
                 .bind(now)
@@ -408,7 +413,7 @@ impl Store for SqliteStore {
         services: &str,
         now: i64,
     ) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let number: i64 =
             sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE stack = ?")
                 .bind(stack)
@@ -508,7 +513,7 @@ impl Store for SqliteStore {
         seal: &(dyn Fn(i64) -> Option<String> + Sync),
         now: i64,
     ) -> Result<Option<SecretRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let latest: Option<(i64, String, Option<i64>)> = sqlx::query_as(
             "SELECT version, digest, removed_at FROM secrets WHERE stack = ? AND name = ? ORDER BY version DESC LIMIT 1",
         )
