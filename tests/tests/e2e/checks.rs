@@ -37,7 +37,7 @@ async fn agent_checks_gate_health_and_a_failing_update_rolls_back() {
 
     std::fs::write(&file, compose(&label, "v1", true)).unwrap();
     let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
-    assert_ok(&out);
+    assert_ok(&cluster, &out);
     // Both report healthy from the agent's checks alone.
     let tasks = wait_ready(&cluster, &stack, 2).await;
     let web = tasks.iter().find(|t| t.service == "web").unwrap();

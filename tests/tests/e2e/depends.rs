@@ -113,7 +113,7 @@ async fn services_start_after_their_dependencies_and_not_when_one_fails() {
     )
     .unwrap();
     let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
-    assert_ok(&out);
+    assert_ok(&cluster, &out);
     let seen = events.lock().unwrap().clone();
     let healthy = position(&seen, "db", "health_status: healthy").expect("db became healthy");
     let cache = position(&seen, "cache", "start").expect("cache started");

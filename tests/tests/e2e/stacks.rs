@@ -38,14 +38,22 @@ pub(crate) async fn stack_cluster(agents: usize) -> (Cluster, String, tempfile::
     (cluster, label, tempfile::tempdir().unwrap())
 }
 
-/// Fails the test with the command's output unless it succeeded.
-pub(crate) fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Fails the test with the command's output and the coordinator's
+/// warnings unless it succeeded.
+pub(crate) fn assert_ok(cluster: &Cluster, out: &Output) {
+    if !out.status.success() {
+        let log = cluster.coordinator.log();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        panic!(
+            "{}{}\ncoordinator warnings:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            warnings.join("\n")
+        );
+    }
 }
 
 fn compose(replicas: u32, version: &str, label: &str) -> String {
