@@ -13,6 +13,9 @@
 //!   model with positioned diagnostics.
 //! - [`placement`]: the placement constraint language of Compose files
 //!   (`node.labels.zone == eu`), parsed and matched against a host.
+//! - [`registry`]: the registry host of an image reference (as Docker
+//!   decides it), the check of a registry host, and the registry
+//!   credentials delivered to agents.
 //! - [`workload`]: the container specs a plan carries, and the labels the
 //!   agent puts on the containers it manages.
 //!
@@ -24,6 +27,7 @@ pub mod files;
 pub mod join;
 pub mod placement;
 pub mod protocol;
+pub mod registry;
 pub mod signing;
 pub mod stack;
 pub mod tls;
