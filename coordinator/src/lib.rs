@@ -16,6 +16,8 @@
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
 //! - [`secrets`]: sealing stack secrets at rest.
+//! - [`registries`]: registry credentials for image pulls, sealed at rest
+//!   and delivered only to agents whose plans pull from those registries.
 //! - [`server`]: wiring and shutdown.
 //! - [`client`] and [`cli`]: the `skiff` command-line client of the API.
 //!
@@ -32,6 +34,7 @@ pub mod events;
 pub mod identity;
 pub mod link;
 pub mod pki;
+pub mod registries;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -3,7 +3,8 @@
 //! the schema and queries stay portable SQL so a PostgreSQL store can share
 //! the migrations.
 //!
-//! Times are Unix milliseconds. Secrets are never stored, only their SHA-256.
+//! Times are Unix milliseconds. Token secrets are stored as SHA-256 only;
+//! stack secrets and registry passwords only sealed (see [`crate::secrets`]).
 
 use std::collections::BTreeMap;
 
@@ -99,6 +100,14 @@ pub struct SecretRow {
     pub name: String,
     pub version: i64,
     pub digest: String,
+    pub created_at: i64,
+}
+
+/// A registry's credentials as listed: never the password.
+#[derive(Debug, Clone)]
+pub struct RegistryRow {
+    pub host: String,
+    pub username: String,
     pub created_at: i64,
 }
 
@@ -203,6 +212,20 @@ pub trait Store: Send + Sync + 'static {
     async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>>;
     /// Marks a secret removed (its versions stay for releases that used them).
     async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool>;
+    /// Sets (or replaces) a registry's credentials; `sealed` is the sealed password.
+    async fn put_registry(
+        &self,
+        host: &str,
+        username: &str,
+        sealed: &str,
+        now: i64,
+    ) -> Result<RegistryRow>;
+    /// Every registry with credentials, by host.
+    async fn registries(&self) -> Result<Vec<RegistryRow>>;
+    /// A registry's username and sealed password.
+    async fn sealed_registry(&self, host: &str) -> Result<Option<(String, String)>>;
+    /// Forgets a registry's credentials; the removed row, if there was one.
+    async fn remove_registry(&self, host: &str) -> Result<Option<RegistryRow>>;
     /// Marks a stack removed; false if it was not live.
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
     /// Marks a node removed; false if it was not live.

@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlStr, SqlitePool};
 
 use super::{
-    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, ReleaseRow, Result, SecretRow,
-    StackRow, Store, StoreError,
+    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow, Result,
+    SecretRow, StackRow, Store, StoreError,
 };
 use skiff_shared::workload::ContainerSpec;
 
@@ -49,6 +49,11 @@ fn migrator() -> Migrator {
             5,
             "secrets",
             include_str!("../../migrations/0005_secrets.sql"),
+        ),
+        m(
+            6,
+            "registries",
+            include_str!("../../migrations/0006_registries.sql"),
         ),
     ])
 }
@@ -594,6 +599,69 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_registry(
+        &self,
+        host: &str,
+        username: &str,
+        sealed: &str,
+        now: i64,
+    ) -> Result<RegistryRow> {
+        sqlx::query(
+            "INSERT INTO registries (host, username, sealed, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (host) DO UPDATE SET username = excluded.username, \
+             sealed = excluded.sealed, created_at = excluded.created_at",
+        )
+        .bind(host)
+        .bind(username)
+        .bind(sealed)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(RegistryRow {
+            host: host.to_owned(),
+            username: username.to_owned(),
+            created_at: now,
+        })
+    }
+
+    async fn registries(&self) -> Result<Vec<RegistryRow>> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT host, username, created_at FROM registries ORDER BY host")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(host, username, created_at)| RegistryRow {
+                host,
+                username,
+                created_at,
+            })
+            .collect())
+    }
+
+    async fn sealed_registry(&self, host: &str) -> Result<Option<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT username, sealed FROM registries WHERE host = ?")
+                .bind(host)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn remove_registry(&self, host: &str) -> Result<Option<RegistryRow>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "DELETE FROM registries WHERE host = ? RETURNING host, username, created_at",
+        )
+        .bind(host)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(host, username, created_at)| RegistryRow {
+            host,
+            username,
+            created_at,
+        }))
     }
 
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {
