@@ -149,6 +149,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         rollouts: Default::default(),
         events: Default::default(),
         secret_key,
+        registry_changes: tokio::sync::watch::Sender::new(0),
     }))
 }
 

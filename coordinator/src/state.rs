@@ -40,6 +40,9 @@ pub struct AppState {
     pub rollouts: crate::deploy::rollout::RolloutBook,
     pub events: crate::events::EventLog,
     pub secret_key: crate::secrets::SecretKey,
+    /// Bumped whenever registry credentials are set or removed: sessions
+    /// then send their agent the credentials its plan needs again.
+    pub registry_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The last observed state each agent reported, with when it arrived.

@@ -81,10 +81,12 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[openapi(
     info(title = "Skiff coordinator API", description = "Cluster state, join tokens and nodes."),
     paths(cluster, list_nodes, get_node, remove_node, label_node, node_containers,
-        events, list_secrets, set_secret, remove_secret, list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token),
+        events, list_secrets, set_secret, remove_secret, list_stacks, get_stack, remove_stack, deploy_stack, stack_tasks, stack_releases, rollback_stack, scale_service, create_join_token, list_join_tokens, revoke_join_token,
+        list_registries, set_registry, remove_registry),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event, SetSecret, SecretView)),
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event, SetSecret, SecretView,
+        SetRegistry, RegistryView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -137,6 +139,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/stacks/{name}/deploy", post(deploy_stack))
         .route("/stacks/{name}/tasks", get(stack_tasks))
         .route("/stacks/{name}/releases", get(stack_releases))
+        .route("/registries", get(list_registries))
+        .route(
+            "/registries/{host}",
+            axum::routing::put(set_registry).delete(remove_registry),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         })
@@ -854,4 +861,94 @@ async fn remove_secret(
     state.store.remove_secret(&name, &secret, now_ms()).await?;
     info!(stack = %name, secret = %secret, "Secret removed.");
     Ok(Json(secret_view(row)))
+}
+
+fn registry_view(r: crate::store::RegistryRow) -> RegistryView {
+    RegistryView {
+        host: r.host,
+        username: r.username,
+        created_at: rfc3339_ms(r.created_at),
+    }
+}
+
+/// The host in a registry route, checked and normalized.
+fn registry_host(host: &str) -> Result<String, ApiError> {
+    skiff_shared::registry::check_host(host).map_err(|m| ApiError::bad_request("invalid_host", m))
+}
+
+#[utoipa::path(put, path = "/api/v1/registries/{host}", request_body = SetRegistry,
+    params(("host" = String, Path, description = "registry host: hostname[:port], Docker Hub as docker.io")),
+    responses((status = 200, body = RegistryView), (status = 400, body = ApiErrorBody)))]
+async fn set_registry(
+    State(state): State<Arc<AppState>>,
+    Path(host): Path<String>,
+    body: Result<Json<SetRegistry>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<RegistryView> {
+    use crate::registries::RegistryError;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let host = registry_host(&host)?;
+    let row = crate::registries::set(
+        state.store.as_ref(),
+        &state.secret_key,
+        &host,
+        &req.username,
+        &req.password,
+        now_ms(),
+    )
+    .await
+    .map_err(|e| match e {
+        RegistryError::Invalid(m) => ApiError::bad_request("invalid_credentials", m),
+        RegistryError::Seal => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "sealing the registry password failed",
+        ),
+        RegistryError::Store(e) => e.into(),
+    })?;
+    state.registry_changes.send_modify(|n| *n += 1);
+    info!(registry = %row.host, username = %row.username, "Registry credentials set.");
+    state.events.emit(
+        "registry_login",
+        None,
+        None,
+        format!("credentials for {} set (user {})", row.host, row.username),
+    );
+    Ok(Json(registry_view(row)))
+}
+
+#[utoipa::path(get, path = "/api/v1/registries", responses((status = 200, body = [RegistryView])))]
+async fn list_registries(State(state): State<Arc<AppState>>) -> ApiResult<Vec<RegistryView>> {
+    Ok(Json(
+        state
+            .store
+            .registries()
+            .await?
+            .into_iter()
+            .map(registry_view)
+            .collect(),
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/registries/{host}",
+    params(("host" = String, Path, description = "registry host")),
+    responses((status = 200, body = RegistryView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+async fn remove_registry(
+    State(state): State<Arc<AppState>>,
+    Path(host): Path<String>,
+) -> ApiResult<RegistryView> {
+    let host = registry_host(&host)?;
+    let row = state
+        .store
+        .remove_registry(&host)
+        .await?
+        .ok_or_else(|| ApiError::not_found("registry credentials for", &host))?;
+    state.registry_changes.send_modify(|n| *n += 1);
+    info!(registry = %row.host, "Registry credentials removed.");
+    state.events.emit(
+        "registry_logout",
+        None,
+        None,
+        format!("credentials for {} removed", row.host),
+    );
+    Ok(Json(registry_view(row)))
 }

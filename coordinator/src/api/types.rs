@@ -299,3 +299,31 @@ pub struct SecretView {
     pub version: i64,
     pub created_at: String,
 }
+
+/// Set a registry's credentials for image pulls.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRegistry {
+    pub username: String,
+    /// The password or access token. Stored sealed; never returned.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SetRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetRegistry")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A registry's credentials as listed: never the password.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistryView {
+    /// Registry host, normalized: lower case, Docker Hub as `docker.io`.
+    pub host: String,
+    pub username: String,
+    /// When these credentials were set, RFC 3339.
+    pub created_at: String,
+}
