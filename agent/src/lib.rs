@@ -10,6 +10,7 @@
 //! - [`plan`]: verifying and storing signed plans.
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
 //! - [`secrets`]: secret values delivered for this host's containers.
+//! - [`registries`]: registry credentials delivered for this host's image pulls.
 //! - [`reconcile`]: the pure diff of desired against observed containers,
 //!   and applying it through the Docker Engine API.
 //!
@@ -23,4 +24,5 @@ pub mod identity;
 pub mod link;
 pub mod plan;
 pub mod reconcile;
+pub mod registries;
 pub mod secrets;

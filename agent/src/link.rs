@@ -7,9 +7,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
-    CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
-    MISSED_HEARTBEATS, PROTOCOL_VERSION,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CAP_REGISTRY_AUTH,
+    CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES,
+    MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
 };
 use skiff_shared::signing::Plan;
 use skiff_shared::tls::{link_client_config, server_name_of};
@@ -276,6 +276,7 @@ impl<'a> Session<'a> {
                 CAP_PLANS.to_owned(),
                 CAP_CERT_RENEWAL.to_owned(),
                 CAP_OBSERVED.to_owned(),
+                CAP_REGISTRY_AUTH.to_owned(),
             ],
             facts,
             plan_generation: crate::plan::stored_generation(&self.identity.dir),
@@ -431,6 +432,16 @@ impl<'a> Session<'a> {
                 match crate::secrets::store(&self.identity.dir, &values) {
                     Ok(n) => debug!(stored = n, "Secrets delivered."),
                     Err(error) => warn!(error = %error, "Delivered secrets refused."),
+                }
+                Ok(false)
+            }
+            CoordinatorMessage::RegistryAuth { registries } => {
+                match crate::registries::store(&self.identity.dir, &registries) {
+                    Ok(()) => debug!(
+                        registries = registries.len(),
+                        "Registry credentials delivered."
+                    ),
+                    Err(error) => warn!(error = %error, "Storing registry credentials failed."),
                 }
                 Ok(false)
             }

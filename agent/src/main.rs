@@ -238,7 +238,8 @@ async fn reconcile(
             () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
         }
     };
-    let engine =
-        skiff_agent::reconcile::docker::Engine::new(docker, node_id).with_secrets_from(&data_dir);
+    let engine = skiff_agent::reconcile::docker::Engine::new(docker, node_id)
+        .with_secrets_from(&data_dir)
+        .with_registry_credentials_from(&data_dir);
     skiff_agent::reconcile::run(engine, plans, observed, shutdown).await;
 }

@@ -43,6 +43,9 @@ pub const CAP_PLANS: &str = "plans.v1";
 pub const CAP_CERT_RENEWAL: &str = "cert-renewal.v1";
 /// Capability: the agent reports its containers' observed state.
 pub const CAP_OBSERVED: &str = "observed.v1";
+/// Capability: the agent takes registry credentials for its image pulls
+/// ([`CoordinatorMessage::RegistryAuth`]).
+pub const CAP_REGISTRY_AUTH: &str = "registry-auth.v1";
 
 /// A message on the link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +97,13 @@ pub enum CoordinatorMessage {
     /// before it. Never logged, never stored in the plan.
     Secrets {
         values: Vec<crate::workload::SecretValue>,
+    },
+    /// Credentials for the registries the next plan's images come from,
+    /// sent just before it (and again when they change), only to agents
+    /// with [`CAP_REGISTRY_AUTH`]. The list is complete: it replaces what
+    /// the agent held. Never logged, never stored in the plan.
+    RegistryAuth {
+        registries: Vec<crate::registry::RegistryCredential>,
     },
 }
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
-    CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
-    MISSED_HEARTBEATS, PROTOCOL_VERSION, Welcome,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CAP_REGISTRY_AUTH,
+    CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES,
+    MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION, Welcome,
 };
 use skiff_shared::signing::{self, Plan};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -123,6 +123,11 @@ struct Session {
     next_id: u64,
     /// The id of the plan message awaiting an ack, with its generation.
     pending_plan: Option<(u64, u64)>,
+    /// Whether the agent takes registry credentials.
+    registry_auth: bool,
+    /// The registry credentials last sent on this connection; `None`
+    /// until the first are sent (always, to replace what the agent kept).
+    sent_registries: Option<Vec<skiff_shared::registry::RegistryCredential>>,
 }
 
 /// How a session ended, for the log.
@@ -140,6 +145,8 @@ impl Session {
             conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             next_id: 0,
             pending_plan: None,
+            registry_auth: false,
+            sent_registries: None,
         }
     }
 
@@ -210,13 +217,14 @@ impl Session {
             .await;
             return;
         }
-        let ours = [CAP_PLANS, CAP_CERT_RENEWAL, CAP_OBSERVED];
+        let ours = [CAP_PLANS, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_REGISTRY_AUTH];
         let capabilities: Vec<String> = hello
             .capabilities
             .iter()
             .filter(|c| ours.contains(&c.as_str()))
             .cloned()
             .collect();
+        self.registry_auth = capabilities.iter().any(|c| c == CAP_REGISTRY_AUTH);
         let interval = self.state.config.heartbeat_interval;
         let welcome = CoordinatorMessage::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -292,12 +300,60 @@ impl Session {
             self.send(ws, None, &CoordinatorMessage::Secrets { values })
                 .await?;
         }
+        self.send_registry_auth(ws, &plan.containers).await?;
         let bytes = serde_json::to_vec(&wire).unwrap_or_default();
         let signed = signing::sign(&self.state.identity.plan_key, &bytes);
         let id = self
             .send(ws, None, &CoordinatorMessage::Plan(signed))
             .await?;
         self.pending_plan = Some((id, plan.generation));
+        Ok(())
+    }
+
+    /// Sends the credentials of the registries the containers' images come
+    /// from, when the agent takes them and they differ from what was last
+    /// sent on this connection.
+    async fn send_registry_auth<S>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        containers: &[skiff_shared::workload::ContainerSpec],
+    ) -> Result<(), WsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !self.registry_auth {
+            return Ok(());
+        }
+        let registries = match crate::registries::credentials_for(
+            self.state.store.as_ref(),
+            &self.state.secret_key,
+            containers.iter().map(|c| c.image.as_str()),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(error) => {
+                // The agent keeps what it has; the next plan or change retries.
+                warn!(error = %error, "Reading registry credentials failed.");
+                return Ok(());
+            }
+        };
+        if self.sent_registries.as_ref() == Some(&registries) {
+            return Ok(());
+        }
+        debug!(
+            registries = registries.len(),
+            "Sending registry credentials."
+        );
+        self.send(
+            ws,
+            None,
+            &CoordinatorMessage::RegistryAuth {
+                registries: registries.clone(),
+            },
+        )
+        .await?;
+        self.sent_registries = Some(registries);
         Ok(())
     }
 
@@ -358,6 +414,9 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Subscribed before the first plan goes out, so that no change of
+        // credentials falls between the two.
+        let mut registry_changes = self.state.registry_changes.subscribe();
         if let Some(rx) = plans.as_mut() {
             let plan = rx.borrow_and_update().clone();
             if let Err(error) = self.send_plan(ws, &plan).await {
@@ -391,6 +450,15 @@ impl Session {
                 }
                 () = self.state.shutdown.cancelled() => {
                     return End::Closed(CloseCode::Away, "coordinator shutting down".into());
+                }
+                changed = registry_changes.changed(), if self.registry_auth && plans.is_some() => {
+                    if changed.is_err() {
+                        return End::Closed(CloseCode::Away, "coordinator shutting down".into());
+                    }
+                    let plan = self.state.plans.get(&self.node_id);
+                    if let Err(error) = self.send_registry_auth(ws, &plan.containers).await {
+                        return End::Quiet(format!("sending registry credentials failed: {error}"));
+                    }
                 }
                 _ = tick.tick() => {
                     if last_rx.elapsed() > silence_limit {
