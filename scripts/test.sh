@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 say() { printf '==> %s\n' "$*"; }
 
 # Debian packages the tests use: busybox-static for the test image,
-# debootstrap for the tier-2 host image, curl for the install script.
-packages=(busybox-static debootstrap curl ca-certificates iproute2)
+# debootstrap for the tier-2 host image, curl for the install script,
+# docker-registry and apache2-utils (htpasswd) for the private-registry test.
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,6 +8,7 @@ mod depends;
 mod harness;
 mod link;
 mod reconcile;
+mod registry;
 mod security;
 mod stacks;
 mod tokens;
