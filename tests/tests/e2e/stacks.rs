@@ -13,18 +13,7 @@ use skiff_tests::image::{docker, ensure_test_image};
 use skiff_tests::{launch_cluster, target_bin, wait_for};
 
 pub(crate) async fn skiff(cluster: &Cluster, dir: &std::path::Path, args: &[&str]) -> Output {
-    let coord = &cluster.coordinator;
-    let mut cmd = tokio::process::Command::new(target_bin("skiff"));
-    cmd.args(args)
-        .current_dir(dir)
-        .env("SKIFF_URL", coord.api_url())
-        .env("SKIFF_TOKEN", coord.admin_token())
-        .env("SKIFF_CONFIG", coord.root.path().join("cli.toml"))
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .unwrap()
-        .unwrap()
+    cluster.skiff(dir, args, None).await
 }
 
 /// A cluster of `agents` for stack tests, the label its nodes carry
@@ -63,12 +52,7 @@ fn compose(replicas: u32, version: &str, label: &str) -> String {
 }
 
 pub(crate) async fn tasks(cluster: &Cluster, stack: &str) -> Vec<TaskView> {
-    cluster
-        .coordinator
-        .client()
-        .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
-        .await
-        .unwrap_or_default()
+    cluster.tasks(stack).await
 }
 
 /// Waits until `n` replicas run the current spec and are healthy.
