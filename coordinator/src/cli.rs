@@ -899,7 +899,9 @@ async fn deploy_command(
     }
     let file_name = args.file.display().to_string();
     let input = skiff_shared::stack::Input::new(&text, &file_name, &dir, &env);
-    let parsed = skiff_shared::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut parsed =
+        skiff_shared::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
+    read_configs(&mut parsed.stack, &env)?;
     for w in &parsed.warnings {
         eprintln!("skiff: {}", w.render());
     }
@@ -1299,6 +1301,41 @@ async fn registry_command(
                 .await?;
             let _ = writeln!(out, "Credentials for {} removed.", view.host);
         }
+    }
+    Ok(())
+}
+
+/// Reads the stack's `file:` and `environment:` configs into `content:`:
+/// a config's content travels with the release.
+fn read_configs(
+    stack: &mut skiff_shared::stack::Stack,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Failure> {
+    use skiff_shared::stack::ConfigSource;
+    for (name, def) in &mut stack.configs {
+        let content = match &def.source {
+            ConfigSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|e| {
+                    Failure::usage(format!(
+                        "config {name}: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                String::from_utf8(bytes).map_err(|_| {
+                    Failure::usage(format!(
+                        "config {name}: {} is not UTF-8 text; put binary files in a secret or the image",
+                        path.display()
+                    ))
+                })?
+            }
+            ConfigSource::Environment(var) => env.get(var).cloned().ok_or_else(|| {
+                Failure::usage(format!(
+                    "config {name}: environment variable {var} is not set"
+                ))
+            })?,
+            ConfigSource::Content(_) | ConfigSource::External(_) => continue,
+        };
+        def.source = ConfigSource::Content(content);
     }
     Ok(())
 }

@@ -66,7 +66,27 @@ pub struct ContainerSpec {
     /// A check the agent runs against the container's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSpec>,
+    /// Config files written into the container before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigFile>,
 }
+
+/// A Compose config: a file the agent writes into the container before
+/// starting it. The content travels in the signed plan, so a changed
+/// config is a changed spec and the replicas are replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    pub name: String,
+    /// Absolute path in the container.
+    pub target: String,
+    pub content: String,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+}
+
+/// The most a config's content may hold.
+pub const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
 /// An HTTP or TCP check the agent runs from the host against the
 /// container's address. Its result is reported as the container's health,
@@ -274,6 +294,7 @@ mod tests {
             working_dir: None,
             secrets: vec![],
             probe: None,
+            configs: vec![],
         }
     }
 

@@ -387,12 +387,43 @@ impl Engine {
                     )
                     .await
                     .map_err(docker_err(format!("creating {}", spec.name())))?;
+                if let Err(e) = self.write_configs(&created.id, spec).await {
+                    // A created container would be started as it is next
+                    // round; without its configs it must not exist at all.
+                    let _ = self.remove(&created.id).await;
+                    return Err(e);
+                }
                 self.docker
                     .start_container(&created.id, None::<StartContainerOptions>)
                     .await
                     .map_err(docker_err(format!("starting {}", spec.name())))
             }
         }
+    }
+
+    /// Writes the spec's config files into a created container.
+    async fn write_configs(&self, id: &str, spec: &ContainerSpec) -> Result<(), ApplyError> {
+        if spec.configs.is_empty() {
+            return Ok(());
+        }
+        let archive = config_archive(&spec.configs).map_err(|e| ApplyError::Docker {
+            what: format!("packing the configs of {}", spec.name()),
+            source: bollard::errors::Error::IOError { err: e },
+        })?;
+        self.docker
+            .upload_to_container(
+                id,
+                Some(bollard::query_parameters::UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(archive.into()),
+            )
+            .await
+            .map_err(docker_err(format!(
+                "writing the configs of {}",
+                spec.name()
+            )))
     }
 
     async fn remove(&self, id: &str) -> Result<(), ApplyError> {
@@ -647,6 +678,27 @@ fn pull_failure(message: &str, registry: &str, username: Option<&str>) -> String
 }
 
 /// 404 (gone) and 304 (already stopped) are what we wanted anyway.
+/// A tar archive of config files, paths relative to the container's root
+/// (the engine creates missing parent directories).
+fn config_archive(files: &[skiff_shared::workload::ConfigFile]) -> std::io::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for f in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(f.content.len() as u64);
+        header.set_mode(f.mode);
+        header.set_uid(f.uid);
+        header.set_gid(f.gid);
+        header.set_mtime(0);
+        tar.append_data(
+            &mut header,
+            f.target.trim_start_matches('/'),
+            f.content.as_bytes(),
+        )?;
+    }
+    tar.into_inner()
+}
+
 fn is_gone_or_stopped(e: &bollard::errors::Error) -> bool {
     matches!(
         e,

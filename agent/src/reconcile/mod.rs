@@ -274,6 +274,7 @@ mod tests {
             working_dir: None,
             secrets: vec![],
             probe: None,
+            configs: vec![],
         }
     }
 

@@ -8,11 +8,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use skiff_shared::placement::Constraint;
 use skiff_shared::stack::{
-    Dependency, DeployMode, HealthTest, Mount, RestartCondition, RestartMode, Stack, UpdateConfig,
+    ConfigSource, Dependency, DeployMode, FileGrant, HealthTest, Mount, RestartCondition,
+    RestartMode, Stack, UpdateConfig,
 };
 use skiff_shared::workload::{
-    ContainerSpec, HealthSpec, MountKind, MountSpec, PortSpec, ProbeSpec, Protocol, ResourceSpec,
-    RestartSpec, SecretMount,
+    ConfigFile, ContainerSpec, HealthSpec, MAX_CONFIG_BYTES, MountKind, MountSpec, PortSpec,
+    ProbeSpec, Protocol, ResourceSpec, RestartSpec, SecretMount,
 };
 
 use crate::scheduler::{self, Mode, Resources};
@@ -94,12 +95,10 @@ pub fn resolve(
             service: name.clone(),
             message,
         };
-        if !svc.configs.is_empty() {
-            errors.push(err(
-                "configs are not delivered to hosts yet; use a secret, or bake the file into the image".into(),
-            ));
-            continue;
-        }
+        let configs = config_files(stack, &svc.configs).unwrap_or_else(|e| {
+            errors.extend(e.into_iter().map(err));
+            Vec::new()
+        });
         let mut mounts_secret = Vec::new();
         for grant in &svc.secrets {
             match secrets.get(&grant.source) {
@@ -290,6 +289,7 @@ pub fn resolve(
                 retries: p.retries,
                 start_period_ms: ms(p.start_period),
             }),
+            configs,
         };
         // A published port can be bound once per host.
         let max_per_host = svc
@@ -315,6 +315,78 @@ pub fn resolve(
     check_port_conflicts(&defs, &mut errors);
     if errors.is_empty() {
         Ok((defs, warnings))
+    } else {
+        Err(errors)
+    }
+}
+
+/// The config files a service mounts, with their content. The CLI reads
+/// `file:` and `environment:` configs into `content:` before it sends the
+/// stack, so here every config must have content.
+fn config_files(stack: &Stack, grants: &[FileGrant]) -> Result<Vec<ConfigFile>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let id = |v: &Option<String>, what: &str, name: &str, errors: &mut Vec<String>| match v {
+        None => 0,
+        Some(n) => n.parse::<u64>().unwrap_or_else(|_| {
+            errors.push(format!(
+                "config {name}: {what} {n:?} is not a number; give a numeric {what}"
+            ));
+            0
+        }),
+    };
+    for g in grants {
+        let name = &g.source;
+        let content = match stack.configs.get(name).map(|c| &c.source) {
+            Some(ConfigSource::Content(text)) => text.clone(),
+            Some(ConfigSource::External(_)) => {
+                errors.push(format!(
+                    "config {name} is external, and Skiff keeps no configs of its own; declare it with `file:` or `content:`"
+                ));
+                continue;
+            }
+            Some(ConfigSource::File(_) | ConfigSource::Environment(_)) => {
+                errors.push(format!(
+                    "config {name} was sent without its content; deploy with `skiff deploy`, which reads `file:` and `environment:` configs"
+                ));
+                continue;
+            }
+            None => {
+                errors.push(format!(
+                    "config {name} is not declared under the top-level `configs:`; declare it"
+                ));
+                continue;
+            }
+        };
+        if content.len() > MAX_CONFIG_BYTES {
+            errors.push(format!(
+                "config {name} is {} bytes, more than the {MAX_CONFIG_BYTES} a config may hold; use a volume for larger files",
+                content.len()
+            ));
+            continue;
+        }
+        let target = if g.target.starts_with('/') {
+            g.target.clone()
+        } else {
+            format!("/{}", g.target)
+        };
+        if target.ends_with('/') || target.split('/').any(|c| c == "..") {
+            errors.push(format!(
+                "config {name}: target {target:?} is not a file path; write an absolute path such as /etc/app/app.conf"
+            ));
+            continue;
+        }
+        out.push(ConfigFile {
+            name: name.clone(),
+            target,
+            content,
+            mode: g.mode.unwrap_or(0o444),
+            uid: id(&g.uid, "uid", name, &mut errors),
+            gid: id(&g.gid, "gid", name, &mut errors),
+        });
+    }
+    if errors.is_empty() {
+        Ok(out)
     } else {
         Err(errors)
     }
@@ -442,5 +514,44 @@ mod tests {
             errors[0].to_string(),
             "service b: port 80 is also published by service a; publish it from one service only"
         );
+    }
+
+    #[test]
+    fn configs_carry_their_content_and_bad_ones_are_named() {
+        let mut stack = parse(
+            "services:\n  web:\n    image: x\n    configs:\n      - page\n      - source: conf\n        target: etc/app.conf\n        uid: \"100\"\n        mode: 0400\nconfigs:\n  page: {content: hello}\n  conf: {content: \"a = 1\"}\n",
+        );
+        let (defs, _) = resolve("s", &stack, &BTreeMap::new()).unwrap();
+        let files = &defs[0].template.configs;
+        assert_eq!(files[0].target, "/page");
+        assert_eq!((files[0].content.as_str(), files[0].mode), ("hello", 0o444));
+        assert_eq!(files[1].target, "/etc/app.conf");
+        assert_eq!((files[1].uid, files[1].mode), (100, 0o400));
+
+        // As a client could send them: unread, too large, a bad target.
+        if let Some(c) = stack.configs.get_mut("page") {
+            c.source = ConfigSource::File("/srv/page.html".into());
+        }
+        if let Some(c) = stack.configs.get_mut("conf") {
+            c.source = ConfigSource::Content("x".repeat(MAX_CONFIG_BYTES + 1));
+        }
+        let text: Vec<String> = resolve("s", &stack, &BTreeMap::new())
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text[0].contains("config page was sent without its content"),
+            "{text:?}"
+        );
+        assert!(text[1].contains("config conf is 262145 bytes"), "{text:?}");
+        if let Some(w) = stack.services.get_mut("web") {
+            w.configs[0].target = "/srv/../etc/".into();
+        }
+        if let Some(c) = stack.configs.get_mut("page") {
+            c.source = ConfigSource::Content("ok".into());
+        }
+        let text = resolve("s", &stack, &BTreeMap::new()).unwrap_err()[0].to_string();
+        assert!(text.contains("is not a file path"), "{text}");
     }
 }

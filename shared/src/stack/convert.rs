@@ -1077,7 +1077,11 @@ impl Cx<'_, '_> {
                                 v.pos,
                                 &kp,
                                 format!("{kind} file {f:?} not found (looked for {})", path.display()),
-                                format!("create the file, or store the {kind} in Skiff and write `external: true`"),
+                                if kind == "secret" {
+                                    "create the file, or store the secret with `skiff secret set` and write `external: true`".to_owned()
+                                } else {
+                                    "create the file, or write the config inline with `content:`".to_owned()
+                                },
                             );
                         }
                     }
@@ -2641,7 +2645,12 @@ impl Cx<'_, '_> {
                 let fix = match suggest(&grant.source, declared.iter().map(String::as_str)) {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!(
-                        "declare it under the top-level `{kind}s:` with `file:`, `environment:` or `external: true`"
+                        "declare it under the top-level `{kind}s:` with `file:`, `environment:` or {}",
+                        if kind == "secret" {
+                            "`external: true`"
+                        } else {
+                            "`content:`"
+                        }
                     ),
                 };
                 self.err_fix(

@@ -4,6 +4,7 @@
 mod api_cli;
 mod bootstrap;
 mod checks;
+mod configs;
 mod depends;
 mod harness;
 mod link;

@@ -38,6 +38,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         working_dir: None,
         secrets: vec![],
         probe: None,
+        configs: vec![],
     }
 }
 
