@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_shared::placement::NodeAttrs;
+use skiff_shared::placement::{Constraint, NodeAttrs};
 use skiff_shared::stack::Stack;
 use skiff_shared::workload::ContainerSpec;
 use tracing::info;
@@ -281,11 +281,46 @@ fn place(
         })
         .collect();
     let host_list: Vec<Host> = hosts.iter().map(|(h, _)| h.clone()).collect();
-    let services: Vec<scheduler::Service> = defs.iter().map(ServiceDef::to_scheduler).collect();
+    let mut services: Vec<scheduler::Service> = defs.iter().map(ServiceDef::to_scheduler).collect();
+    // Hosts where another stack publishes one of a service's ports are
+    // left out for it, and said so if that leaves too few.
+    let mut port_notes: BTreeMap<String, (Vec<Constraint>, Vec<String>)> = BTreeMap::new();
+    for (def, service) in defs.iter().zip(services.iter_mut()) {
+        for (host, plan_now) in hosts {
+            let Some((port, other)) = port_taken(name, &def.template, plan_now) else {
+                continue;
+            };
+            let Ok(exclude) = format!("node.id != {}", host.attrs.id).parse::<Constraint>() else {
+                continue;
+            };
+            service.constraints.push(exclude.clone());
+            let notes = port_notes.entry(def.name.clone()).or_default();
+            notes.0.push(exclude);
+            notes.1.push(format!(
+                "port {port} is published on {} by {}",
+                host.attrs.hostname,
+                other.name()
+            ));
+        }
+    }
     let plan = scheduler::schedule(&host_list, &services, &current);
     if !partial && !plan.is_complete() {
         return Err(DeployError::Placement(
-            plan.errors.iter().map(ToString::to_string).collect(),
+            plan.errors
+                .iter()
+                .map(|e| {
+                    let notes = e.service().and_then(|s| port_notes.get(s));
+                    let Some((hidden, notes)) = notes else {
+                        return e.to_string();
+                    };
+                    let mut e = e.clone();
+                    e.hide_constraints(hidden);
+                    format!(
+                        "{e}; {}: use another port or remove the other stack",
+                        notes.join(", ")
+                    )
+                })
+                .collect(),
         ));
     }
     let by_name: BTreeMap<&str, &ServiceDef> = defs.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -431,6 +466,29 @@ pub(crate) async fn planned(
         );
     }
     Ok(out)
+}
+
+/// A port `spec` publishes that a container of another stack on the host
+/// publishes too, and that container.
+fn port_taken<'a>(
+    stack: &str,
+    spec: &ContainerSpec,
+    plan: &'a NodePlan,
+) -> Option<(String, &'a ContainerSpec)> {
+    spec.ports.iter().find_map(|p| {
+        plan.containers
+            .iter()
+            .filter(|c| c.stack != stack)
+            .find(|c| {
+                c.ports
+                    .iter()
+                    .any(|q| q.published == p.published && q.protocol == p.protocol)
+            })
+            .map(|c| {
+                let proto = format!("{:?}", p.protocol).to_lowercase();
+                (format!("{}/{proto}", p.published), c)
+            })
+    })
 }
 
 /// Stores and publishes new node plans.

@@ -304,6 +304,21 @@ pub enum ScheduleError {
 }
 
 impl ScheduleError {
+    /// Leaves `hidden` out of the constraints the message lists (the
+    /// caller's own additions, explained separately).
+    pub fn hide_constraints(&mut self, hidden: &[Constraint]) {
+        match self {
+            ScheduleError::NoMatchingHost { constraints, .. }
+            | ScheduleError::MatchingHostsDown { constraints, .. }
+            | ScheduleError::TooFewHosts { constraints, .. }
+            | ScheduleError::NoRoom { constraints, .. }
+            | ScheduleError::StatefulIneligible { constraints, .. } => {
+                constraints.0.retain(|c| !hidden.contains(c));
+            }
+            _ => {}
+        }
+    }
+
     /// The service the error is about, if it is about one.
     pub fn service(&self) -> Option<&str> {
         match self {

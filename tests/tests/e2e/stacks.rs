@@ -931,3 +931,44 @@ async fn global_services_run_once_on_every_eligible_node() {
     assert_eq!(nodes.len(), 2);
     assert!(!nodes.contains(excluded.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_port_another_stack_publishes_on_every_host_is_refused() {
+    let (cluster, label, dir) = stack_cluster(1).await;
+    // A free port on this machine, for the published port of both stacks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = compose(1, "v1", &label).replace(
+        "    environment:\n",
+        &format!("    ports: [\"{port}:8080\"]\n    environment:\n"),
+    );
+    std::fs::write(dir.path().join("compose.yml"), &file).unwrap();
+    let first = format!("porta{label}");
+    let out = skiff(&cluster, dir.path(), &["deploy", &first]).await;
+    assert_ok(&cluster, &out);
+    let before = wait_ready(&cluster, &first, 1).await;
+
+    let second = format!("portb{label}");
+    let out = skiff(&cluster, dir.path(), &["deploy", &second]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("port {port}/tcp is published on"))
+            && stderr.contains(&format!("{first}.web.1")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("node.id"),
+        "the message lists the user's constraints only: {stderr}"
+    );
+    let out = skiff(&cluster, dir.path(), &["stack", "ls", "--json"]).await;
+    let stacks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stacks.iter().all(|s| s["name"] != second.as_str()));
+    let after = tasks(&cluster, &first).await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].restart_count, before[0].restart_count);
+    assert_eq!(engine_containers(&second).await, 0);
+}
