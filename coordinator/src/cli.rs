@@ -962,6 +962,8 @@ async fn follow(
 ) -> Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
+    let mut screen =
+        crate::progress::Screen::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     // A host's error that persists this long fails the deploy (a busy
     // engine can fail a round that the next one gets through).
     const PERSISTENT: Duration = Duration::from_secs(10);
@@ -1014,15 +1016,15 @@ async fn follow(
                     && t.health.as_deref().is_none_or(|h| h == "healthy")
             })
             .count();
-        let replaced = rollout
-            .as_ref()
-            .map(|r| format!(", {}/{} replaced", r.replaced, r.total))
-            .unwrap_or_default();
-        let line = format!("{ready}/{} replicas ready{replaced}", view.desired);
-        if line != last {
-            let _ = writeln!(out, "{line}");
-            last = line;
+        let mut lines = crate::progress::render(&crate::progress::by_service(&tasks));
+        if let Some(r) = rollout.as_ref().filter(|r| r.state == "in_progress") {
+            let mut status = format!("release {release}: {}/{} replaced", r.replaced, r.total);
+            if !r.message.is_empty() {
+                status.push_str(&format!("; {}", r.message));
+            }
+            lines.push(status);
         }
+        screen.show(out, lines);
         match tasks.iter().find_map(|t| t.error.as_ref().map(|e| (t, e))) {
             Some((t, e)) => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);

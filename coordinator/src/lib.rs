@@ -34,6 +34,7 @@ pub mod events;
 pub mod identity;
 pub mod link;
 pub mod pki;
+pub mod progress;
 pub mod registries;
 pub mod scheduler;
 pub mod secrets;

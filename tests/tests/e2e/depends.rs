@@ -114,6 +114,16 @@ async fn services_start_after_their_dependencies_and_not_when_one_fails() {
     .unwrap();
     let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
     assert_ok(&cluster, &out);
+    // Progress: a bar per service, each full at the end.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for service in ["cache", "db", "web"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(service)
+                && l.contains("[####################]")
+                && l.ends_with("1/1 ready")),
+            "{stdout}"
+        );
+    }
     let seen = events.lock().unwrap().clone();
     let healthy = position(&seen, "db", "health_status: healthy").expect("db became healthy");
     let cache = position(&seen, "cache", "start").expect("cache started");
