@@ -150,6 +150,7 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
         events: Default::default(),
         secret_key,
         registry_changes: tokio::sync::watch::Sender::new(0),
+        started_at_ms: now_ms(),
     }))
 }
 

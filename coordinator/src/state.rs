@@ -43,6 +43,11 @@ pub struct AppState {
     /// Bumped whenever registry credentials are set or removed: sessions
     /// then send their agent the credentials its plan needs again.
     pub registry_changes: tokio::sync::watch::Sender<u64>,
+    /// When this coordinator process started (Unix ms). A host's grace
+    /// period never ends before this plus the grace: agents need a moment
+    /// to reconnect, and a coordinator outage must not make every host
+    /// look lost.
+    pub started_at_ms: i64,
 }
 
 /// The last observed state each agent reported, with when it arrived.

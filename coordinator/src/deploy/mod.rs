@@ -83,15 +83,15 @@ pub fn check_stack_name(name: &str) -> Result<(), DeployError> {
 
 /// The cluster's live nodes as the scheduler sees them, with each one's
 /// current plan. A node counts as up while connected or within the grace
-/// period since it was last seen.
+/// period since it was last seen, or since this coordinator started
+/// (whichever is later): an outage of the coordinator loses no host.
 async fn hosts(state: &AppState) -> Result<Vec<(Host, Arc<NodePlan>)>, StoreError> {
     let now = now_ms();
     let grace = i64::try_from(state.config.host_lost_grace.as_millis()).unwrap_or(i64::MAX);
     let mut out = Vec::new();
     for n in state.store.nodes(false).await? {
-        let up = state.sessions.get(&n.id).is_some()
-            || n.last_seen_at
-                .is_some_and(|seen| now.saturating_sub(seen) <= grace);
+        let seen = n.last_seen_at.unwrap_or(0).max(state.started_at_ms);
+        let up = state.sessions.get(&n.id).is_some() || now.saturating_sub(seen) <= grace;
         let plan = state.plans.get(&n.id);
         out.push((
             Host {

@@ -409,9 +409,13 @@ async fn inspect(id: &str) -> (String, String, i64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
     ensure_test_image(&docker().await.unwrap()).await.unwrap();
-    let mut cluster = launch_cluster(2, CoordinatorOptions::default())
-        .await
-        .unwrap();
+    // A short grace period, which the coordinator's outage below outlasts.
+    let grace = Duration::from_secs(8);
+    let opts = CoordinatorOptions {
+        host_lost_grace: grace,
+        ..Default::default()
+    };
+    let mut cluster = launch_cluster(2, opts).await.unwrap();
     let label = cluster.coordinator.api.port().to_string();
     let stack = format!("keep{label}");
     let dir = tempfile::tempdir().unwrap();
@@ -470,6 +474,7 @@ async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
     // With the coordinator gone, agents keep enforcing their last plan: a
     // container removed behind their back comes back.
     cluster.coordinator.kill().await;
+    let killed = std::time::Instant::now();
     let gone = &state[0].0;
     docker
         .remove_container(
@@ -509,7 +514,16 @@ async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
         "the other replica was left alone"
     );
 
-    // The coordinator returns; a change made then converges.
+    // The coordinator returns after longer than the grace period: no host
+    // counts as lost for it (agents need a moment to reconnect), so nothing
+    // moves or stops; a change made then converges.
+    wait_for(
+        "the outage to outlast the grace period",
+        Duration::from_secs(60),
+        || async { (killed.elapsed() > grace + Duration::from_secs(1)).then_some(()) },
+    )
+    .await
+    .unwrap();
     cluster.coordinator.start().await.unwrap();
     std::fs::write(dir.path().join("compose.yml"), compose(3, "v1", &label)).unwrap();
     let out = skiff(&cluster, dir.path(), &["deploy", &stack]).await;
