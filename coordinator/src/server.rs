@@ -192,6 +192,15 @@ pub async fn run(
             }
         }
     });
+    // Rollouts the last run of the coordinator left unfinished carry on.
+    let resume_state = state.clone();
+    tokio::spawn(async move {
+        match crate::deploy::resume(&resume_state).await {
+            Ok(0) => {}
+            Ok(n) => info!(stacks = n, "Resumed unfinished rollouts."),
+            Err(error) => warn!(error = %error, "Resuming unfinished rollouts failed."),
+        }
+    });
     let lost_state = state.clone();
     let lost = tokio::spawn(async move {
         // Check often relative to the grace period, but not busily.

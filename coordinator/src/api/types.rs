@@ -221,7 +221,8 @@ pub struct StackView {
     pub desired: usize,
     /// Replicas running from the current spec.
     pub running: usize,
-    /// The latest rolling update, while the coordinator has run since it started.
+    /// The latest rolling update since the coordinator started (one it
+    /// resumed after a restart included).
     pub rollout: Option<RolloutView>,
 }
 

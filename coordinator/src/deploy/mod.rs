@@ -592,6 +592,63 @@ pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
     Ok(changed)
 }
 
+/// Carries on, after a coordinator restart, with every rollout that was
+/// under way: each stack whose current release is still `deploying` is
+/// brought to it again. Replicas already replaced stay; the others are
+/// replaced by a new rolling update, and held dependents start in order.
+/// Returns how many stacks it resumed.
+pub async fn resume(state: &Arc<AppState>) -> Result<usize, DeployError> {
+    let mut resumed = 0;
+    for stack in state.store.stacks().await? {
+        let releases = state.store.releases(&stack.name).await?;
+        let Some(current) = releases
+            .iter()
+            .find(|r| r.number == stack.current_release && r.status == "deploying")
+        else {
+            continue;
+        };
+        let defs = defs_of(current)?;
+        let guard = state.deploy_lock.lock().await;
+        let hosts = hosts(state).await?;
+        let revision = u64::try_from(current.number).unwrap_or(0);
+        let mut t = place(&stack.name, &defs, &hosts, true, revision)?;
+        let held = hold_dependents(&stack.name, &defs, &hosts, &mut t);
+        apply(state, t.immediate).await?;
+        drop(guard);
+        let previous = releases
+            .iter()
+            .find(|r| r.number < current.number && r.status == "deployed")
+            .map(|r| r.number);
+        info!(
+            stack = %stack.name,
+            release = current.number,
+            to_replace = t.updates.len(),
+            "Resuming the rollout."
+        );
+        state.events.emit(
+            "rollout",
+            Some(&stack.name),
+            None,
+            format!(
+                "release {} resumed after a coordinator restart: {} to roll out",
+                current.number,
+                t.updates.len()
+            ),
+        );
+        rollout::start(
+            state.clone(),
+            stack.name.clone(),
+            current.number,
+            previous,
+            defs,
+            held,
+            t.updates,
+        );
+        resumed += 1;
+    }
+    Ok(resumed)
+}
+
 /// Removes a stack: its containers leave every node's plan.
 pub async fn remove(state: &AppState, name: &str) -> Result<usize, DeployError> {
     let _guard = state.deploy_lock.lock().await;

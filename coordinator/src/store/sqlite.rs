@@ -424,7 +424,8 @@ impl Store for SqliteStore {
                 .bind(stack)
                 .fetch_one(&mut *tx)
                 .await?;
-        sqlx::query("INSERT INTO releases (stack, number, created_at, compose, services) VALUES (?, ?, ?, ?, ?)")
+        // `deploying` until its rollout ends (see `set_release_status`).
+        sqlx::query("INSERT INTO releases (stack, number, created_at, compose, services, status) VALUES (?, ?, ?, ?, ?, 'deploying')")
             .bind(stack)
             .bind(number)
             .bind(now)

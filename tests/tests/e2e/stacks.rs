@@ -986,3 +986,62 @@ async fn a_port_another_stack_publishes_on_every_host_is_refused() {
     assert_eq!(after[0].restart_count, before[0].restart_count);
     assert_eq!(engine_containers(&second).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_cut_short_by_a_coordinator_restart_carries_on() {
+    let (mut cluster, label, dir) = stack_cluster(3).await;
+    let stack = format!("resume{label}");
+    let slow = |version: &str| {
+        compose(3, version, &label).replace(
+            "      replicas: 3\n",
+            "      replicas: 3\n      update_config: {parallelism: 1, delay: 2s}\n",
+        )
+    };
+    std::fs::write(dir.path().join("compose.yml"), slow("v1")).unwrap();
+    assert_ok(
+        &cluster,
+        &skiff(&cluster, dir.path(), &["deploy", &stack]).await,
+    );
+    wait_ready(&cluster, &stack, 3).await;
+
+    std::fs::write(dir.path().join("compose.yml"), slow("v2")).unwrap();
+    let out = skiff(&cluster, dir.path(), &["deploy", "--detach", &stack]).await;
+    assert_ok(&cluster, &out);
+    // Stop the coordinator once one replica is replaced and two are not.
+    wait_for(
+        "the rollout to be under way",
+        Duration::from_secs(90),
+        || async {
+            let view: skiff_coordinator::api::types::StackView = cluster
+                .coordinator
+                .client()
+                .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)
+                .await
+                .ok()?;
+            view.rollout
+                .filter(|r| r.state == "in_progress" && r.replaced >= 1 && r.replaced < 3)
+                .map(|_| ())
+        },
+    )
+    .await
+    .unwrap();
+    cluster.coordinator.kill().await;
+    cluster.coordinator.start().await.unwrap();
+
+    // The restarted coordinator finishes the rollout by itself.
+    let t = wait_ready(&cluster, &stack, 3).await;
+    for t in &t {
+        assert_eq!(get(&t.ips[0]).await.as_deref(), Some("v2"));
+    }
+    wait_for(
+        "release 2 to be deployed",
+        Duration::from_secs(30),
+        || async {
+            let out = skiff(&cluster, dir.path(), &["release", "ls", &stack, "--json"]).await;
+            let releases: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+            (releases[0]["number"] == 2 && releases[0]["status"] == "deployed").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}
