@@ -2547,7 +2547,12 @@ impl Cx<'_, '_> {
                                 None => {}
                             },
                             "required" => dep.required = self.boolean(dv, &dp).unwrap_or(true),
-                            "restart" => dep.restart = self.boolean(dv, &dp).unwrap_or(false),
+                            "restart" => {
+                                dep.restart = self.boolean(dv, &dp).unwrap_or(false);
+                                if dep.restart {
+                                    self.warn(dv.pos, &dp, "dependents are not restarted when this service is updated; they keep running");
+                                }
+                            }
                             o if is_extension(o) => {}
                             _ => self.unknown_key(dk, &p, &["condition", "required", "restart"]),
                         }
