@@ -1008,14 +1008,7 @@ async fn follow(
                 code: 1,
             });
         }
-        let ready = tasks
-            .iter()
-            .filter(|t| {
-                t.up_to_date
-                    && t.state == "running"
-                    && t.health.as_deref().is_none_or(|h| h == "healthy")
-            })
-            .count();
+        let ready = tasks.iter().filter(|t| t.is_ready()).count();
         let mut lines = crate::progress::render(&crate::progress::by_service(&tasks));
         if let Some(r) = rollout.as_ref().filter(|r| r.state == "in_progress") {
             let mut status = format!("release {release}: {}/{} replaced", r.replaced, r.total);

@@ -41,10 +41,7 @@ pub fn by_service(tasks: &[TaskView]) -> Vec<ServiceProgress> {
         });
         // During a start-first update a slot has two containers: one replica.
         slots.insert((t.slot, t.node_id.as_str()));
-        if t.up_to_date
-            && t.state == "running"
-            && t.health.as_deref().is_none_or(|h| h == "healthy")
-        {
+        if t.is_ready() {
             row.ready += 1;
         }
         if !t.up_to_date {
@@ -151,6 +148,7 @@ mod tests {
             ips: Vec::new(),
             up_to_date,
             error: None,
+            exit_code: None,
         }
     }
 

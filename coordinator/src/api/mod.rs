@@ -532,6 +532,7 @@ fn task_view(t: crate::deploy::Task) -> TaskView {
             .map_or_else(|| "pending".to_owned(), |o| o.state.clone()),
         health: o.as_ref().and_then(|o| o.health.clone()),
         restart_count: o.as_ref().map_or(0, |o| o.restart_count),
+        exit_code: o.as_ref().and_then(|o| o.exit_code),
         ips: o.map(|o| o.ips).unwrap_or_default(),
         up_to_date: t.up_to_date,
         error: t.error,

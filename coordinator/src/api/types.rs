@@ -284,6 +284,20 @@ pub struct TaskView {
     pub up_to_date: bool,
     /// Why the host could not create it, such as an image it cannot pull.
     pub error: Option<String>,
+    /// The exit code of a container that stopped.
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+}
+
+impl TaskView {
+    /// Runs the current spec and is healthy (where it has a health check),
+    /// or, a one-shot task, ran it to completion (exit code 0).
+    pub fn is_ready(&self) -> bool {
+        let running =
+            self.state == "running" && self.health.as_deref().is_none_or(|h| h == "healthy");
+        let completed = self.state == "exited" && self.exit_code == Some(0);
+        self.up_to_date && (running || completed)
+    }
 }
 
 /// Set a secret: its value, base64.

@@ -24,6 +24,14 @@ fn compose(label: &str, db_health: &str) -> String {
         condition: service_healthy
       cache:
         condition: service_started
+      migrate:
+        condition: service_completed_successfully
+    deploy:
+      placement: {{constraints: ["node.labels.test == {label}"]}}
+  migrate:
+    image: skiff-test/busybox:1
+    command: ["sh", "-c", "echo migrated"]
+    restart: "no"
     deploy:
       placement: {{constraints: ["node.labels.test == {label}"]}}
   cache:
@@ -116,7 +124,7 @@ async fn services_start_after_their_dependencies_and_not_when_one_fails() {
     assert_ok(&cluster, &out);
     // Progress: a bar per service, each full at the end.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for service in ["cache", "db", "web"] {
+    for service in ["cache", "db", "migrate", "web"] {
         assert!(
             stdout.lines().any(|l| l.starts_with(service)
                 && l.contains("[####################]")
@@ -127,9 +135,10 @@ async fn services_start_after_their_dependencies_and_not_when_one_fails() {
     let seen = events.lock().unwrap().clone();
     let healthy = position(&seen, "db", "health_status: healthy").expect("db became healthy");
     let cache = position(&seen, "cache", "start").expect("cache started");
+    let migrated = position(&seen, "migrate", "die").expect("migrate ran");
     let web = position(&seen, "web", "start").expect("web started");
     assert!(
-        healthy < web && cache < web,
+        healthy < web && cache < web && migrated < web,
         "web started before its dependencies were ready: {seen:?}"
     );
 
