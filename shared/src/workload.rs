@@ -18,6 +18,8 @@ pub const LABEL_SLOT: &str = "skiff.slot";
 pub const LABEL_SPEC: &str = "skiff.spec";
 /// The container's key: its name and the release that made it, `<name>@<revision>`.
 pub const LABEL_KEY: &str = "skiff.key";
+/// On networks the agent created: the stack's name for the network.
+pub const LABEL_NETWORK: &str = "skiff.network";
 
 /// One container the host should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +71,28 @@ pub struct ContainerSpec {
     /// Config files written into the container before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigFile>,
+    /// The stack's networks the container joins, the first as its main
+    /// one. None: the engine's default bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttach>,
+}
+
+/// A network a container joins. The agent creates the stack's networks on
+/// its host as needed (bridges, labelled as its own) and removes them when
+/// no container of its plan uses them; an external one must exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttach {
+    /// The stack's name for it (`default` unless the Compose file names
+    /// others); for an external network, its name on the engine.
+    pub name: String,
+    #[serde(default)]
+    pub external: bool,
+    /// No route out of the host's bridge (Compose `internal: true`).
+    #[serde(default)]
+    pub internal: bool,
+    /// Names the container is reached by on the network: its service name
+    /// first, then the Compose `aliases`.
+    pub aliases: Vec<String>,
 }
 
 /// A Compose config: a file the agent writes into the container before
@@ -295,6 +319,7 @@ mod tests {
             secrets: vec![],
             probe: None,
             configs: vec![],
+            networks: vec![],
         }
     }
 

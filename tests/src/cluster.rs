@@ -445,8 +445,9 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
-    /// Removes the containers the cluster's agents created: they outlive
-    /// their agents by design (restart policy `always`), but not a test.
+    /// Removes the containers and networks the cluster's agents created:
+    /// they outlive their agents by design (restart policy `always`), but
+    /// not a test (and the engine has room for only a few dozen networks).
     fn drop(&mut self) {
         // Agents first, so none recreates what is removed below.
         for a in &mut self.agents {
@@ -455,27 +456,31 @@ impl Drop for Cluster {
             }
         }
         for a in &self.agents {
-            let ids = std::process::Command::new("docker")
-                .args([
-                    "ps",
-                    "-aq",
-                    "--filter",
-                    &format!("label=skiff.node={}", a.node_id()),
-                ])
-                .output();
-            if let Ok(out) = ids {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect();
-                if !ids.is_empty() {
-                    let _ = std::process::Command::new("docker")
-                        .args(["rm", "-f"])
-                        .args(&ids)
-                        .output();
-                }
-            }
+            remove_labelled(&["ps", "-aq"], &["rm", "-f"], &a.node_id());
+            remove_labelled(&["network", "ls", "-q"], &["network", "rm"], &a.node_id());
         }
+    }
+}
+
+/// Removes with `docker REMOVE...` what `docker LIST... --filter
+/// label=skiff.node=NODE` lists.
+fn remove_labelled(list: &[&str], remove: &[&str], node: &str) {
+    let Ok(out) = std::process::Command::new("docker")
+        .args(list)
+        .args(["--filter", &format!("label=skiff.node={node}")])
+        .output()
+    else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(remove)
+            .args(&ids)
+            .output();
     }
 }
 

@@ -17,8 +17,9 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, stream};
 use skiff_shared::registry::ImageRef;
 use skiff_shared::workload::{
-    ContainerSpec, ContainerStatus, LABEL_KEY, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT,
-    LABEL_SPEC, LABEL_STACK, MountKind, Protocol, RestartSpec,
+    ContainerSpec, ContainerStatus, LABEL_KEY, LABEL_NAME, LABEL_NETWORK, LABEL_NODE,
+    LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC, LABEL_STACK, MountKind, NetworkAttach, Protocol,
+    RestartSpec,
 };
 use tracing::{info, warn};
 
@@ -47,6 +48,8 @@ pub enum ApplyError {
     },
     #[error("image {image} is not on this host and could not be pulled: {reason}")]
     Image { image: String, reason: String },
+    #[error("network {network}: {reason}")]
+    Network { network: String, reason: String },
     #[error("{container}: secret {secret} (version {version}) has not been delivered to this host")]
     Secret {
         container: String,
@@ -322,6 +325,15 @@ impl Engine {
                 images.insert(&spec.image, failure);
             }
         }
+        // The networks the creates need, one at a time (the engine lets
+        // two concurrent creates make two networks of one name).
+        for action in run {
+            if let Action::Create { spec } = action {
+                for net in &spec.networks {
+                    self.ensure_network(spec, net).await?;
+                }
+            }
+        }
         // A hand-driven FuturesUnordered rather than `stream.map(closure)`:
         // the closure form is not provably Send for every lifetime, which a
         // spawned reconcile task needs.
@@ -387,7 +399,11 @@ impl Engine {
                     )
                     .await
                     .map_err(docker_err(format!("creating {}", spec.name())))?;
-                if let Err(e) = self.write_configs(&created.id, spec).await {
+                let prepared = match self.join_networks(&created.id, spec).await {
+                    Ok(()) => self.write_configs(&created.id, spec).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = prepared {
                     // A created container would be started as it is next
                     // round; without its configs it must not exist at all.
                     let _ = self.remove(&created.id).await;
@@ -397,6 +413,115 @@ impl Engine {
                     .start_container(&created.id, None::<StartContainerOptions>)
                     .await
                     .map_err(docker_err(format!("starting {}", spec.name())))
+            }
+        }
+    }
+
+    /// The engine name of a stack network on this node (several agents may
+    /// share one engine); an external network keeps its own name.
+    pub fn network_name(&self, stack: &str, net: &NetworkAttach) -> String {
+        if net.external {
+            net.name.clone()
+        } else {
+            format!("skiff.{stack}.{}.{}", net.name, self.node_id)
+        }
+    }
+
+    /// Creates a stack network on this node unless it exists; an external
+    /// one must exist.
+    async fn ensure_network(
+        &self,
+        spec: &ContainerSpec,
+        net: &NetworkAttach,
+    ) -> Result<(), ApplyError> {
+        let name = self.network_name(&spec.stack, net);
+        match self
+            .docker
+            .inspect_network(
+                &name,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(docker_err(format!("inspecting network {name}"))(e)),
+        }
+        if net.external {
+            return Err(ApplyError::Network {
+                network: name,
+                reason: "it is external, and does not exist on this host; create it or remove `external: true`".into(),
+            });
+        }
+        info!(network = %name, "Creating network.");
+        let labels = HashMap::from([
+            (LABEL_NODE.to_owned(), self.node_id.clone()),
+            (LABEL_STACK.to_owned(), spec.stack.clone()),
+            (LABEL_NETWORK.to_owned(), net.name.clone()),
+        ]);
+        self.docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                internal: Some(net.internal),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(docker_err(format!("creating network {name}")))
+    }
+
+    /// Connects a created container to its networks after the first (the
+    /// engine takes one at create).
+    async fn join_networks(&self, id: &str, spec: &ContainerSpec) -> Result<(), ApplyError> {
+        for net in spec.networks.iter().skip(1) {
+            let name = self.network_name(&spec.stack, net);
+            self.docker
+                .connect_network(
+                    &name,
+                    bollard::models::NetworkConnectRequest {
+                        container: id.to_owned(),
+                        endpoint_config: Some(bollard::models::EndpointSettings {
+                            aliases: Some(net.aliases.clone()),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(docker_err(format!("connecting {} to {name}", spec.name())))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the networks this agent created that no desired container
+    /// joins. One still in use (a container being replaced) is left for a
+    /// later round.
+    pub async fn prune_networks(&self, desired: &[ContainerSpec]) {
+        let wanted: std::collections::HashSet<String> = desired
+            .iter()
+            .flat_map(|c| c.networks.iter().map(|n| self.network_name(&c.stack, n)))
+            .collect();
+        let filters =
+            HashMap::from([("label".to_owned(), vec![super::node_filter(&self.node_id)])]);
+        let Ok(list) = self
+            .docker
+            .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+        else {
+            return;
+        };
+        for n in list {
+            let Some(name) = n.name.filter(|n| !wanted.contains(n)) else {
+                continue;
+            };
+            match self.docker.remove_network(&name).await {
+                Ok(()) => info!(network = %name, "Removed unused network."),
+                Err(e) => tracing::debug!(network = %name, error = %e, "Network not removed yet."),
             }
         }
     }
@@ -623,7 +748,23 @@ impl Engine {
             stop_timeout: spec
                 .stop_grace_ms
                 .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
+            networking_config: spec
+                .networks
+                .first()
+                .map(|net| bollard::models::NetworkingConfig {
+                    endpoints_config: Some(HashMap::from([(
+                        self.network_name(&spec.stack, net),
+                        bollard::models::EndpointSettings {
+                            aliases: Some(net.aliases.clone()),
+                            ..Default::default()
+                        },
+                    )])),
+                }),
             host_config: Some(HostConfig {
+                network_mode: spec
+                    .networks
+                    .first()
+                    .map(|net| self.network_name(&spec.stack, net)),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 mounts: Some(mounts),
                 restart_policy,

@@ -121,6 +121,7 @@ pub async fn reconcile_once(
     let actions = diff(&plan.containers, &observed);
     engine.apply(&actions).await?;
     engine.prune_secrets(&plan.containers);
+    engine.prune_networks(&plan.containers).await;
     Ok(actions.len())
 }
 
@@ -275,6 +276,7 @@ mod tests {
             secrets: vec![],
             probe: None,
             configs: vec![],
+            networks: vec![],
         }
     }
 

@@ -12,8 +12,8 @@ use skiff_shared::stack::{
     RestartMode, Stack, UpdateConfig,
 };
 use skiff_shared::workload::{
-    ConfigFile, ContainerSpec, HealthSpec, MAX_CONFIG_BYTES, MountKind, MountSpec, PortSpec,
-    ProbeSpec, Protocol, ResourceSpec, RestartSpec, SecretMount,
+    ConfigFile, ContainerSpec, HealthSpec, MAX_CONFIG_BYTES, MountKind, MountSpec, NetworkAttach,
+    PortSpec, ProbeSpec, Protocol, ResourceSpec, RestartSpec, SecretMount,
 };
 
 use crate::scheduler::{self, Mode, Resources};
@@ -86,7 +86,7 @@ pub fn resolve(
 ) -> Result<(Vec<ServiceDef>, Vec<String>), Vec<ResolveError>> {
     let mut defs = Vec::new();
     let mut errors = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     for name in &stack.start_order {
         let Some(svc) = stack.services.get(name) else {
             continue;
@@ -122,11 +122,6 @@ pub fn resolve(
             if let Err(e) = c.parse::<Constraint>() {
                 errors.push(err(e.to_string()));
             }
-        }
-        if !svc.networks.is_empty() || !stack.networks.is_empty() {
-            warnings.push(format!(
-                "service {name}: networks are not acted on yet; containers join each host's default bridge"
-            ));
         }
         let replicas = match svc.deploy.mode {
             DeployMode::Replicated { replicas } => match u32::try_from(replicas) {
@@ -290,6 +285,7 @@ pub fn resolve(
                 start_period_ms: ms(p.start_period),
             }),
             configs,
+            networks: network_attachments(stack, name, svc),
         };
         // A published port can be bound once per host.
         let max_per_host = svc
@@ -318,6 +314,41 @@ pub fn resolve(
     } else {
         Err(errors)
     }
+}
+
+/// The networks a service joins: those it lists, or the stack's `default`.
+fn network_attachments(
+    stack: &Stack,
+    service: &str,
+    svc: &skiff_shared::stack::Service,
+) -> Vec<NetworkAttach> {
+    let listed: Vec<(String, Vec<String>)> = if svc.networks.is_empty() {
+        vec![("default".to_owned(), Vec::new())]
+    } else {
+        svc.networks
+            .iter()
+            .map(|(n, s)| (n.clone(), s.aliases.clone()))
+            .collect()
+    };
+    listed
+        .into_iter()
+        .map(|(name, extra)| {
+            let declared = stack.networks.get(&name);
+            let external = declared.is_some_and(|n| n.external);
+            let mut aliases = vec![service.to_owned()];
+            aliases.extend(extra.into_iter().filter(|a| a != service));
+            NetworkAttach {
+                name: if external {
+                    declared.and_then(|n| n.name.clone()).unwrap_or(name)
+                } else {
+                    name
+                },
+                external,
+                internal: declared.is_some_and(|n| n.internal),
+                aliases,
+            }
+        })
+        .collect()
 }
 
 /// The config files a service mounts, with their content. The CLI reads

@@ -8,6 +8,7 @@ mod configs;
 mod depends;
 mod harness;
 mod link;
+mod networks;
 mod reconcile;
 mod registry;
 mod security;

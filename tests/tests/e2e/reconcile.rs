@@ -39,6 +39,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         secrets: vec![],
         probe: None,
         configs: vec![],
+        networks: vec![],
     }
 }
 
