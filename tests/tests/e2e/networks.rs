@@ -62,14 +62,23 @@ async fn services_reach_each_other_by_name_on_the_stacks_network() {
     let (cluster, label, dir) = stack_cluster(1).await;
     let stack = format!("net{label}");
     std::fs::write(dir.path().join("compose.yml"), compose(&label)).unwrap();
-    assert_ok(&cluster, &skiff(&cluster, dir.path(), &["deploy", &stack]).await);
+    assert_ok(
+        &cluster,
+        &skiff(&cluster, dir.path(), &["deploy", &stack]).await,
+    );
     // Both health checks resolve the other service's name (or alias).
     wait_ready(&cluster, &stack, 2).await;
     let nets = stack_networks(&stack).await;
     assert_eq!(nets.len(), 1, "{nets:?}");
-    assert!(nets[0].starts_with(&format!("skiff.{stack}.back.")), "{nets:?}");
+    assert!(
+        nets[0].starts_with(&format!("skiff.{stack}.back.")),
+        "{nets:?}"
+    );
 
-    assert_ok(&cluster, &skiff(&cluster, dir.path(), &["stack", "rm", &stack]).await);
+    assert_ok(
+        &cluster,
+        &skiff(&cluster, dir.path(), &["stack", "rm", &stack]).await,
+    );
     wait_for(
         "the stack's network to be removed",
         Duration::from_secs(60),
