@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::query_parameters::EventsOptions;
 use futures_util::StreamExt;
 use skiff_tests::image::docker;
 
-use super::stacks::{assert_ok, skiff, stack_cluster};
+use super::stacks::{assert_ok, engine_containers_labelled, skiff, stack_cluster};
 
 /// `web` waits for `db` to be healthy; `db` becomes healthy after a while
 /// (`healthy` is the command that makes its health check pass).
@@ -89,23 +89,11 @@ fn position(events: &[(String, String)], service: &str, action: &str) -> Option<
 }
 
 async fn containers_of(stack: &str, service: &str) -> usize {
-    let docker = docker().await.unwrap();
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![
-            format!("skiff.stack={stack}"),
-            format!("skiff.service={service}"),
-        ],
-    )]);
-    docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await
-        .map(|l| l.len())
-        .unwrap_or(0)
+    engine_containers_labelled(vec![
+        format!("skiff.stack={stack}"),
+        format!("skiff.service={service}"),
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -91,12 +91,15 @@ pub(crate) async fn get(ip: &str) -> Option<String> {
     buf.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
 }
 
-pub(crate) async fn engine_containers(label: &str) -> usize {
+/// How many containers (any state) of a stack the engine holds.
+pub(crate) async fn engine_containers(stack: &str) -> usize {
+    engine_containers_labelled(vec![format!("skiff.stack={stack}")]).await
+}
+
+/// How many containers (any state) carry all of `labels` (`key=value`).
+pub(crate) async fn engine_containers_labelled(labels: Vec<String>) -> usize {
     let docker = docker().await.unwrap();
-    let filters = std::collections::HashMap::from([(
-        "label".to_owned(),
-        vec![format!("skiff.stack={label}")],
-    )]);
+    let filters = std::collections::HashMap::from([("label".to_owned(), labels)]);
     docker
         .list_containers(Some(ListContainersOptions {
             all: true,
