@@ -26,8 +26,9 @@
 #
 # Every container it creates carries a label unique to the run
 # (skiff.stack=<run stack> for Skiff's, skiff-bench.run=<run id> for
-# docker's); the exit trap removes exactly those, stops the agent and the
-# coordinator, and deletes the temp dir. Other containers on the engine
+# docker's); the exit trap removes exactly those and the stacks' networks
+# (labelled skiff.stack too), stops the agent and the coordinator, and
+# deletes the temp dir. Other containers on the engine
 # are never touched. Traffic goes to 127.0.0.1 only.
 #
 # Usage: scripts/bench/deploy.sh [N ...]
@@ -98,15 +99,20 @@ stacks="$dir/stacks"
 : >"$stacks"
 ok=0
 
-# Removes this run's containers (and only those), found by label.
+# Removes this run's containers and the stacks' networks (and only
+# those), found by label.
 remove_ours() {
-  local ids=() s
+  local ids=() nets=() s
   mapfile -t ids < <(docker ps -aq --filter "label=skiff-bench.run=$run")
   while read -r s; do
     mapfile -t -O "${#ids[@]}" ids < <(docker ps -aq --filter "label=skiff.stack=$s")
+    mapfile -t -O "${#nets[@]}" nets < <(docker network ls -q --filter "label=skiff.stack=$s")
   done <"$stacks"
   if [ "${#ids[@]}" -gt 0 ]; then
     docker rm -f "${ids[@]}" >/dev/null 2>&1 || true
+  fi
+  if [ "${#nets[@]}" -gt 0 ]; then
+    docker network rm "${nets[@]}" >/dev/null 2>&1 || true
   fi
 }
 
