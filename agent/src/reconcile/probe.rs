@@ -304,13 +304,8 @@ mod tests {
         assert_eq!(combine(Some(HEALTHY), UNHEALTHY), UNHEALTHY);
     }
 
-    #[tokio::test]
-    async fn a_container_turns_healthy_then_unhealthy_and_stops_being_checked() {
-        let up = serve("HTTP/1.1 200 OK\r\n\r\n").await;
-        let prober = Prober::default();
-        let probe = spec(Some("/"), up.port());
-        let specs = HashMap::from([("s.web.1@1".to_owned(), &probe)]);
-        let status = |ip: &str| ContainerStatus {
+    fn running_at(ip: &str) -> ContainerStatus {
+        ContainerStatus {
             name: "s.web.1".into(),
             key: "s.web.1@1".into(),
             id: "c1".into(),
@@ -322,21 +317,36 @@ mod tests {
             ips: vec![ip.to_owned()],
             image_id: String::new(),
             spec: String::new(),
-        };
+        }
+    }
+
+    /// Syncs the container at `ip` until its reported health is `want`;
+    /// panics at the deadline.
+    async fn wait_health(prober: &Prober, probe: &ProbeSpec, ip: &str, want: &str) {
+        let specs = HashMap::from([("s.web.1@1".to_owned(), probe)]);
         let changed = prober.changed();
-        let mut seen = vec![status("127.0.0.1")];
-        prober.sync(&mut seen, &specs);
-        assert_eq!(seen[0].health.as_deref(), Some(STARTING));
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut now = vec![status("127.0.0.1")];
+            let mut now = vec![running_at(ip)];
             prober.sync(&mut now, &specs);
-            if now[0].health.as_deref() == Some(HEALTHY) {
-                break;
+            if now[0].health.as_deref() == Some(want) {
+                return;
             }
-            assert!(Instant::now() < deadline, "never healthy");
+            assert!(Instant::now() < deadline, "never {want}");
             let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_container_turns_healthy_then_unhealthy_and_stops_being_checked() {
+        let up = serve("HTTP/1.1 200 OK\r\n\r\n").await;
+        let prober = Prober::default();
+        let probe = spec(Some("/"), up.port());
+        let specs = HashMap::from([("s.web.1@1".to_owned(), &probe)]);
+        let mut seen = vec![running_at("127.0.0.1")];
+        prober.sync(&mut seen, &specs);
+        assert_eq!(seen[0].health.as_deref(), Some(STARTING));
+        wait_health(&prober, &probe, "127.0.0.1", HEALTHY).await;
         // The same container run, now on an address nobody answers on.
         let closed = TcpListener::bind("127.0.0.2:0")
             .await
@@ -344,16 +354,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let probe = spec(Some("/"), closed.port());
-        let specs = HashMap::from([("s.web.1@1".to_owned(), &probe)]);
-        loop {
-            let mut now = vec![status("127.0.0.2")];
-            prober.sync(&mut now, &specs);
-            if now[0].health.as_deref() == Some(UNHEALTHY) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never unhealthy");
-            let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
-        }
+        wait_health(&prober, &probe, "127.0.0.2", UNHEALTHY).await;
         // Gone from the engine: its check stops.
         prober.sync(&mut [], &specs);
         assert!(lock(&prober.checks).is_empty());

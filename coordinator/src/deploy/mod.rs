@@ -615,10 +615,7 @@ pub async fn resume(state: &Arc<AppState>) -> Result<usize, DeployError> {
         let held = hold_dependents(&stack.name, &defs, &hosts, &mut t);
         apply(state, t.immediate).await?;
         drop(guard);
-        let previous = releases
-            .iter()
-            .find(|r| r.number < current.number && r.status == "deployed")
-            .map(|r| r.number);
+        let previous = last_deployed_before(&releases, current.number).map(|r| r.number);
         info!(
             stack = %stack.name,
             release = current.number,
@@ -788,6 +785,17 @@ pub async fn current_defs(
     defs_of(&r)
 }
 
+/// The newest release before `number` whose rollout completed (releases
+/// are listed newest first): what a rollback goes back to.
+fn last_deployed_before(
+    releases: &[crate::store::ReleaseRow],
+    number: i64,
+) -> Option<&crate::store::ReleaseRow> {
+    releases
+        .iter()
+        .find(|r| r.number < number && r.status == "deployed")
+}
+
 /// Deploys release `to` of a stack again (default: the release before the
 /// current one), as a new release: what it ran is restored exactly.
 pub async fn rollback(
@@ -799,9 +807,7 @@ pub async fn rollback(
     let releases = state.store.releases(name).await?;
     let target = match to {
         Some(n) => releases.iter().find(|r| r.number == n),
-        None => releases
-            .iter()
-            .find(|r| r.number < stack.current_release && r.status == "deployed"),
+        None => last_deployed_before(&releases, stack.current_release),
     };
     let Some(target) = target else {
         return Err(DeployError::Invalid(vec![match to {

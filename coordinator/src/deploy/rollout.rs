@@ -441,19 +441,20 @@ async fn replace_batch(
 }
 
 fn deadline_for(spec: &ContainerSpec) -> Duration {
-    let from_check = spec.healthcheck.as_ref().map_or(Duration::ZERO, |h| {
+    // Long enough for a check to pass after its start period and a few
+    // failed tries.
+    let span = |start_period_ms: u64, interval_ms: u64, retries: u32, timeout_ms: u64| {
         Duration::from_millis(
-            h.start_period_ms
-                .saturating_add(h.interval_ms.saturating_mul(u64::from(h.retries) + 2))
-                .saturating_add(h.timeout_ms),
+            start_period_ms
+                .saturating_add(interval_ms.saturating_mul(u64::from(retries) + 2))
+                .saturating_add(timeout_ms),
         )
+    };
+    let from_check = spec.healthcheck.as_ref().map_or(Duration::ZERO, |h| {
+        span(h.start_period_ms, h.interval_ms, h.retries, h.timeout_ms)
     });
     let from_probe = spec.probe.as_ref().map_or(Duration::ZERO, |p| {
-        Duration::from_millis(
-            p.start_period_ms
-                .saturating_add(p.interval_ms.saturating_mul(u64::from(p.retries) + 2))
-                .saturating_add(p.timeout_ms),
-        )
+        span(p.start_period_ms, p.interval_ms, p.retries, p.timeout_ms)
     });
     (from_check.max(from_probe) + Duration::from_secs(30)).max(MIN_DEADLINE)
 }
