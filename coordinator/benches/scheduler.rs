@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use skiff_compose::placement::{Constraint, NodeAttrs};
 use skiff_coordinator::scheduler::{
     Change, Host, HostStatus, Mode, Placement, Plan, Resources, Service, schedule,
 };
-use skiff_shared::placement::{Constraint, NodeAttrs};
 
 const HOSTS: usize = 1_000;
 const CONTAINERS: u32 = 100_000;

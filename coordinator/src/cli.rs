@@ -891,16 +891,16 @@ async fn deploy_command(
     let dotenv = dir.join(".env");
     if let Ok(text) = std::fs::read_to_string(&dotenv) {
         let shown = dotenv.display().to_string();
-        let vars = skiff_shared::stack::parse_env_file(&text, &shown, &env)
+        let vars = skiff_compose::stack::parse_env_file(&text, &shown, &env)
             .map_err(|e| Failure::usage(e.to_string()))?;
         for (k, v) in vars {
             env.entry(k).or_insert(v);
         }
     }
     let file_name = args.file.display().to_string();
-    let input = skiff_shared::stack::Input::new(&text, &file_name, &dir, &env);
+    let input = skiff_compose::stack::Input::new(&text, &file_name, &dir, &env);
     let mut parsed =
-        skiff_shared::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
+        skiff_compose::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
     read_configs(&mut parsed.stack, &env)?;
     for w in &parsed.warnings {
         eprintln!("skiff: {}", w.render());
@@ -1303,10 +1303,10 @@ async fn registry_command(
 /// Reads the stack's `file:` and `environment:` configs into `content:`:
 /// a config's content travels with the release.
 fn read_configs(
-    stack: &mut skiff_shared::stack::Stack,
+    stack: &mut skiff_compose::stack::Stack,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), Failure> {
-    use skiff_shared::stack::ConfigSource;
+    use skiff_compose::stack::ConfigSource;
     for (name, def) in &mut stack.configs {
         let content = match &def.source {
             ConfigSource::File(path) => {
@@ -1340,18 +1340,18 @@ fn read_configs(
 async fn upload_stack_secrets(
     client: &Client,
     stack_name: &str,
-    stack: &skiff_shared::stack::Stack,
+    stack: &skiff_compose::stack::Stack,
     env: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), Failure> {
     for (name, def) in &stack.secrets {
         let value = match &def.source {
-            skiff_shared::stack::SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+            skiff_compose::stack::SecretSource::File(path) => std::fs::read(path).map_err(|e| {
                 Failure::usage(format!(
                     "secret {name}: cannot read {}: {e}",
                     path.display()
                 ))
             })?,
-            skiff_shared::stack::SecretSource::Environment(var) => env
+            skiff_compose::stack::SecretSource::Environment(var) => env
                 .get(var)
                 .ok_or_else(|| {
                     Failure::usage(format!(
@@ -1360,7 +1360,7 @@ async fn upload_stack_secrets(
                 })?
                 .clone()
                 .into_bytes(),
-            skiff_shared::stack::SecretSource::External(_) => continue,
+            skiff_compose::stack::SecretSource::External(_) => continue,
         };
         set_secret(client, stack_name, name, &value).await?;
     }

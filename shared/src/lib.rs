@@ -9,10 +9,6 @@
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
-//! - [`stack`]: stack files: Compose files parsed into a typed, normalized
-//!   model with positioned diagnostics.
-//! - [`placement`]: the placement constraint language of Compose files
-//!   (`node.labels.zone == eu`), parsed and matched against a host.
 //! - [`registry`]: the registry host of an image reference (as Docker
 //!   decides it), the check of a registry host, and the registry
 //!   credentials delivered to agents.
@@ -20,16 +16,16 @@
 //!   agent puts on the containers it manages.
 //!
 //! Types here are the wire format; each side converts them to its own
-//! internal types at the edge.
+//! internal types at the edge. Compose files (the stack model and parser,
+//! and the placement constraint language) live in `skiff-compose`, which
+//! only the coordinator uses.
 #![forbid(unsafe_code)]
 
 pub mod files;
 pub mod join;
-pub mod placement;
 pub mod protocol;
 pub mod registry;
 pub mod signing;
-pub mod stack;
 pub mod tls;
 pub mod workload;
 

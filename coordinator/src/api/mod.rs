@@ -511,7 +511,7 @@ async fn deploy_stack(
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<DeployView> {
     let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
-    let stack: skiff_shared::stack::Stack = serde_json::from_value(req.stack).map_err(|e| {
+    let stack: skiff_compose::stack::Stack = serde_json::from_value(req.stack).map_err(|e| {
         ApiError::bad_request("invalid_stack", format!("the stack model is invalid: {e}"))
     })?;
     let outcome = crate::deploy::deploy(&state, &name, &stack, &req.compose, req.dry_run).await?;

@@ -180,7 +180,7 @@ pub struct NodeContainersView {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
-    /// The parsed stack model (`skiff_shared::stack::Stack`).
+    /// The parsed stack model (`skiff_compose::stack::Stack`).
     #[schema(value_type = Object)]
     pub stack: serde_json::Value,
     /// The compose file's text, kept with the release.

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use skiff_shared::placement::{Constraint, NodeAttrs};
-use skiff_shared::stack::Stack;
+use skiff_compose::placement::{Constraint, NodeAttrs};
+use skiff_compose::stack::Stack;
 use skiff_shared::workload::ContainerSpec;
 use tracing::info;
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skiff_shared::placement::Constraint;
-use skiff_shared::stack::{
+use skiff_compose::placement::Constraint;
+use skiff_compose::stack::{
     ConfigSource, Dependency, DeployMode, FileGrant, HealthTest, Mount, RestartCondition,
     RestartMode, Stack, UpdateConfig,
 };
@@ -70,7 +70,7 @@ fn policy(c: &UpdateConfig) -> UpdatePolicy {
         parallelism: u32::try_from(c.parallelism).unwrap_or(u32::MAX),
         delay_ms: ms(c.delay),
         monitor_ms: ms(c.monitor),
-        start_first: c.order == skiff_shared::stack::UpdateOrder::StartFirst,
+        start_first: c.order == skiff_compose::stack::UpdateOrder::StartFirst,
         failure_action: format!("{:?}", c.failure_action).to_lowercase(),
     }
 }
@@ -141,9 +141,9 @@ pub fn resolve(
                 continue;
             };
             let protocol = match p.protocol {
-                skiff_shared::stack::Protocol::Tcp => Protocol::Tcp,
-                skiff_shared::stack::Protocol::Udp => Protocol::Udp,
-                skiff_shared::stack::Protocol::Sctp => {
+                skiff_compose::stack::Protocol::Tcp => Protocol::Tcp,
+                skiff_compose::stack::Protocol::Udp => Protocol::Udp,
+                skiff_compose::stack::Protocol::Sctp => {
                     errors.push(err(format!(
                         "port {published}/sctp: SCTP ports are not supported; use tcp or udp"
                     )));
@@ -320,7 +320,7 @@ pub fn resolve(
 fn network_attachments(
     stack: &Stack,
     service: &str,
-    svc: &skiff_shared::stack::Service,
+    svc: &skiff_compose::stack::Service,
 ) -> Vec<NetworkAttach> {
     let listed: Vec<(String, Vec<String>)> = if svc.networks.is_empty() {
         vec![("default".to_owned(), Vec::new())]
@@ -485,9 +485,9 @@ mod tests {
     fn parse(text: &str) -> Stack {
         let env = BTreeMap::new();
         let files: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
-        let input = skiff_shared::stack::Input::new(text, "compose.yml", Path::new("/srv"), &env)
+        let input = skiff_compose::stack::Input::new(text, "compose.yml", Path::new("/srv"), &env)
             .with_files(&files);
-        match skiff_shared::stack::parse(&input) {
+        match skiff_compose::stack::parse(&input) {
             Ok(p) => p.stack,
             Err(e) => panic!("{e}"),
         }

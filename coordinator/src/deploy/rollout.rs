@@ -20,7 +20,7 @@ use skiff_shared::workload::ContainerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use skiff_shared::stack::DependsCondition;
+use skiff_compose::stack::DependsCondition;
 
 use super::resolve::{ServiceDef, UpdatePolicy};
 use super::{Held, Update, edit_node_plan};

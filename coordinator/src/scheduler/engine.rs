@@ -17,7 +17,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-use skiff_shared::placement::Constraint;
+use skiff_compose::placement::Constraint;
 
 use super::{
     Change, Constraints, Host, HostStatus, Mode, Placement, Plan, Resources, ScheduleError,

@@ -40,7 +40,7 @@ mod tests;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use skiff_shared::placement::{Constraint, NodeAttrs};
+use skiff_compose::placement::{Constraint, NodeAttrs};
 
 pub use engine::schedule;
 

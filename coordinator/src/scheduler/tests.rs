@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use proptest::prelude::*;
-use skiff_shared::placement::{Constraint, NodeAttrs};
+use skiff_compose::placement::{Constraint, NodeAttrs};
 
 use super::*;
 

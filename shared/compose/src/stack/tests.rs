@@ -5,7 +5,7 @@
 //! and a fixed environment (plus `# test-env: KEY=value` lines from the
 //! file itself). The result, a JSON rendering of the model and the
 //! warnings, or the errors and warnings, must equal `NAME.expected`.
-//! `SKIFF_BLESS=1 cargo test -p skiff-shared stack::` rewrites the
+//! `SKIFF_BLESS=1 cargo test -p skiff-compose stack::` rewrites the
 //! expectations. Files named `valid-*` must give a plan, `invalid-*` errors.
 
 use std::collections::BTreeMap;
