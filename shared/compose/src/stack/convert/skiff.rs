@@ -1,0 +1,184 @@
+//! A service's `x-skiff` mapping: its domains and the Skiff probe.
+
+use std::time::Duration;
+
+use crate::stack::model::*;
+use crate::stack::yaml::{Node, Value, join};
+
+use super::{Cx, index, is_extension, to_json};
+
+impl Cx<'_, '_> {
+    pub(super) fn skiff_service(&mut self, node: &Node, path: &str) -> SkiffService {
+        let mut s = SkiffService::default();
+        for (k, v) in self.map(node, path).unwrap_or(&[]) {
+            let kp = join(path, &k.name);
+            match k.name.as_str() {
+                "domains" => {
+                    let items = self.string_list(v, &kp, true);
+                    for (i, d) in items.into_iter().enumerate() {
+                        if valid_domain(&d) {
+                            s.domains.push(d.to_ascii_lowercase());
+                        } else {
+                            let p = if matches!(v.value, Value::Seq(_)) {
+                                index(&kp, i)
+                            } else {
+                                kp.clone()
+                            };
+                            let pos = match &v.value {
+                                Value::Seq(items) => items.get(i).map_or(v.pos, |n| n.pos),
+                                _ => v.pos,
+                            };
+                            self.err_fix(pos, &p, format!("invalid domain {d:?}"), "write a host name such as `app.example.com` (a leading `*.` is allowed)");
+                        }
+                    }
+                }
+                "healthcheck" => s.healthcheck = self.probe(v, &kp),
+                _ => {
+                    self.warn(k.pos, &kp, format!("unknown x-skiff setting `{}`; kept, but not used by this Skiff release", k.name));
+                    s.other.insert(k.name.clone(), to_json(v));
+                }
+            }
+        }
+        s
+    }
+
+    /// `x-skiff.healthcheck`: `type` (`http` or `tcp`), `port`, `path`
+    /// (HTTP only, default `/`), `interval`, `timeout`, `retries`,
+    /// `start_period`.
+    pub(super) fn probe(&mut self, node: &Node, path: &str) -> Option<Probe> {
+        let entries = self.map(node, path)?;
+        let mut kind = None;
+        let (mut port, mut http_path, mut path_pos) = (None, None, None);
+        // A field already reported as invalid is not reported missing too.
+        let errors_before = self.errors.len();
+        let mut probe = Probe {
+            http_path: None,
+            port: 0,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            retries: 3,
+            start_period: Duration::ZERO,
+        };
+        for (k, v) in entries {
+            let kp = join(path, &k.name);
+            match k.name.as_str() {
+                "type" => match self.string(v, &kp).as_deref() {
+                    Some(t @ ("http" | "tcp")) => kind = Some(t == "http"),
+                    Some(other) => self.err_fix(
+                        v.pos,
+                        &kp,
+                        format!("unknown check type {other:?}"),
+                        "use `http` or `tcp`",
+                    ),
+                    None => {}
+                },
+                "port" => match self.uint(v, &kp) {
+                    Some(n @ 1..=65535) => port = u16::try_from(n).ok(),
+                    Some(n) => self.err_fix(
+                        v.pos,
+                        &kp,
+                        format!("port {n} is out of range"),
+                        "use a port from 1 to 65535",
+                    ),
+                    None => {}
+                },
+                "path" => {
+                    path_pos = Some(v.pos);
+                    match self.string(v, &kp) {
+                        Some(p)
+                            if p.starts_with('/')
+                                && !p.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                        {
+                            http_path = Some(p)
+                        }
+                        Some(p) => self.err_fix(
+                            v.pos,
+                            &kp,
+                            format!("invalid path {p:?}"),
+                            "write an absolute URL path such as `/healthz`",
+                        ),
+                        None => {}
+                    }
+                }
+                "interval" => probe.interval = self.duration(v, &kp).unwrap_or(probe.interval),
+                "timeout" => probe.timeout = self.duration(v, &kp).unwrap_or(probe.timeout),
+                "start_period" => {
+                    probe.start_period = self.duration(v, &kp).unwrap_or(probe.start_period)
+                }
+                "retries" => probe.retries = self.u32(v, &kp).unwrap_or(probe.retries),
+                other if is_extension(other) => {}
+                _ => self.unknown_key(
+                    k,
+                    path,
+                    &[
+                        "type",
+                        "port",
+                        "path",
+                        "interval",
+                        "timeout",
+                        "retries",
+                        "start_period",
+                    ],
+                ),
+            }
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let Some(http) = kind else {
+            self.err_fix(
+                node.pos,
+                path,
+                "the check has no `type`",
+                "add `type: http` or `type: tcp`",
+            );
+            return None;
+        };
+        let Some(port) = port else {
+            self.err_fix(
+                node.pos,
+                path,
+                "the check has no `port`",
+                "add the container port to check, such as `port: 8080`",
+            );
+            return None;
+        };
+        if !http && let Some(pos) = path_pos {
+            self.err_fix(
+                pos,
+                &join(path, "path"),
+                "a TCP check has no path",
+                "remove `path`, or use `type: http`",
+            );
+            return None;
+        }
+        if probe.interval < Duration::from_millis(100)
+            || probe.timeout.is_zero()
+            || probe.retries == 0
+        {
+            self.err_fix(
+                node.pos,
+                path,
+                "`interval` must be at least 100ms, `timeout` above zero and `retries` at least 1",
+                "raise them",
+            );
+            return None;
+        }
+        probe.port = port;
+        probe.http_path = http.then(|| http_path.unwrap_or_else(|| "/".to_owned()));
+        Some(probe)
+    }
+}
+
+fn valid_domain(d: &str) -> bool {
+    let d = d.strip_prefix("*.").unwrap_or(d);
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
