@@ -1,28 +1,97 @@
 //! The Skiff agent: one per server. It joins the cluster with a token,
-//! keeps one mutually authenticated WebSocket to the coordinator, reports
-//! its host, and acts only on plans signed by the coordinator's key.
+//! keeps one mutually authenticated WebSocket to the coordinator, and acts
+//! only on host plans signed by the coordinator's key.
 //!
 //! Layout:
 //! - [`config`]: the optional TOML config.
 //! - [`identity`]: the data dir (key, certificate, pinned CA and plan key)
 //!   and the join exchange.
-//! - [`link`]: connect, hello, heartbeats, renewal, reconnect with backoff.
-//! - [`plan`]: verifying and storing signed plans.
+//! - [`link`]: connect, hello, heartbeats, renewal, reconnect with backoff;
+//!   plans, deliveries and reports pass through it by section name.
+//! - [`plan`]: verifying, checking and storing signed host plans.
+//! - [`controller`]: the shape of a subsystem: a section of the plan, one
+//!   pure diff, observe and apply, reports.
+//! - [`supervisor`]: starts the controllers and routes sections to them.
+//! - [`engine`]: the connection to the Docker Engine the controllers share.
+//! - The controllers, one folder each: [`containers`], [`networks`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
-//! - [`secrets`]: secret values delivered for this host's containers.
-//! - [`registries`]: registry credentials delivered for this host's image pulls.
-//! - [`reconcile`]: the pure diff of desired against observed containers,
-//!   and applying it through the Docker Engine API.
 //!
-//! The agent never talks to another agent, and never acts on an unsigned
-//! plan. It keeps running, and keeps its last plan, when the coordinator is away.
+//! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
+//! cancels it and waits for every task at shutdown. The agent never talks
+//! to another agent, and never acts on an unsigned plan. It keeps running,
+//! and keeps enforcing its last plan, when the coordinator is away.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_shared::tasks::TaskTree;
+use tracing::{info, warn};
+
 pub mod config;
+pub mod containers;
+pub mod controller;
+pub mod engine;
 pub mod facts;
 pub mod identity;
 pub mod link;
+pub mod networks;
 pub mod plan;
-pub mod reconcile;
-pub mod registries;
-pub mod secrets;
+pub mod supervisor;
+
+/// How long shutdown waits for tasks to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the agent stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("{0}")]
+    Link(#[from] link::LinkError),
+}
+
+/// Runs the agent until `tree` is cancelled (or the node is removed from
+/// the cluster), then stops every task.
+///
+/// # Errors
+/// The identity cannot be loaded, or the link stopped for good.
+pub async fn run(cfg: config::Config, tree: TaskTree) -> Result<(), RunError> {
+    let result = serve(cfg, &tree).await;
+    tree.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tree.wait())
+        .await
+        .is_err()
+    {
+        warn!("Shutdown timed out; stopping anyway.");
+    }
+    result
+}
+
+async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
+    let mut identity = identity::Identity::load(&cfg.data_dir)?;
+    if let Some(c) = cfg.coordinator {
+        identity.node.coordinator = c;
+    }
+    info!(node = %identity.node.node_id, name = %identity.node.name, coordinator = %identity.node.coordinator, "Agent starting.");
+    let host = supervisor::Host {
+        node_id: identity.node.node_id.clone(),
+        data_dir: PathBuf::from(&identity.dir),
+        engine: engine::EngineHandle::connect(tree),
+    };
+    let router = supervisor::start(tree, &host);
+    // The last signed plan is enforced from the start, coordinator or not.
+    match plan::stored(&identity, &router) {
+        Ok(Some(accepted)) => {
+            let plan = accepted.publish();
+            info!(generation = plan.generation, "Loaded the last signed plan.");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            warn!(error = %error, "The stored plan is unusable; waiting for the coordinator's.");
+        }
+    }
+    link::run(identity, link::LinkOptions::default(), router, tree.child()).await?;
+    info!("Agent stopped.");
+    Ok(())
+}

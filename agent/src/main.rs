@@ -1,4 +1,5 @@
-//! `skiff-agent`: parse flags, load config, set up logging, then join or run.
+//! `skiff-agent`: parse flags, load config, set up logging and the signal
+//! handler, then join or run ([`skiff_agent::run`]).
 //!
 //! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config or
 //! token, 3 the coordinator could not be reached, 4 this node was removed
@@ -9,11 +10,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use skiff_agent::RunError;
 use skiff_agent::config::Config;
 use skiff_agent::identity::{self, IdentityError, JoinOptions, Joined};
-use skiff_agent::link::{self, LinkError, LinkOptions};
+use skiff_agent::link::LinkError;
 use skiff_shared::join::{JoinToken, names};
-use tokio_util::sync::CancellationToken;
+use skiff_shared::tasks::TaskTree;
 
 #[derive(Debug, Parser)]
 #[command(name = "skiff-agent", version, about = "The Skiff agent.")]
@@ -148,98 +150,32 @@ async fn run(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(2, e);
     }
-    let mut identity = match identity::Identity::load(&cfg.data_dir) {
-        Ok(i) => i,
-        Err(e @ IdentityError::NotJoined { .. }) => return fail(2, e),
-        Err(e) => return fail(1, e),
-    };
-    if let Some(c) = cfg.coordinator {
-        identity.node.coordinator = c;
-    }
-    // The last signed plan is enforced from the start, coordinator or not.
-    let stored = skiff_agent::plan::stored(&identity);
-    if let Some(plan) = &stored {
-        tracing::info!(generation = plan.generation, "Loaded the last signed plan.");
-    }
-    let (plans, plan_rx) = tokio::sync::watch::channel(stored);
-    let (observed, observed_rx) = tokio::sync::watch::channel(None);
-    tracing::info!(node = %identity.node.node_id, name = %identity.node.name, coordinator = %identity.node.coordinator, "Agent starting.");
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
+    let tree = TaskTree::root();
+    let signals = tree.clone();
+    tree.spawn("signals", async move {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        let term = async {
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending().await,
             }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            () = signals.cancelled() => return,
+            () = term => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-        stop.cancel();
+        signals.cancel();
     });
-    tokio::spawn(reconcile(
-        identity.node.node_id.clone(),
-        plan_rx,
-        observed,
-        identity.dir.clone(),
-        shutdown.clone(),
-    ));
-    match link::run(
-        identity,
-        LinkOptions::default(),
-        plans,
-        observed_rx,
-        shutdown,
-    )
-    .await
-    {
-        Ok(()) => {
-            tracing::info!("Agent stopped.");
-            ExitCode::SUCCESS
-        }
-        Err(e @ LinkError::Removed) => {
+    match skiff_agent::run(cfg, tree).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::Identity(e @ IdentityError::NotJoined { .. })) => fail(2, e),
+        Err(RunError::Link(e @ LinkError::Removed)) => {
             tracing::error!(error = %e, "Agent stopping.");
             fail(4, e)
         }
         Err(e) => fail(1, e),
     }
-}
-
-/// Connects to the Docker Engine (retrying until it answers, so the API
-/// version is negotiated with the engine that is really there), then keeps
-/// the host at the latest plan.
-async fn reconcile(
-    node_id: String,
-    plans: tokio::sync::watch::Receiver<Option<skiff_shared::signing::Plan>>,
-    observed: tokio::sync::watch::Sender<
-        Option<std::sync::Arc<skiff_shared::workload::ObservedState>>,
-    >,
-    data_dir: std::path::PathBuf,
-    shutdown: CancellationToken,
-) {
-    let mut said = false;
-    let docker = loop {
-        let attempt = match bollard::Docker::connect_with_local_defaults() {
-            Ok(d) => d.negotiate_version().await,
-            Err(e) => Err(e),
-        };
-        match attempt {
-            Ok(d) => break d,
-            Err(error) => {
-                if !said {
-                    tracing::warn!(error = %error, "Docker Engine unavailable; containers are reconciled once it answers.");
-                    said = true;
-                }
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-        }
-    };
-    let engine = skiff_agent::reconcile::docker::Engine::new(docker, node_id)
-        .with_secrets_from(&data_dir)
-        .with_registry_credentials_from(&data_dir);
-    skiff_agent::reconcile::run(engine, plans, observed, shutdown).await;
 }

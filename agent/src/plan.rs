@@ -1,12 +1,19 @@
-//! Signed plans: verified over the exact bytes received with the key
-//! pinned at join, then stored (fsync + rename) before they are acted on.
+//! Signed host plans: verified over the exact bytes received with the key
+//! pinned at join, every section parsed and checked by its controller,
+//! then stored (fsync + rename, 0600) before anything acts on them.
 
 use std::path::Path;
 
-use skiff_shared::files::{PUBLIC, write_atomic};
-use skiff_shared::signing::{self, Plan, PlanError, SignedPlan};
+use skiff_shared::files::{PRIVATE, write_atomic};
+use skiff_shared::plan::HostPlan;
+use skiff_shared::signing::{self, PlanError, SignedPlan};
 
+use crate::controller::Publish;
 use crate::identity::Identity;
+use crate::supervisor::Router;
+
+/// The stored plan's file in the data dir.
+const FILE: &str = "plan.json";
 
 /// Why a plan was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -15,14 +22,43 @@ pub enum AcceptError {
     Invalid(#[from] PlanError),
     #[error("plan generation {got} is older than the stored generation {have}")]
     Stale { got: u64, have: u64 },
-    #[error("plan lists container {0} more than once")]
-    Duplicate(String),
+    #[error("{0}")]
+    Section(String),
     #[error("cannot store the plan: {0}")]
     Store(std::io::Error),
 }
 
-/// Verifies a plan for this node and stores it.
-pub fn accept(identity: &Identity, signed: &SignedPlan) -> Result<Plan, AcceptError> {
+/// A plan that passed every check and is stored; [`Accepted::publish`]
+/// hands its sections to the controllers.
+#[must_use]
+pub struct Accepted {
+    pub plan: HostPlan,
+    steps: Vec<Publish>,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("generation", &self.plan.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Accepted {
+    pub fn publish(self) -> HostPlan {
+        for step in self.steps {
+            step();
+        }
+        self.plan
+    }
+}
+
+/// Verifies a plan for this node, has every section checked, and stores it.
+pub fn accept(
+    identity: &Identity,
+    router: &Router,
+    signed: &SignedPlan,
+) -> Result<Accepted, AcceptError> {
     let plan = signing::open(&identity.plan_key, signed, &identity.node.node_id)?;
     if let Some(have) = stored_generation(&identity.dir)
         && plan.generation < have
@@ -32,37 +68,32 @@ pub fn accept(identity: &Identity, signed: &SignedPlan) -> Result<Plan, AcceptEr
             have,
         });
     }
-    check(&plan)?;
+    let steps = router.prepare(&plan).map_err(AcceptError::Section)?;
     let bytes =
         serde_json::to_vec(signed).map_err(|e| AcceptError::Store(std::io::Error::other(e)))?;
-    write_atomic(&identity.dir.join("plan.json"), &bytes, PUBLIC).map_err(AcceptError::Store)?;
-    Ok(plan)
+    write_atomic(&identity.dir.join(FILE), &bytes, PRIVATE).map_err(AcceptError::Store)?;
+    Ok(Accepted { plan, steps })
 }
 
-/// Refuses a plan that names a container (key) twice.
-fn check(plan: &Plan) -> Result<(), AcceptError> {
-    let mut keys = std::collections::HashSet::new();
-    for c in &plan.containers {
-        if !keys.insert(c.key()) {
-            return Err(AcceptError::Duplicate(c.key()));
-        }
-    }
-    Ok(())
-}
-
-/// The stored plan, re-verified (a file edited on disk is not trusted).
-pub fn stored(identity: &Identity) -> Option<Plan> {
-    let bytes = std::fs::read(identity.dir.join("plan.json")).ok()?;
-    let signed: SignedPlan = serde_json::from_slice(&bytes).ok()?;
-    signing::open(&identity.plan_key, &signed, &identity.node.node_id).ok()
+/// The stored plan, re-verified (a file edited on disk is not trusted)
+/// and checked by the controllers, ready to publish.
+pub fn stored(identity: &Identity, router: &Router) -> Result<Option<Accepted>, AcceptError> {
+    let Ok(bytes) = std::fs::read(identity.dir.join(FILE)) else {
+        return Ok(None);
+    };
+    let signed: SignedPlan =
+        serde_json::from_slice(&bytes).map_err(|e| AcceptError::Invalid(PlanError::Payload(e)))?;
+    let plan = signing::open(&identity.plan_key, &signed, &identity.node.node_id)?;
+    let steps = router.prepare(&plan).map_err(AcceptError::Section)?;
+    Ok(Some(Accepted { plan, steps }))
 }
 
 /// Generation of the stored plan, without verifying it (for the hello only).
 pub fn stored_generation(dir: &Path) -> Option<u64> {
-    let bytes = std::fs::read(dir.join("plan.json")).ok()?;
+    let bytes = std::fs::read(dir.join(FILE)).ok()?;
     let signed: SignedPlan = serde_json::from_slice(&bytes).ok()?;
     let payload = base64_decode(&signed.payload)?;
-    serde_json::from_slice::<Plan>(&payload)
+    serde_json::from_slice::<HostPlan>(&payload)
         .ok()
         .map(|p| p.generation)
 }
@@ -70,33 +101,4 @@ pub fn stored_generation(dir: &Path) -> Option<u64> {
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plan_naming_a_container_twice_is_refused() {
-        let spec: skiff_shared::workload::ContainerSpec = serde_json::from_str(
-            r#"{"stack":"s","service":"web","slot":1,"revision":2,"image":"x"}"#,
-        )
-        .unwrap();
-        let mut plan = Plan {
-            node_id: "n".into(),
-            generation: 1,
-            issued_at_ms: 0,
-            containers: vec![spec.clone()],
-        };
-        assert!(check(&plan).is_ok());
-        let mut newer = spec.clone();
-        newer.revision = 3;
-        plan.containers.push(newer);
-        assert!(
-            check(&plan).is_ok(),
-            "two revisions of a slot side by side are fine"
-        );
-        plan.containers.push(spec);
-        assert!(matches!(check(&plan), Err(AcceptError::Duplicate(k)) if k == "s.web.1@2"));
-    }
 }

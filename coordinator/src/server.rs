@@ -39,6 +39,8 @@ pub enum ServerError {
     Random,
     #[error("{0}")]
     Secrets(#[from] crate::secrets::SecretError),
+    #[error("a stored plan cannot be encoded again: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// The agent binary to serve: the configured one, or `skiff-agent` beside
@@ -122,34 +124,38 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
             None
         }
     };
-    let secret_key = crate::secrets::SecretKey::load_or_create(&config.data_dir)?;
-    let plans = crate::state::PlanBook::default();
+    let secret_key = Arc::new(crate::secrets::SecretKey::load_or_create(&config.data_dir)?);
+    let store: Arc<dyn Store> = Arc::new(store);
+    let observed = Arc::new(crate::observed::ObservedBook::default());
+    let sections = crate::sections::Sections::new(&crate::sections::SectionHandles {
+        store: store.clone(),
+        secret_key: secret_key.clone(),
+        observed: observed.clone(),
+    });
+    let plans = crate::plans::PlanBook::new(Arc::new(sections));
     for row in store.node_plans().await? {
-        let generation = u64::try_from(row.generation).unwrap_or(1);
-        plans.publish(
-            &row.node_id,
-            crate::state::NodePlan {
-                generation,
-                containers: row.containers,
-            },
-        );
+        let node_id = row.node_id.clone();
+        if let Some(plan) = plans.restore(row).map_err(ServerError::Encode)? {
+            store
+                .put_node_plan(&crate::plans::row(&node_id, &plan), now_ms())
+                .await?;
+        }
     }
     Ok(Arc::new(AppState {
         config,
         identity,
-        store: Arc::new(store),
+        store,
         sessions: Sessions::default(),
         revoked: Arc::new(RwLock::new(revoked)),
         agent_binary,
         shutdown: CancellationToken::new(),
         metrics: Default::default(),
         plans,
-        observed: Default::default(),
+        observed,
         deploy_lock: Default::default(),
         rollouts: Default::default(),
         events: Default::default(),
         secret_key,
-        registry_changes: tokio::sync::watch::Sender::new(0),
         started_at_ms: now_ms(),
     }))
 }

@@ -30,116 +30,21 @@ pub struct AppState {
     /// Cancelled when the coordinator shuts down.
     pub shutdown: CancellationToken,
     pub metrics: LinkMetrics,
-    /// Every node's desired containers, pushed to its session when they change.
-    pub plans: PlanBook,
+    /// Every node's plan, pushed to its session when it changes.
+    pub plans: crate::plans::PlanBook,
     /// What each node last reported about its containers.
-    pub observed: ObservedBook,
+    pub observed: Arc<crate::observed::ObservedBook>,
     /// Held by a deploy or stack removal while it reads and rewrites node plans.
     pub deploy_lock: tokio::sync::Mutex<()>,
     /// Each stack's latest rolling update.
     pub rollouts: crate::deploy::rollout::RolloutBook,
     pub events: crate::events::EventLog,
-    pub secret_key: crate::secrets::SecretKey,
-    /// Bumped whenever registry credentials are set or removed: sessions
-    /// then send their agent the credentials its plan needs again.
-    pub registry_changes: tokio::sync::watch::Sender<u64>,
+    pub secret_key: Arc<crate::secrets::SecretKey>,
     /// When this coordinator process started (Unix ms). A host's grace
     /// period never ends before this plus the grace: agents need a moment
     /// to reconnect, and a coordinator outage must not make every host
     /// look lost.
     pub started_at_ms: i64,
-}
-
-/// The last observed state each agent reported, with when it arrived.
-#[derive(Debug, Default)]
-pub struct ObservedBook {
-    inner: Mutex<HashMap<String, (u64, Arc<skiff_shared::workload::ObservedState>)>>,
-}
-
-impl ObservedBook {
-    pub fn set(&self, node_id: &str, state: skiff_shared::workload::ObservedState) {
-        let mut map = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.insert(
-            node_id.to_owned(),
-            (skiff_shared::unix_millis(), Arc::new(state)),
-        );
-    }
-
-    /// The node's last report and its arrival time (Unix ms).
-    pub fn get(&self, node_id: &str) -> Option<(u64, Arc<skiff_shared::workload::ObservedState>)> {
-        let map = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(node_id).cloned()
-    }
-}
-
-/// A node's desired containers at a generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodePlan {
-    pub generation: u64,
-    pub containers: Vec<skiff_shared::workload::ContainerSpec>,
-}
-
-impl Default for NodePlan {
-    /// What a node gets before anything was decided for it.
-    fn default() -> Self {
-        Self {
-            generation: 1,
-            containers: Vec::new(),
-        }
-    }
-}
-
-/// The latest plan of each node, one watch channel per node: a session
-/// subscribes to its node's and sends each new plan as it is published;
-/// intermediate plans a slow agent missed are skipped, the latest wins.
-#[derive(Debug, Default)]
-pub struct PlanBook {
-    inner: Mutex<HashMap<String, tokio::sync::watch::Sender<Arc<NodePlan>>>>,
-}
-
-impl PlanBook {
-    fn sender(&self, node_id: &str) -> tokio::sync::watch::Sender<Arc<NodePlan>> {
-        let mut map = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(node_id.to_owned())
-            .or_insert_with(|| tokio::sync::watch::Sender::new(Arc::new(NodePlan::default())))
-            .clone()
-    }
-
-    /// The node's current plan, and a receiver that sees every later one.
-    pub fn subscribe(&self, node_id: &str) -> tokio::sync::watch::Receiver<Arc<NodePlan>> {
-        self.sender(node_id).subscribe()
-    }
-
-    /// The node's current plan.
-    pub fn get(&self, node_id: &str) -> Arc<NodePlan> {
-        self.sender(node_id).borrow().clone()
-    }
-
-    /// Nodes whose plan runs at least one container.
-    pub fn nodes_with_containers(&self) -> Vec<String> {
-        let map = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter()
-            .filter(|(_, tx)| !tx.borrow().containers.is_empty())
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// Publishes a node's new plan (already stored).
-    pub fn publish(&self, node_id: &str, plan: NodePlan) {
-        self.sender(node_id).send_replace(Arc::new(plan));
-    }
 }
 
 /// A monotonically increasing count.

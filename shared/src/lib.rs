@@ -4,16 +4,22 @@
 //! - [`protocol`]: the agent link's versioned JSON envelope and the messages
 //!   each side may send, with the size limits both sides enforce.
 //! - [`join`]: the join token format and the join request and response.
+//! - [`plan`]: the host plan, one section per agent subsystem, each with
+//!   its own generation.
+//! - [`sections`]: the sections: their names, capabilities and wire types
+//!   (desired state, reports, deliveries); one module per subsystem.
 //! - [`signing`]: ed25519 signing and verification of plans over the exact
 //!   bytes sent.
+//! - [`tasks`]: the task tree both daemons run their tasks in.
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
 //! - [`registry`]: the registry host of an image reference (as Docker
 //!   decides it), the check of a registry host, and the registry
 //!   credentials delivered to agents.
-//! - [`workload`]: the container specs a plan carries, and the labels the
-//!   agent puts on the containers it manages.
+//! - [`workload`]: the container specs the `containers` section carries,
+//!   the labels the agent puts on the containers it manages, and what it
+//!   reports about them.
 //!
 //! Types here are the wire format; each side converts them to its own
 //! internal types at the edge. Compose files (the stack model and parser,
@@ -23,9 +29,12 @@
 
 pub mod files;
 pub mod join;
+pub mod plan;
 pub mod protocol;
 pub mod registry;
+pub mod sections;
 pub mod signing;
+pub mod tasks;
 pub mod tls;
 pub mod workload;
 

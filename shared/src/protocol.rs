@@ -37,15 +37,9 @@ pub const CLOSE_REMOVED: u16 = 4403;
 /// A link with nothing received for this many heartbeat intervals is closed.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
-/// Capability: the agent verifies and stores signed plans.
-pub const CAP_PLANS: &str = "plans.v1";
-/// Capability: the agent renews its certificate over the link.
+/// Capability: the agent renews its certificate over the link. Every other
+/// capability is a plan section's ([`crate::sections::SectionKind::CAPABILITY`]).
 pub const CAP_CERT_RENEWAL: &str = "cert-renewal.v1";
-/// Capability: the agent reports its containers' observed state.
-pub const CAP_OBSERVED: &str = "observed.v1";
-/// Capability: the agent takes registry credentials for its image pulls
-/// ([`CoordinatorMessage::RegistryAuth`]).
-pub const CAP_REGISTRY_AUTH: &str = "registry-auth.v1";
 
 /// A message on the link.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,8 +67,9 @@ pub enum AgentMessage {
     RenewCertificate {
         csr_pem: String,
     },
-    /// The host's containers, sent on connect and whenever they change.
-    Observed(Box<crate::workload::ObservedState>),
+    /// A controller's observed state, sent on connect and whenever it
+    /// changes, only for sections whose capability both sides have.
+    Report(SectionMessage),
 }
 
 /// Messages a coordinator sends.
@@ -91,20 +86,44 @@ pub enum CoordinatorMessage {
         cert_pem: String,
         not_after_ms: u64,
     },
-    /// The host's desired state; the agent answers with an [`Ack`].
+    /// The host's desired state ([`crate::plan::HostPlan`], signed); the
+    /// agent answers with an [`Ack`] once it stored it.
     Plan(crate::signing::SignedPlan),
-    /// Values of the secrets the next plan's containers mount, sent just
-    /// before it. Never logged, never stored in the plan.
-    Secrets {
-        values: Vec<crate::workload::SecretValue>,
-    },
-    /// Credentials for the registries the next plan's images come from,
-    /// sent just before it (and again when they change), only to agents
-    /// with [`CAP_REGISTRY_AUTH`]. The list is complete: it replaces what
-    /// the agent held. Never logged, never stored in the plan.
-    RegistryAuth {
-        registries: Vec<crate::registry::RegistryCredential>,
-    },
+    /// Values a section's controller needs apart from the plan (secret
+    /// values, registry credentials), sent just before the plan that needs
+    /// them and again when they change. Never logged, never stored in the plan.
+    Deliver(SectionMessage),
+}
+
+/// A report or delivery for one plan section. The link routes it by
+/// `section` and never looks inside `body`: the section's controller
+/// parses it as its own type ([`crate::sections`]).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SectionMessage {
+    pub section: String,
+    pub body: serde_json::Value,
+}
+
+impl std::fmt::Debug for SectionMessage {
+    /// The section only: deliveries carry secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SectionMessage")
+            .field("section", &self.section)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SectionMessage {
+    /// A message of section kind `K`.
+    ///
+    /// # Errors
+    /// When `body` cannot be serialised.
+    pub fn of<K: crate::sections::SectionKind, T: Serialize>(body: &T) -> serde_json::Result<Self> {
+        Ok(Self {
+            section: K::NAME.to_owned(),
+            body: serde_json::to_value(body)?,
+        })
+    }
 }
 
 /// The agent's opening message.
@@ -210,7 +229,11 @@ pub fn decode<B: serde::de::DeserializeOwned>(text: &str) -> Result<Envelope<B>,
 }
 
 /// Encodes an envelope for sending.
-pub fn encode<B: Serialize>(id: u64, re: Option<u64>, body: &B) -> String {
+///
+/// # Errors
+/// When `body` cannot be serialised; never for the message types here,
+/// which hold no maps with non-string keys.
+pub fn encode<B: Serialize>(id: u64, re: Option<u64>, body: &B) -> serde_json::Result<String> {
     #[derive(Serialize)]
     struct Out<'a, B> {
         v: u32,
@@ -219,15 +242,12 @@ pub fn encode<B: Serialize>(id: u64, re: Option<u64>, body: &B) -> String {
         re: Option<u64>,
         body: &'a B,
     }
-    // Serializing these plain structs cannot fail: they hold no maps with
-    // non-string keys and no failing Serialize impls.
     serde_json::to_string(&Out {
         v: PROTOCOL_VERSION,
         id,
         re,
         body,
     })
-    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -241,7 +261,8 @@ mod tests {
             3,
             Some(2),
             &AgentMessage::Heartbeat(Heartbeat { sent_at_ms: 5 }),
-        );
+        )
+        .unwrap();
         let env: Envelope<AgentMessage> = decode(&text).unwrap();
         assert_eq!((env.id, env.re), (3, Some(2)));
         assert!(matches!(

@@ -7,27 +7,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::plan::HostPlan;
+
 /// A plan as sent: the payload bytes and the signature over them, both base64.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SignedPlan {
     pub payload: String,
     pub signature: String,
-}
-
-/// The desired state of one host. Later versions add containers, routes,
-/// DNS records, network peers and firewall policy; fields are added with
-/// defaults so older plans still parse.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Plan {
-    /// The node this plan is for; an agent refuses a plan for another node.
-    pub node_id: String,
-    /// Increases with every change of the node's desired state.
-    pub generation: u64,
-    /// Coordinator wall clock when the plan was signed, Unix milliseconds.
-    pub issued_at_ms: u64,
-    /// The complete set of containers the host should run.
-    #[serde(default)]
-    pub containers: Vec<crate::workload::ContainerSpec>,
 }
 
 /// Why a plan was refused.
@@ -66,9 +52,9 @@ pub fn verify(key: &VerifyingKey, signed: &SignedPlan) -> Result<Vec<u8>, PlanEr
 }
 
 /// Verifies, then parses, a plan meant for `node_id`.
-pub fn open(key: &VerifyingKey, signed: &SignedPlan, node_id: &str) -> Result<Plan, PlanError> {
+pub fn open(key: &VerifyingKey, signed: &SignedPlan, node_id: &str) -> Result<HostPlan, PlanError> {
     let bytes = verify(key, signed)?;
-    let plan: Plan = serde_json::from_slice(&bytes)?;
+    let plan: HostPlan = serde_json::from_slice(&bytes)?;
     if plan.node_id != node_id {
         return Err(PlanError::WrongNode {
             got: plan.node_id,
@@ -104,11 +90,11 @@ mod tests {
     use super::*;
 
     fn plan_bytes() -> Vec<u8> {
-        serde_json::to_vec(&Plan {
+        serde_json::to_vec(&HostPlan {
             node_id: "n1".into(),
             generation: 4,
             issued_at_ms: 1,
-            containers: vec![],
+            sections: Default::default(),
         })
         .unwrap()
     }

@@ -140,12 +140,21 @@ pub struct SecretMount {
     pub target: String,
 }
 
-/// A secret's value as delivered to an agent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A secret's value as delivered to an agent. `Debug` shows the digest
+/// only: the value never reaches a log.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretValue {
     pub digest: String,
     /// Base64 of the value.
     pub value: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(
@@ -239,12 +248,21 @@ impl ContainerSpec {
 
     /// A short digest of what the container runs (everything but the
     /// revision): equal fingerprints mean nothing needs replacing.
+    ///
+    /// Field order is fixed by the struct and maps are sorted, so the JSON
+    /// is canonical. A field added with `skip_serializing_if` at its
+    /// default keeps every existing fingerprint (a golden test pins one):
+    /// otherwise an agent upgrade would restart every container it runs.
     pub fn fingerprint(&self) -> String {
         let mut canonical = self.clone();
         canonical.revision = 0;
-        // Field order is fixed by the struct and maps are sorted, so the JSON is canonical.
-        let json = serde_json::to_vec(&canonical).unwrap_or_default();
-        hex::encode(&crate::sha256(&json)[..12])
+        let bytes = match serde_json::to_vec(&canonical) {
+            Ok(json) => json,
+            // Unreachable for these types (every map has string keys); the
+            // debug form still tells different specs apart, unlike a default.
+            Err(_) => format!("{canonical:?}").into_bytes(),
+        };
+        hex::encode(&crate::sha256(&bytes)[..12])
     }
 }
 
@@ -272,11 +290,10 @@ pub struct ContainerStatus {
     #[serde(default)]
     pub key: String,
     pub id: String,
-    /// Docker's state: `created`, `running`, `restarting`, `exited`, `dead`, `paused`.
-    pub state: String,
-    /// `starting`, `healthy` or `unhealthy` when the container has a health check.
+    pub state: ContainerState,
+    /// Set when the container has a health check (Docker's or the agent's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    pub health: Option<Health>,
     pub restart_count: u64,
     /// RFC 3339, as Docker reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -291,6 +308,100 @@ pub struct ContainerStatus {
     /// Fingerprint of the spec it was created from.
     #[serde(default)]
     pub spec: String,
+}
+
+/// A container's state, as the Docker Engine names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// A state this release does not know (a newer engine's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ContainerState {
+    /// The engine's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// From the engine's name; anything else is [`Self::Unknown`].
+    pub fn from_engine(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Exited or dead: it runs again only if its restart policy says so.
+    pub fn is_down(self) -> bool {
+        matches!(self, Self::Exited | Self::Dead)
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A container's health, from its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check has passed yet.
+    Starting,
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// From the engine's name; `none` and anything unknown are no health.
+    pub fn from_engine(s: &str) -> Option<Self> {
+        match s {
+            "starting" => Some(Self::Starting),
+            "healthy" => Some(Self::Healthy),
+            "unhealthy" => Some(Self::Unhealthy),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

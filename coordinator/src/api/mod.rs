@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use skiff_shared::join::{JoinToken, names};
+use skiff_shared::workload::ContainerState;
 use tracing::{info, warn};
 use utoipa::OpenApi;
 
@@ -354,8 +355,8 @@ async fn node_containers(
                 .map(|c| ContainerView {
                     name: c.name.clone(),
                     id: c.id.clone(),
-                    state: c.state.clone(),
-                    health: c.health.clone(),
+                    state: c.state.to_string(),
+                    health: c.health.map(|h| h.to_string()),
                     restart_count: c.restart_count,
                     started_at: c.started_at.clone(),
                     exit_code: c.exit_code,
@@ -498,6 +499,10 @@ impl From<crate::deploy::DeployError> for ApiError {
             E::Placement(_) => Self::new(StatusCode::CONFLICT, "unplaceable", e.to_string()),
             E::NoStack(ref name) => Self::not_found("stack", name),
             E::Store(s) => s.into(),
+            E::Encode(_) => {
+                warn!(error = %e, "A deploy failed to encode its plans.");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
         }
     }
 }
@@ -529,8 +534,8 @@ fn task_view(t: crate::deploy::Task) -> TaskView {
         image: t.image,
         state: o
             .as_ref()
-            .map_or_else(|| "pending".to_owned(), |o| o.state.clone()),
-        health: o.as_ref().and_then(|o| o.health.clone()),
+            .map_or_else(|| "pending".to_owned(), |o| o.state.to_string()),
+        health: o.as_ref().and_then(|o| o.health.map(|h| h.to_string())),
         restart_count: o.as_ref().map_or(0, |o| o.restart_count),
         exit_code: o.as_ref().and_then(|o| o.exit_code),
         ips: o.map(|o| o.ips).unwrap_or_default(),
@@ -573,7 +578,12 @@ async fn stack_view(state: &AppState, s: crate::store::StackRow) -> StackView {
         desired: slots.len(),
         running: tasks
             .iter()
-            .filter(|t| t.up_to_date && t.observed.as_ref().is_some_and(|o| o.state == "running"))
+            .filter(|t| {
+                t.up_to_date
+                    && t.observed
+                        .as_ref()
+                        .is_some_and(|o| o.state == ContainerState::Running)
+            })
             .count(),
         name: s.name,
         release: s.current_release,
@@ -906,7 +916,7 @@ async fn set_registry(
         ),
         RegistryError::Store(e) => e.into(),
     })?;
-    state.registry_changes.send_modify(|n| *n += 1);
+    state.plans.sections().deliveries_changed();
     info!(registry = %row.host, username = %row.username, "Registry credentials set.");
     state.events.emit(
         "registry_login",
@@ -943,7 +953,7 @@ async fn remove_registry(
         .remove_registry(&host)
         .await?
         .ok_or_else(|| ApiError::not_found("registry credentials for", &host))?;
-    state.registry_changes.send_modify(|n| *n += 1);
+    state.plans.sections().deliveries_changed();
     info!(registry = %row.host, "Registry credentials removed.");
     state.events.emit(
         "registry_logout",

@@ -14,8 +14,9 @@ use skiff_compose::stack::Stack;
 use skiff_shared::workload::ContainerSpec;
 use tracing::info;
 
+use crate::plans::NodePlan;
 use crate::scheduler::{self, Host, HostStatus, Placement, Resources, Slot};
-use crate::state::{AppState, NodePlan, now_ms};
+use crate::state::{AppState, now_ms};
 use crate::store::StoreError;
 
 pub mod resolve;
@@ -38,6 +39,8 @@ pub enum DeployError {
     NoStack(String),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("a plan or release cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// One change a deploy makes, for dry runs and progress.
@@ -185,7 +188,7 @@ pub async fn deploy_defs(
             warnings,
         });
     }
-    let services = serde_json::to_string(&defs).unwrap_or_default();
+    let services = serde_json::to_string(&defs)?;
     let release = state
         .store
         .insert_release(name, compose, &services, now_ms())
@@ -491,32 +494,28 @@ fn port_taken<'a>(
     })
 }
 
-/// Stores and publishes new node plans.
-async fn apply(state: &AppState, new_plans: NodePlans) -> Result<(), StoreError> {
+/// Builds, stores and publishes the plans of nodes whose containers change.
+async fn apply(state: &AppState, new_plans: NodePlans) -> Result<(), DeployError> {
     for (node, containers) in new_plans {
-        let generation = state
+        let Some(plan) = state.plans.next(&node, containers)? else {
+            continue;
+        };
+        state
             .store
-            .put_node_plan(&node, &containers, now_ms())
+            .put_node_plan(&crate::plans::row(&node, &plan), now_ms())
             .await?;
-        let generation = u64::try_from(generation).unwrap_or(1);
-        state.plans.publish(
-            &node,
-            NodePlan {
-                generation,
-                containers,
-            },
-        );
+        state.plans.publish(&node, plan);
     }
     Ok(())
 }
 
-/// Changes one node's plan in place (under the deploy lock), storing and
-/// publishing it if it changed.
+/// Changes one node's containers in place (under the deploy lock),
+/// storing and publishing its plan if they changed.
 pub async fn edit_node_plan(
     state: &AppState,
     node_id: &str,
     edit: impl FnOnce(&mut Vec<ContainerSpec>),
-) -> Result<(), StoreError> {
+) -> Result<(), DeployError> {
     let _guard = state.deploy_lock.lock().await;
     let current = state.plans.get(node_id);
     let mut containers = current.containers.clone();

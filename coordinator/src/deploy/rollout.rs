@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use skiff_shared::workload::ContainerSpec;
+use skiff_shared::workload::{ContainerSpec, ContainerState, Health};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -403,7 +403,7 @@ async fn replace_batch(
     policy: &UpdatePolicy,
     token: &CancellationToken,
 ) -> Result<(), Stop> {
-    let store_err = |e: crate::store::StoreError| Stop::Failed(e.to_string());
+    let store_err = |e: super::DeployError| Stop::Failed(e.to_string());
     for u in batch {
         let (old_key, new) = (u.old.key(), u.new.clone());
         let start_first = policy.start_first;
@@ -498,7 +498,7 @@ fn check(
     t: Target<'_>,
     c: &skiff_shared::workload::ContainerStatus,
 ) -> Result<bool, String> {
-    let exited = c.state == "exited" || c.state == "dead";
+    let exited = c.state.is_down();
     let code = || {
         c.exit_code
             .map_or_else(|| "?".to_owned(), |c| c.to_string())
@@ -514,11 +514,11 @@ fn check(
     if exited {
         return Err(format!("{} exited (code {})", who(), code()));
     }
-    let health = c.health.as_deref();
-    if want != Want::Started && health == Some("unhealthy") {
+    let health = c.health;
+    if want != Want::Started && health == Some(Health::Unhealthy) {
         return Err(format!("{} is unhealthy", who()));
     }
-    let running = c.state == "running";
+    let running = c.state == ContainerState::Running;
     Ok(match want {
         Want::Started => running,
         Want::Healthy if running && health.is_none() => {
@@ -527,8 +527,8 @@ fn check(
                 who()
             ));
         }
-        Want::Healthy => running && health == Some("healthy"),
-        Want::Ready | Want::Completed => running && health.is_none_or(|h| h == "healthy"),
+        Want::Healthy => running && health == Some(Health::Healthy),
+        Want::Ready | Want::Completed => running && health.is_none_or(|h| h == Health::Healthy),
     })
 }
 
@@ -622,8 +622,8 @@ mod tests {
             name: "s.db.1".into(),
             key: "s.db.1@1".into(),
             id: "c1".into(),
-            state: state.into(),
-            health: health.map(str::to_owned),
+            state: ContainerState::from_engine(state),
+            health: health.and_then(Health::from_engine),
             restart_count: 0,
             started_at: None,
             exit_code,

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use skiff_shared::plan::HostPlan;
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CAP_REGISTRY_AUTH,
-    CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello, LINK_PATH, MAX_FRAME_BYTES,
-    MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION, Welcome,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
+    LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
+    SectionMessage, Welcome,
 };
-use skiff_shared::signing::{self, Plan};
+use skiff_shared::signing;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -23,7 +24,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::state::{AppState, NodePlan, SessionInfo, now_ms};
+use crate::plans::NodePlan;
+use crate::state::{AppState, SessionInfo, now_ms};
 use tokio::sync::watch;
 
 /// Time an agent has to send its hello after the WebSocket opens.
@@ -123,11 +125,11 @@ struct Session {
     next_id: u64,
     /// The id of the plan message awaiting an ack, with its generation.
     pending_plan: Option<(u64, u64)>,
-    /// Whether the agent takes registry credentials.
-    registry_auth: bool,
-    /// The registry credentials last sent on this connection; `None`
-    /// until the first are sent (always, to replace what the agent kept).
-    sent_registries: Option<Vec<skiff_shared::registry::RegistryCredential>>,
+    /// Capabilities both sides have.
+    capabilities: Vec<String>,
+    /// The deliveries last sent on this connection, by section: sent again
+    /// only when they change.
+    sent: std::collections::HashMap<&'static str, Vec<serde_json::Value>>,
 }
 
 /// How a session ended, for the log.
@@ -145,8 +147,8 @@ impl Session {
             conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
             next_id: 0,
             pending_plan: None,
-            registry_auth: false,
-            sent_registries: None,
+            capabilities: Vec::new(),
+            sent: std::collections::HashMap::new(),
         }
     }
 
@@ -165,8 +167,9 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let id = self.next_id();
-        ws.send(Message::text(protocol::encode(id, re, body)))
-            .await?;
+        let text =
+            protocol::encode(id, re, body).map_err(|e| WsError::Io(std::io::Error::other(e)))?;
+        ws.send(Message::text(text)).await?;
         Ok(id)
     }
 
@@ -217,14 +220,16 @@ impl Session {
             .await;
             return;
         }
-        let ours = [CAP_PLANS, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_REGISTRY_AUTH];
+        let sections = self.state.plans.sections().clone();
         let capabilities: Vec<String> = hello
             .capabilities
             .iter()
-            .filter(|c| ours.contains(&c.as_str()))
+            .filter(|c| {
+                c.as_str() == CAP_CERT_RENEWAL || sections.iter().any(|s| s.capability() == *c)
+            })
             .cloned()
             .collect();
-        self.registry_auth = capabilities.iter().any(|c| c == CAP_REGISTRY_AUTH);
+        self.capabilities = capabilities.clone();
         let interval = self.state.config.heartbeat_interval;
         let welcome = CoordinatorMessage::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -235,9 +240,10 @@ impl Session {
         });
         let end = match self.send(&mut ws, Some(hello_id), &welcome).await {
             Ok(_) => {
-                let plans = capabilities
+                // Agents that run no section get no plans.
+                let plans = sections
                     .iter()
-                    .any(|c| c == CAP_PLANS)
+                    .any(|s| self.has(s.capability()))
                     .then(|| self.state.plans.subscribe(&self.node_id));
                 self.serve(&mut ws, &close, interval, plans).await
             }
@@ -280,28 +286,35 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the agent announced `capability` (and this side has it).
+    fn has(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+
+    /// Sends the deliveries the plan's sections need, then the plan with
+    /// the sections the agent runs, signed over its exact bytes.
     async fn send_plan<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         plan: &NodePlan,
-    ) -> Result<(), WsError>
+    ) -> Result<(), SendError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let wire = Plan {
+        self.send_deliveries(ws, plan).await?;
+        let sections = self.state.plans.sections().clone();
+        let wire = HostPlan {
             node_id: self.node_id.clone(),
             generation: plan.generation,
             issued_at_ms: skiff_shared::unix_millis(),
-            containers: plan.containers.clone(),
+            sections: plan
+                .sections
+                .iter()
+                .filter(|(name, _)| sections.get(name).is_some_and(|s| self.has(s.capability())))
+                .map(|(name, section)| (name.clone(), section.clone()))
+                .collect(),
         };
-        // The secrets this host's containers mount go first, and only to it.
-        let values = self.secret_values(&plan.containers).await;
-        if !values.is_empty() {
-            self.send(ws, None, &CoordinatorMessage::Secrets { values })
-                .await?;
-        }
-        self.send_registry_auth(ws, &plan.containers).await?;
-        let bytes = serde_json::to_vec(&wire).unwrap_or_default();
+        let bytes = serde_json::to_vec(&wire)?;
         let signed = signing::sign(&self.state.identity.plan_key, &bytes);
         let id = self
             .send(ws, None, &CoordinatorMessage::Plan(signed))
@@ -310,98 +323,36 @@ impl Session {
         Ok(())
     }
 
-    /// Sends the credentials of the registries the containers' images come
-    /// from, when the agent takes them and they differ from what was last
-    /// sent on this connection.
-    async fn send_registry_auth<S>(
+    /// Sends each section's deliveries for `plan`, to agents that run the
+    /// section, when they differ from what was last sent on this connection.
+    async fn send_deliveries<S>(
         &mut self,
         ws: &mut WebSocketStream<S>,
-        containers: &[skiff_shared::workload::ContainerSpec],
-    ) -> Result<(), WsError>
+        plan: &NodePlan,
+    ) -> Result<(), SendError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if !self.registry_auth {
-            return Ok(());
-        }
-        let registries = match crate::registries::credentials_for(
-            self.state.store.as_ref(),
-            &self.state.secret_key,
-            containers.iter().map(|c| c.image.as_str()),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(error) => {
-                // The agent keeps what it has; the next plan or change retries.
-                warn!(error = %error, "Reading registry credentials failed.");
-                return Ok(());
+        let sections = self.state.plans.sections().clone();
+        for section in sections.iter() {
+            if !self.has(section.capability()) || !plan.sections.contains_key(section.name()) {
+                continue;
             }
-        };
-        if self.sent_registries.as_ref() == Some(&registries) {
-            return Ok(());
+            let deliveries = section.deliveries(&self.node_id, &plan.containers).await?;
+            if self.sent.get(section.name()) == Some(&deliveries) {
+                continue;
+            }
+            for body in &deliveries {
+                let msg = CoordinatorMessage::Deliver(SectionMessage {
+                    section: section.name().to_owned(),
+                    body: body.clone(),
+                });
+                self.send(ws, None, &msg).await?;
+            }
+            debug!(section = section.name(), "Deliveries sent.");
+            self.sent.insert(section.name(), deliveries);
         }
-        debug!(
-            registries = registries.len(),
-            "Sending registry credentials."
-        );
-        self.send(
-            ws,
-            None,
-            &CoordinatorMessage::RegistryAuth {
-                registries: registries.clone(),
-            },
-        )
-        .await?;
-        self.sent_registries = Some(registries);
         Ok(())
-    }
-
-    /// Opens the secrets the containers mount; one that cannot be opened
-    /// is left out (the agent then reports the container as not startable).
-    async fn secret_values(
-        &self,
-        containers: &[skiff_shared::workload::ContainerSpec],
-    ) -> Vec<skiff_shared::workload::SecretValue> {
-        use base64::Engine as _;
-        let mut out: Vec<skiff_shared::workload::SecretValue> = Vec::new();
-        for c in containers {
-            for m in &c.secrets {
-                if out.iter().any(|v| v.digest == m.digest) {
-                    continue;
-                }
-                let version = i64::try_from(m.version).unwrap_or(0);
-                let sealed = match self
-                    .state
-                    .store
-                    .sealed_secret(&c.stack, &m.name, version)
-                    .await
-                {
-                    Ok(Some(s)) => s,
-                    Ok(None) => {
-                        warn!(stack = %c.stack, secret = %m.name, version, "A planned secret version is not in the store.");
-                        continue;
-                    }
-                    Err(error) => {
-                        warn!(error = %error, "Reading a secret failed.");
-                        continue;
-                    }
-                };
-                match self.state.secret_key.open(
-                    &crate::secrets::context(&c.stack, &m.name, version),
-                    &sealed,
-                ) {
-                    Ok(value) => out.push(skiff_shared::workload::SecretValue {
-                        digest: m.digest.clone(),
-                        value: base64::engine::general_purpose::STANDARD.encode(value),
-                    }),
-                    Err(error) => {
-                        warn!(stack = %c.stack, secret = %m.name, error = %error, "A secret cannot be opened.")
-                    }
-                }
-            }
-        }
-        out
     }
 
     async fn serve<S>(
@@ -415,8 +366,8 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         // Subscribed before the first plan goes out, so that no change of
-        // credentials falls between the two.
-        let mut registry_changes = self.state.registry_changes.subscribe();
+        // deliveries falls between the two.
+        let mut delivery_changes = self.state.plans.sections().watch_deliveries();
         if let Some(rx) = plans.as_mut() {
             let plan = rx.borrow_and_update().clone();
             if let Err(error) = self.send_plan(ws, &plan).await {
@@ -451,13 +402,13 @@ impl Session {
                 () = self.state.shutdown.cancelled() => {
                     return End::Closed(CloseCode::Away, "coordinator shutting down".into());
                 }
-                changed = registry_changes.changed(), if self.registry_auth && plans.is_some() => {
+                changed = delivery_changes.changed(), if plans.is_some() => {
                     if changed.is_err() {
                         return End::Closed(CloseCode::Away, "coordinator shutting down".into());
                     }
                     let plan = self.state.plans.get(&self.node_id);
-                    if let Err(error) = self.send_registry_auth(ws, &plan.containers).await {
-                        return End::Quiet(format!("sending registry credentials failed: {error}"));
+                    if let Err(error) = self.send_deliveries(ws, &plan).await {
+                        return End::Quiet(format!("sending deliveries failed: {error}"));
                     }
                 }
                 _ = tick.tick() => {
@@ -527,9 +478,28 @@ impl Session {
                 }
                 Ok(())
             }
-            AgentMessage::Observed(observed) => {
-                self.state.observed.set(&self.node_id, *observed);
-                Ok(())
+            AgentMessage::Report(report) => {
+                let section = self
+                    .state
+                    .plans
+                    .sections()
+                    .get(&report.section)
+                    .filter(|s| self.has(s.capability()))
+                    .cloned();
+                let Some(section) = section else {
+                    self.state.metrics.malformed.inc();
+                    return Err(End::Closed(
+                        CloseCode::Protocol,
+                        format!(
+                            "a report for section {:?}, which this link does not carry",
+                            report.section
+                        ),
+                    ));
+                };
+                section.report(&self.node_id, report.body).map_err(|why| {
+                    self.state.metrics.malformed.inc();
+                    End::Closed(CloseCode::Invalid, why)
+                })
             }
             AgentMessage::RenewCertificate { csr_pem } => {
                 let reply = self.renew(&csr_pem).await;
@@ -657,6 +627,15 @@ impl Session {
             debug!(error = %error, "Recording last-seen failed.");
         }
     }
+}
+
+/// Why a plan or delivery could not be sent.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Ws(#[from] WsError),
+    #[error("encoding it failed: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// Waits for the node's plan to change; never, for agents without plans.

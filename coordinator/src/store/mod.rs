@@ -22,6 +22,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    #[error("a value cannot be encoded for the store: {0}")]
+    Encode(serde_json::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -64,13 +66,15 @@ pub struct NodeRow {
     pub removed_at: Option<i64>,
 }
 
-/// A node's desired containers. Nodes without a row have generation 1 and
-/// no containers (the plan every node gets when it first connects).
+/// A node's plan: its containers and the sections built from them. Nodes
+/// without a row have generation 1 and no containers (the plan every node
+/// gets when it first connects).
 #[derive(Debug, Clone)]
 pub struct NodePlanRow {
     pub node_id: String,
     pub generation: i64,
     pub containers: Vec<skiff_shared::workload::ContainerSpec>,
+    pub sections: std::collections::BTreeMap<String, skiff_shared::plan::Section>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +133,7 @@ pub enum JoinRefusal {
 
 /// The coordinator's persistent state.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
 
@@ -169,13 +173,8 @@ pub trait Store: Send + Sync + 'static {
     async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()>;
     async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()>;
     async fn node_plans(&self) -> Result<Vec<NodePlanRow>>;
-    /// Replaces a node's desired containers; returns the new generation.
-    async fn put_node_plan(
-        &self,
-        node_id: &str,
-        containers: &[skiff_shared::workload::ContainerSpec],
-        now: i64,
-    ) -> Result<i64>;
+    /// Replaces a node's plan.
+    async fn put_node_plan(&self, plan: &NodePlanRow, now: i64) -> Result<()>;
     /// Records a new release of `stack` (creating or reviving the stack) and
     /// makes it current; returns its number.
     async fn insert_release(

@@ -15,7 +15,6 @@ use super::{
     ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow, Result,
     SecretRow, StackRow, Store, StoreError,
 };
-use skiff_shared::workload::ContainerSpec;
 
 /// Versioned migrations, embedded in the binary. Append only.
 fn migrator() -> Migrator {
@@ -54,6 +53,11 @@ fn migrator() -> Migrator {
             6,
             "registries",
             include_str!("../../migrations/0006_registries.sql"),
+        ),
+        m(
+            7,
+            "plan sections",
+            include_str!("../../migrations/0007_plan_sections.sql"),
         ),
     ])
 }
@@ -96,8 +100,8 @@ impl SqliteStore {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(StoreError::Encode)
 }
 
 fn node_from_row(r: &SqliteRow) -> Result<NodeRow> {
@@ -278,8 +282,8 @@ impl Store for SqliteStore {
         )
         .bind(&node.id)
         .bind(&node.name)
-        .bind(json(&node.labels))
-        .bind(json(&node.facts))
+        .bind(json(&node.labels)?)
+        .bind(json(&node.facts)?)
         .bind(&node.agent_version)
         .bind(&node.remote_addr)
         .bind(node.joined_at)
@@ -322,7 +326,7 @@ impl Store for SqliteStore {
             "UPDATE nodes SET facts = ?, agent_version = ?, remote_addr = ?, last_seen_at = ? \
              WHERE id = ?",
         )
-        .bind(json(facts))
+        .bind(json(facts)?)
         .bind(agent_version)
         .bind(remote_addr)
         .bind(now)
@@ -347,7 +351,7 @@ impl Store for SqliteStore {
 
     async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool> {
         let done = sqlx::query("UPDATE nodes SET labels = ? WHERE id = ? AND removed_at IS NULL")
-            .bind(json(labels))
+            .bind(json(labels)?)
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -375,40 +379,40 @@ impl Store for SqliteStore {
     }
 
     async fn node_plans(&self) -> Result<Vec<NodePlanRow>> {
-        let rows = sqlx::query("SELECT node_id, generation, containers FROM node_plans")
+        let rows = sqlx::query("SELECT node_id, generation, containers, sections FROM node_plans")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
                 let containers: String = r.try_get("containers")?;
+                let sections: String = r.try_get("sections")?;
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("node plan: {e}"));
                 Ok(NodePlanRow {
                     node_id: r.try_get("node_id")?,
                     generation: r.try_get("generation")?,
-                    containers: serde_json::from_str(&containers)
-                        .map_err(|e| StoreError::Corrupt(format!("node plan: {e}")))?,
+                    containers: serde_json::from_str(&containers).map_err(corrupt)?,
+                    sections: serde_json::from_str(&sections).map_err(corrupt)?,
                 })
             })
             .collect()
     }
 
-    async fn put_node_plan(
-        &self,
-        node_id: &str,
-        containers: &[ContainerSpec],
-        now: i64,
-    ) -> Result<i64> {
-        let generation: i64 = sqlx::query_scalar(
-            "INSERT INTO node_plans (node_id, generation, containers, updated_at) VALUES (?, 2, ?, ?) \
-             ON CONFLICT (node_id) DO UPDATE SET generation = node_plans.generation + 1, \
-             containers = excluded.containers, updated_at = excluded.updated_at \
-             RETURNING generation",
+    async fn put_node_plan(&self, plan: &NodePlanRow, now: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO node_plans (node_id, generation, containers, sections, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET generation = excluded.generation, \
+             containers = excluded.containers, sections = excluded.sections, \
+             updated_at = excluded.updated_at",
         )
-        .bind(node_id)
-        .bind(json(&containers))
+        .bind(&plan.node_id)
+        .bind(plan.generation)
+        .bind(json(&plan.containers)?)
+        .bind(json(&plan.sections)?)
         .bind(now)
-        .fetch_one(&self.pool)
+        .execute(&self.pool)
         .await?;
-        Ok(generation)
+        Ok(())
     }
 
     async fn insert_release(
@@ -722,7 +726,25 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.stacks().await.unwrap()[0].current_release, 2);
-        assert_eq!(store.put_node_plan("n1", &[], 1).await.unwrap(), 2);
-        assert_eq!(store.put_node_plan("n1", &[], 2).await.unwrap(), 3);
+        let mut plan = crate::store::NodePlanRow {
+            node_id: "n1".into(),
+            generation: 2,
+            containers: vec![],
+            sections: [(
+                "networks".to_owned(),
+                skiff_shared::plan::Section {
+                    generation: 2,
+                    body: serde_json::json!({"networks": []}),
+                },
+            )]
+            .into(),
+        };
+        store.put_node_plan(&plan, 1).await.unwrap();
+        plan.generation = 3;
+        store.put_node_plan(&plan, 2).await.unwrap();
+        let stored = store.node_plans().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].generation, 3);
+        assert_eq!(stored[0].sections, plan.sections);
     }
 }

@@ -42,11 +42,14 @@ use skiff_coordinator::api::types::{ClusterView, CreateJoinToken, CreatedJoinTok
 use skiff_coordinator::client::Client;
 use skiff_shared::files::{PRIVATE, create_private_dir, write_atomic};
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken};
+use skiff_shared::protocol::SectionMessage;
 use skiff_shared::protocol::{
-    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CAP_OBSERVED, CAP_PLANS, CLOSE_REMOVED,
-    CoordinatorMessage, Heartbeat, Hello, HostFacts, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES,
-    MISSED_HEARTBEATS, PROTOCOL_VERSION,
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
+    HostFacts, LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
 };
+use skiff_shared::sections::SectionKind;
+use skiff_shared::sections::containers::Containers;
+use skiff_shared::sections::networks::Networks;
 use skiff_shared::tls::{
     certs_from_pem, fingerprint, join_client_config, key_from_pem, link_client_config,
     server_name_of,
@@ -702,14 +705,14 @@ async fn connect(
         protocol_versions: vec![PROTOCOL_VERSION],
         agent_version: skiff_shared::VERSION.to_owned(),
         capabilities: vec![
-            CAP_PLANS.to_owned(),
             CAP_CERT_RENEWAL.to_owned(),
-            CAP_OBSERVED.to_owned(),
+            Containers::CAPABILITY.to_owned(),
+            Networks::CAPABILITY.to_owned(),
         ],
         facts,
         plan_generation,
     }));
-    ws.send(Message::text(protocol::encode(1, None, &hello)))
+    ws.send(frame(1, None, &hello).map_err(failed)?)
         .await
         .map_err(|e| failed(format!("sending hello: {e}")))?;
     let welcome = match tokio::time::timeout(shared.link.connect_timeout, ws.next()).await {
@@ -736,7 +739,10 @@ async fn connect(
     Ok(Welcomed {
         ws,
         interval: Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
-        report: welcome.capabilities.iter().any(|c| c == CAP_OBSERVED),
+        report: welcome
+            .capabilities
+            .iter()
+            .any(|c| c == Containers::CAPABILITY),
     })
 }
 
@@ -749,15 +755,25 @@ struct Welcomed {
     report: bool,
 }
 
+/// A text frame holding one envelope.
+fn frame<B: serde::Serialize>(id: u64, re: Option<u64>, body: &B) -> Result<Message, String> {
+    protocol::encode(id, re, body)
+        .map(Message::text)
+        .map_err(|e| format!("encoding a message: {e}"))
+}
+
 /// What an empty host reports once it has converged to `plan_generation`:
 /// the simulated agents run no containers.
-fn observed(plan_generation: Option<u64>) -> AgentMessage {
-    AgentMessage::Observed(Box::new(ObservedState {
+fn observed(plan_generation: Option<u64>) -> Result<AgentMessage, String> {
+    let report = ObservedState {
         plan_generation: plan_generation.unwrap_or(0),
         containers: Vec::new(),
         error: None,
         images: Vec::new(),
-    }))
+    };
+    SectionMessage::of::<Containers, _>(&report)
+        .map(AgentMessage::Report)
+        .map_err(|e| format!("encoding a report: {e}"))
 }
 
 /// Holds one link as the agent does: heartbeat on every tick, answer
@@ -778,8 +794,11 @@ async fn hold(
     if link.report {
         // The agent reports its last observed state as soon as it is welcomed.
         next_id += 1;
-        let msg = protocol::encode(next_id, None, &observed(*plan_generation));
-        if let Err(e) = ws.send(Message::text(msg)).await {
+        let msg = match observed(*plan_generation).and_then(|m| frame(next_id, None, &m)) {
+            Ok(m) => m,
+            Err(e) => return End::Lost(e),
+        };
+        if let Err(e) = ws.send(msg).await {
             return End::Lost(format!("sending observed state failed: {e}"));
         }
     }
@@ -795,7 +814,11 @@ async fn hold(
                 }
                 next_id += 1;
                 let hb = AgentMessage::Heartbeat(Heartbeat { sent_at_ms: skiff_shared::unix_millis() });
-                if let Err(e) = ws.send(Message::text(protocol::encode(next_id, None, &hb))).await {
+                let hb = match frame(next_id, None, &hb) {
+                    Ok(m) => m,
+                    Err(e) => return End::Lost(e),
+                };
+                if let Err(e) = ws.send(hb).await {
                     return End::Lost(format!("sending a heartbeat failed: {e}"));
                 }
                 shared.heartbeats.fetch_add(1, Ordering::Relaxed);
@@ -830,15 +853,22 @@ async fn hold(
                         Err(e) => (Ack::err(e.to_string()), false),
                     };
                     next_id += 1;
-                    if let Err(e) = ws.send(Message::text(protocol::encode(next_id, Some(env.id), &AgentMessage::Ack(ack)))).await {
+                    let ack = match frame(next_id, Some(env.id), &AgentMessage::Ack(ack)) {
+                        Ok(m) => m,
+                        Err(e) => return End::Lost(e),
+                    };
+                    if let Err(e) = ws.send(ack).await {
                         return End::Lost(format!("sending an ack failed: {e}"));
                     }
                     shared.plans.fetch_add(1, Ordering::Relaxed);
                     if accepted && link.report {
                         // An empty host converges at once and reports it.
                         next_id += 1;
-                        let msg = protocol::encode(next_id, None, &observed(*plan_generation));
-                        if let Err(e) = ws.send(Message::text(msg)).await {
+                        let msg = match observed(*plan_generation).and_then(|m| frame(next_id, None, &m)) {
+                            Ok(m) => m,
+                            Err(e) => return End::Lost(e),
+                        };
+                        if let Err(e) = ws.send(msg).await {
                             return End::Lost(format!("sending observed state failed: {e}"));
                         }
                     }

@@ -7,9 +7,8 @@ use bollard::Docker;
 use bollard::query_parameters::{
     CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions,
 };
-use skiff_agent::reconcile::docker::Engine;
-use skiff_agent::reconcile::{State, reconcile_once};
-use skiff_shared::signing::Plan;
+use skiff_agent::containers::{Engine, State, reconcile_once};
+use skiff_shared::sections::containers::ContainersSection;
 use skiff_shared::workload::{ContainerSpec, PortSpec, Protocol, ResourceSpec, RestartSpec};
 use skiff_tests::cluster::free_port;
 use skiff_tests::image::{docker, ensure_test_image};
@@ -43,13 +42,8 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
     }
 }
 
-fn plan(node: &str, generation: u64, containers: Vec<ContainerSpec>) -> Plan {
-    Plan {
-        node_id: node.into(),
-        generation,
-        issued_at_ms: 0,
-        containers,
-    }
+fn plan(_node: &str, _generation: u64, containers: Vec<ContainerSpec>) -> ContainersSection {
+    ContainersSection { containers }
 }
 
 /// Removes every container the test made, however it ends.

@@ -168,7 +168,7 @@ async fn raw_link(
         facts: Default::default(),
         plan_generation: None,
     }));
-    ws.send(Message::text(protocol::encode(1, None, &hello)))
+    ws.send(Message::text(protocol::encode(1, None, &hello).unwrap()))
         .await
         .unwrap();
     match ws.next().await {

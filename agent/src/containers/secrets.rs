@@ -1,13 +1,14 @@
 //! Secret values delivered by the coordinator, stored by digest in the data
 //! dir (`secrets/<sha256>`, directory 0700) and bind-mounted read-only into
 //! the containers whose spec names them. A value whose SHA-256 is not its
-//! digest is refused; files no plan needs any more are removed.
+//! digest is refused. Files no container mounts any more are removed by
+//! the controller's diff ([`super::diff`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use skiff_shared::workload::{ContainerSpec, SecretValue};
+use skiff_shared::workload::SecretValue;
 
 /// Files are readable by the container's user whatever its uid; the 0700
 /// directory keeps other users of the host out.
@@ -49,24 +50,24 @@ pub fn store(data_dir: &Path, values: &[SecretValue]) -> Result<usize, SecretErr
     Ok(stored)
 }
 
-/// Removes stored secrets no container of `containers` mounts; `dir` is
-/// the secret store ([`dir`]).
-pub fn prune(dir: &Path, containers: &[ContainerSpec]) -> std::io::Result<()> {
-    let wanted: BTreeSet<&str> = containers
-        .iter()
-        .flat_map(|c| c.secrets.iter().map(|s| s.digest.as_str()))
-        .collect();
+/// The digests of the stored secrets; `dir` is the secret store ([`dir`]).
+pub fn stored(dir: &Path) -> BTreeSet<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+        return BTreeSet::new();
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if !name.starts_with('.') && !wanted.contains(name.as_ref()) {
-            std::fs::remove_file(e.path())?;
-        }
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|name| !name.starts_with('.'))
+        .collect()
+}
+
+/// Removes one stored secret; one already gone is fine.
+pub fn remove(dir: &Path, digest: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(digest)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -95,7 +96,9 @@ mod tests {
             store(data.path(), &[forged]),
             Err(SecretError::Digest(_))
         ));
-        prune(&dir(data.path()), &[]).unwrap();
-        assert!(!dir(data.path()).join(&digest).exists());
+        assert_eq!(stored(&dir(data.path())), [digest.clone()].into());
+        remove(&dir(data.path()), &digest).unwrap();
+        remove(&dir(data.path()), &digest).unwrap();
+        assert!(stored(&dir(data.path())).is_empty());
     }
 }

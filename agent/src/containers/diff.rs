@@ -1,134 +1,12 @@
-//! Reconcile: make the host's Skiff-labelled containers match the plan.
-//!
-//! [`diff`] is the one pure function that decides every change; it is
-//! tested without Docker. [`docker`] lists what exists and applies the
-//! actions through the Docker Engine API. The agent only ever touches
-//! containers labelled with its own node id (`skiff.node`): unlabelled
-//! containers, and those of other agents sharing the engine, are never
-//! modified.
+//! The containers controller's one pure diff: from the `containers`
+//! section and what exists on the host (this node's labelled containers,
+//! the engine's networks, the delivered secret files) to the changes that
+//! make them match. Tested without Docker.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
 
-use futures_util::StreamExt;
-use skiff_shared::signing::Plan;
-use skiff_shared::workload::{ContainerSpec, LABEL_NODE, ObservedState};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-
-pub mod docker;
-pub mod probe;
-
-/// How often the agent re-checks the engine even when nothing happened.
-const RESYNC: Duration = Duration::from_secs(30);
-/// Pause before retrying after the engine failed.
-const RETRY: Duration = Duration::from_secs(2);
-
-/// Keeps the host's containers at the latest accepted plan until shutdown:
-/// after every new plan, after every event on one of this node's
-/// containers, and every [`RESYNC`]. With no plan yet it does nothing: an
-/// agent never removes containers it has no signed plan about. After each
-/// round the observed state is published on `observed` when it changed.
-pub async fn run(
-    engine: docker::Engine,
-    mut plans: watch::Receiver<Option<Plan>>,
-    observed: watch::Sender<Option<Arc<ObservedState>>>,
-    shutdown: CancellationToken,
-) {
-    let mut events = engine.events();
-    let mut failing = false;
-    let prober = probe::Prober::default();
-    let probes_changed = prober.changed();
-    loop {
-        let plan = plans.borrow_and_update().clone();
-        if let Some(plan) = plan {
-            let error = match reconcile_once(&engine, &plan).await {
-                Ok(n) => {
-                    if n > 0 {
-                        info!(
-                            generation = plan.generation,
-                            actions = n,
-                            "Host reconciled to the plan."
-                        );
-                    }
-                    failing = false;
-                    None
-                }
-                Err(error) => {
-                    // Said once per failure streak, not every retry.
-                    if !failing {
-                        warn!(error = %error, "Reconcile failed; retrying.");
-                    }
-                    failing = true;
-                    Some(error.to_string())
-                }
-            };
-            match engine.status().await {
-                Ok(mut containers) => {
-                    let specs = plan
-                        .containers
-                        .iter()
-                        .filter_map(|c| c.probe.as_ref().map(|p| (c.key(), p)))
-                        .collect();
-                    prober.sync(&mut containers, &specs);
-                    let images = engine.images().await.unwrap_or_default();
-                    let state = ObservedState {
-                        plan_generation: plan.generation,
-                        containers,
-                        error,
-                        images,
-                    };
-                    observed.send_if_modified(|current| {
-                        if current.as_deref() == Some(&state) {
-                            return false;
-                        }
-                        *current = Some(Arc::new(state));
-                        true
-                    });
-                }
-                Err(error) => debug!(error = %error, "Cannot read container status."),
-            }
-        }
-        let wait = if failing { RETRY } else { RESYNC };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = plans.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            event = events.next() => {
-                if event.is_none() {
-                    debug!("Docker event stream ended; reopening.");
-                    tokio::time::sleep(RETRY).await;
-                    events = engine.events();
-                }
-            }
-            () = probes_changed.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// One round: observe, diff, apply. Returns how many actions were taken.
-pub async fn reconcile_once(
-    engine: &docker::Engine,
-    plan: &Plan,
-) -> Result<usize, docker::ApplyError> {
-    let observed = engine.observe().await?;
-    let actions = diff(&plan.containers, &observed);
-    engine.apply(&actions).await?;
-    engine.prune_secrets(&plan.containers);
-    engine.prune_networks(&plan.containers).await;
-    Ok(actions.len())
-}
-
-/// The label filter that selects one node's containers.
-pub fn node_filter(node_id: &str) -> String {
-    format!("{LABEL_NODE}={node_id}")
-}
+use skiff_shared::sections::networks::engine_name;
+use skiff_shared::workload::ContainerSpec;
 
 /// A Skiff-managed container as found on the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +32,19 @@ pub enum State {
     Down,
 }
 
+/// What exists on the host that the section decides about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    /// The node whose containers these are (networks are named after it).
+    pub node_id: String,
+    /// This node's labelled containers.
+    pub containers: Vec<Observed>,
+    /// The names of the networks on the engine.
+    pub networks: BTreeSet<String>,
+    /// The digests of the delivered secret files.
+    pub secrets: BTreeSet<String>,
+}
+
 /// One change to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -163,6 +54,16 @@ pub enum Action {
     Create { spec: Box<ContainerSpec> },
     /// Start a created container.
     Start { id: String, name: String },
+    /// A container not created yet because a network it joins is not on
+    /// the host: a stack network until the networks controller made it, an
+    /// external one until someone does (an error until then).
+    Wait {
+        name: String,
+        network: String,
+        external: bool,
+    },
+    /// Remove a delivered secret no desired container mounts.
+    DropSecret { digest: String },
 }
 
 /// Decides what to do so that exactly the desired containers exist.
@@ -176,13 +77,15 @@ pub enum Action {
 /// - a created, never-started container: start it;
 /// - more than one container for a key: keep the one matching the spec
 ///   (preferring one that is up), remove the rest;
-/// - a container no spec asks for: remove it.
+/// - a container no spec asks for: remove it;
+/// - a container to create whose network is not on the host: wait;
+/// - a delivered secret no desired container mounts: drop it.
 ///
-/// Removals come first so ports and names are free for what is created.
-/// The result is deterministic for a given input.
-pub fn diff(desired: &[ContainerSpec], observed: &[Observed]) -> Vec<Action> {
+/// Removals come first so ports and names are free for what is created;
+/// secrets are dropped last. The result is deterministic for a given input.
+pub fn diff(desired: &[ContainerSpec], host: &Host) -> Vec<Action> {
     let mut by_name: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
-    for o in observed {
+    for o in &host.containers {
         by_name.entry(o.key.as_str()).or_default().push(o);
     }
     let mut removals = Vec::new();
@@ -235,9 +138,57 @@ pub fn diff(desired: &[ContainerSpec], observed: &[Observed]) -> Vec<Action> {
             });
         }
     }
+    let (creates, waits): (Vec<Action>, Vec<Action>) = creates
+        .into_iter()
+        .map(|a| match a {
+            Action::Create { spec } => match missing_network(&spec, host) {
+                Some((network, external)) => Action::Wait {
+                    name: spec.name(),
+                    network,
+                    external,
+                },
+                None => Action::Create { spec },
+            },
+            other => other,
+        })
+        .partition(|a| matches!(a, Action::Create { .. }));
+    let mounted: BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|c| c.secrets.iter().map(|s| s.digest.as_str()))
+        .collect();
+    let drops = host
+        .secrets
+        .iter()
+        .filter(|d| !mounted.contains(d.as_str()))
+        .map(|d| Action::DropSecret { digest: d.clone() });
     removals.extend(starts);
     removals.extend(creates);
+    removals.extend(waits);
+    removals.extend(drops);
     removals
+}
+
+/// The engine name of a network a container joins: a stack network's is
+/// unique per node, an external one keeps its own.
+pub fn network_name(
+    node_id: &str,
+    stack: &str,
+    net: &skiff_shared::workload::NetworkAttach,
+) -> String {
+    if net.external {
+        net.name.clone()
+    } else {
+        engine_name(stack, &net.name, node_id)
+    }
+}
+
+/// The first network `spec` joins that is not on the host, and whether it
+/// is external.
+fn missing_network(spec: &ContainerSpec, host: &Host) -> Option<(String, bool)> {
+    spec.networks.iter().find_map(|net| {
+        let name = network_name(&host.node_id, &spec.stack, net);
+        (!host.networks.contains(&name)).then_some((name, net.external))
+    })
 }
 
 fn rank(s: State) -> u8 {
@@ -280,6 +231,14 @@ mod tests {
         }
     }
 
+    fn host_with(containers: Vec<Observed>) -> Host {
+        Host {
+            node_id: "n1".into(),
+            containers,
+            ..Host::default()
+        }
+    }
+
     fn obs(id: &str, s: &ContainerSpec, state: State) -> Observed {
         Observed {
             id: id.into(),
@@ -302,7 +261,10 @@ mod tests {
             obs("b", &old_db, State::Up),
             obs("c", &gone, State::Down),
         ];
-        let actions = diff(&[web1.clone(), web2.clone(), db.clone()], &observed);
+        let actions = diff(
+            &[web1.clone(), web2.clone(), db.clone()],
+            &host_with(observed),
+        );
         assert_eq!(
             actions,
             vec![
@@ -328,7 +290,7 @@ mod tests {
         let web2 = spec("web", 2, "img:1");
         let observed = vec![obs("a", &web1, State::Up), obs("b", &web2, State::Created)];
         assert_eq!(
-            diff(&[web1, web2], &observed),
+            diff(&[web1, web2], &host_with(observed)),
             vec![Action::Start {
                 id: "b".into(),
                 name: "shop.web.2@0".into()
@@ -339,7 +301,13 @@ mod tests {
     #[test]
     fn exited_containers_are_left_to_their_restart_policy() {
         let web1 = spec("web", 1, "img:1");
-        assert!(diff(std::slice::from_ref(&web1), &[obs("a", &web1, State::Down)]).is_empty());
+        assert!(
+            diff(
+                std::slice::from_ref(&web1),
+                &host_with(vec![obs("a", &web1, State::Down)])
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -351,7 +319,7 @@ mod tests {
             obs("m", &web1, State::Up),
         ];
         assert_eq!(
-            diff(&[web1], &observed),
+            diff(&[web1], &host_with(observed)),
             vec![
                 Action::Remove {
                     id: "m".into(),
@@ -363,6 +331,50 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_container_waits_for_its_networks_and_unused_secrets_are_dropped() {
+        use skiff_shared::workload::{NetworkAttach, SecretMount};
+        let net = |name: &str, external: bool| NetworkAttach {
+            name: name.into(),
+            external,
+            internal: false,
+            aliases: vec![],
+        };
+        let mut web = spec("web", 1, "img:1");
+        web.networks = vec![net("front", false), net("shared", true)];
+        web.secrets = vec![SecretMount {
+            name: "key".into(),
+            version: 1,
+            digest: "d1".into(),
+            target: "/run/secrets/key".into(),
+        }];
+        let mut host = host_with(vec![]);
+        host.secrets = ["d1".to_owned(), "d0".to_owned()].into();
+        assert_eq!(
+            diff(std::slice::from_ref(&web), &host),
+            vec![
+                Action::Wait {
+                    name: "shop.web.1".into(),
+                    network: "skiff.shop.front.n1".into(),
+                    external: false
+                },
+                Action::DropSecret {
+                    digest: "d0".into()
+                },
+            ]
+        );
+        host.networks.insert("skiff.shop.front.n1".into());
+        assert!(matches!(
+            &diff(std::slice::from_ref(&web), &host)[0],
+            Action::Wait { network, external: true, .. } if network == "shared"
+        ));
+        host.networks.insert("shared".into());
+        assert!(matches!(
+            &diff(std::slice::from_ref(&web), &host)[0],
+            Action::Create { .. }
+        ));
     }
 
     fn arb_state() -> impl Strategy<Value = State> {
@@ -386,7 +398,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, ((s, slot, v), st))| obs(&format!("id{i}"), &spec(&name(*s), *slot, &format!("img:{v}")), *st))
                 .collect();
-            let actions = diff(&desired, &observed);
+            let actions = diff(&desired, &host_with(observed.clone()));
             let mut after: Vec<Observed> = observed.clone();
             let mut next = 0;
             for a in &actions {
@@ -401,6 +413,9 @@ mod tests {
                         next += 1;
                         after.push(obs(&format!("new{next}"), spec, State::Up));
                     }
+                    Action::Wait { .. } | Action::DropSecret { .. } => {
+                        prop_assert!(false, "no networks or secrets here: {a:?}");
+                    }
                 }
             }
             prop_assert_eq!(after.len(), desired.len());
@@ -409,7 +424,7 @@ mod tests {
                 prop_assert_eq!(matching.len(), 1);
                 prop_assert_eq!(&matching[0].spec, &d.fingerprint());
             }
-            prop_assert!(diff(&desired, &after).is_empty());
+            prop_assert!(diff(&desired, &host_with(after)).is_empty());
             // Removals always come before creates.
             let first_create = actions.iter().position(|a| matches!(a, Action::Create { .. })).unwrap_or(actions.len());
             let only_creates_after = actions[first_create..].iter().all(|a| matches!(a, Action::Create { .. }));

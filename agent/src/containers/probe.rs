@@ -13,20 +13,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use skiff_shared::workload::{ContainerStatus, ProbeSpec};
+use skiff_shared::tasks::TaskTree;
+use skiff_shared::workload::{ContainerState, ContainerStatus, Health, ProbeSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-pub const STARTING: &str = "starting";
-pub const HEALTHY: &str = "healthy";
-pub const UNHEALTHY: &str = "unhealthy";
-
-/// The checks of one agent: one task per running container that has one.
-#[derive(Debug, Default)]
+/// The checks of one agent: one task per running container that has one,
+/// each in its own subtree of the controller's.
+#[derive(Debug)]
 pub struct Prober {
+    tree: TaskTree,
     checks: Arc<Mutex<HashMap<String, Check>>>,
     changed: Arc<Notify>,
 }
@@ -38,14 +36,14 @@ struct Check {
     /// starts the check over.
     run: (Option<String>, SocketAddr),
     spec: ProbeSpec,
-    health: &'static str,
-    task: AbortHandle,
+    health: Health,
+    task: TaskTree,
 }
 
 impl Drop for Prober {
     fn drop(&mut self) {
         for c in lock(&self.checks).values() {
-            c.task.abort();
+            c.task.cancel();
         }
     }
 }
@@ -55,6 +53,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Prober {
+    /// Checks run as tasks of `tree`.
+    pub fn new(tree: TaskTree) -> Self {
+        Self {
+            tree,
+            checks: Arc::default(),
+            changed: Arc::default(),
+        }
+    }
+
     /// Notified whenever a container's check result changes.
     pub fn changed(&self) -> Arc<Notify> {
         self.changed.clone()
@@ -70,7 +77,7 @@ impl Prober {
             let Some(spec) = specs.get(&c.key) else {
                 continue;
             };
-            if c.state != "running" {
+            if c.state != ContainerState::Running {
                 continue;
             }
             let Some(ip) = c.ips.iter().find_map(|ip| ip.parse::<IpAddr>().ok()) else {
@@ -83,36 +90,40 @@ impl Prober {
                 .is_none_or(|k| k.run != run || k.spec != **spec);
             if fresh {
                 if let Some(old) = checks.remove(&c.id) {
-                    old.task.abort();
+                    old.task.cancel();
                 }
-                let task = tokio::spawn(probe_loop(
-                    c.id.clone(),
-                    c.name.clone(),
-                    run.1,
-                    (*spec).clone(),
-                    self.checks.clone(),
-                    self.changed.clone(),
-                ))
-                .abort_handle();
+                let task = self.tree.child();
+                task.spawn(
+                    "health-check",
+                    probe_loop(
+                        c.id.clone(),
+                        c.name.clone(),
+                        run.1,
+                        (*spec).clone(),
+                        self.checks.clone(),
+                        self.changed.clone(),
+                        task.clone(),
+                    ),
+                );
                 checks.insert(
                     c.id.clone(),
                     Check {
                         run,
                         spec: (*spec).clone(),
-                        health: STARTING,
+                        health: Health::Starting,
                         task,
                     },
                 );
             }
             live.push(c.id.clone());
             if let Some(k) = checks.get(&c.id) {
-                c.health = Some(combine(c.health.as_deref(), k.health).to_owned());
+                c.health = Some(combine(c.health, k.health));
             }
         }
         checks.retain(|id, k| {
             let keep = live.contains(id);
             if !keep {
-                k.task.abort();
+                k.task.cancel();
             }
             keep
         });
@@ -121,13 +132,13 @@ impl Prober {
 
 /// One health from Docker's check (if any) and the agent's: unhealthy if
 /// either is, healthy if both are, starting otherwise.
-pub fn combine(docker: Option<&str>, probe: &'static str) -> &'static str {
+pub fn combine(docker: Option<Health>, probe: Health) -> Health {
     match docker {
-        None | Some("") => probe,
-        Some(UNHEALTHY) => UNHEALTHY,
-        Some(_) if probe == UNHEALTHY => UNHEALTHY,
-        Some(HEALTHY) => probe,
-        Some(_) => STARTING,
+        None => probe,
+        Some(Health::Unhealthy) => Health::Unhealthy,
+        Some(_) if probe == Health::Unhealthy => Health::Unhealthy,
+        Some(Health::Healthy) => probe,
+        Some(Health::Starting) => Health::Starting,
     }
 }
 
@@ -138,26 +149,31 @@ async fn probe_loop(
     spec: ProbeSpec,
     checks: Arc<Mutex<HashMap<String, Check>>>,
     changed: Arc<Notify>,
+    tree: TaskTree,
 ) {
     let started = Instant::now();
     let start_period = Duration::from_millis(spec.start_period_ms);
     let interval = Duration::from_millis(spec.interval_ms.max(100));
-    let mut health = STARTING;
+    let mut health = Health::Starting;
     let mut failures = 0u32;
     loop {
-        let next = match probe_once(addr, &spec).await {
+        let outcome = tokio::select! {
+            () = tree.cancelled() => return,
+            r = probe_once(addr, &spec) => r,
+        };
+        let next = match outcome {
             Ok(()) => {
                 failures = 0;
-                HEALTHY
+                Health::Healthy
             }
             Err(why) => {
-                if health != HEALTHY && started.elapsed() < start_period {
+                if health != Health::Healthy && started.elapsed() < start_period {
                     health
                 } else {
                     failures = failures.saturating_add(1);
                     debug!(container = %name, failures, reason = %why, "Health check failed.");
                     if failures >= spec.retries {
-                        UNHEALTHY
+                        Health::Unhealthy
                     } else {
                         health
                     }
@@ -165,14 +181,17 @@ async fn probe_loop(
             }
         };
         if next != health {
-            info!(container = %name, from = health, to = next, "Health changed.");
+            info!(container = %name, from = %health, to = %next, "Health changed.");
             health = next;
             if let Some(k) = lock(&checks).get_mut(&id) {
                 k.health = health;
             }
             changed.notify_one();
         }
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tree.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -296,12 +315,13 @@ mod tests {
 
     #[test]
     fn docker_and_agent_health_combine() {
-        assert_eq!(combine(None, HEALTHY), HEALTHY);
-        assert_eq!(combine(Some(HEALTHY), HEALTHY), HEALTHY);
-        assert_eq!(combine(Some(HEALTHY), STARTING), STARTING);
-        assert_eq!(combine(Some(STARTING), HEALTHY), STARTING);
-        assert_eq!(combine(Some(UNHEALTHY), HEALTHY), UNHEALTHY);
-        assert_eq!(combine(Some(HEALTHY), UNHEALTHY), UNHEALTHY);
+        use Health::*;
+        assert_eq!(combine(None, Healthy), Healthy);
+        assert_eq!(combine(Some(Healthy), Healthy), Healthy);
+        assert_eq!(combine(Some(Healthy), Starting), Starting);
+        assert_eq!(combine(Some(Starting), Healthy), Starting);
+        assert_eq!(combine(Some(Unhealthy), Healthy), Unhealthy);
+        assert_eq!(combine(Some(Healthy), Unhealthy), Unhealthy);
     }
 
     fn running_at(ip: &str) -> ContainerStatus {
@@ -309,7 +329,7 @@ mod tests {
             name: "s.web.1".into(),
             key: "s.web.1@1".into(),
             id: "c1".into(),
-            state: "running".into(),
+            state: ContainerState::Running,
             health: None,
             restart_count: 0,
             started_at: Some("2026-01-01T00:00:00Z".into()),
@@ -322,14 +342,14 @@ mod tests {
 
     /// Syncs the container at `ip` until its reported health is `want`;
     /// panics at the deadline.
-    async fn wait_health(prober: &Prober, probe: &ProbeSpec, ip: &str, want: &str) {
+    async fn wait_health(prober: &Prober, probe: &ProbeSpec, ip: &str, want: Health) {
         let specs = HashMap::from([("s.web.1@1".to_owned(), probe)]);
         let changed = prober.changed();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let mut now = vec![running_at(ip)];
             prober.sync(&mut now, &specs);
-            if now[0].health.as_deref() == Some(want) {
+            if now[0].health == Some(want) {
                 return;
             }
             assert!(Instant::now() < deadline, "never {want}");
@@ -340,13 +360,13 @@ mod tests {
     #[tokio::test]
     async fn a_container_turns_healthy_then_unhealthy_and_stops_being_checked() {
         let up = serve("HTTP/1.1 200 OK\r\n\r\n").await;
-        let prober = Prober::default();
+        let prober = Prober::new(TaskTree::root());
         let probe = spec(Some("/"), up.port());
         let specs = HashMap::from([("s.web.1@1".to_owned(), &probe)]);
         let mut seen = vec![running_at("127.0.0.1")];
         prober.sync(&mut seen, &specs);
-        assert_eq!(seen[0].health.as_deref(), Some(STARTING));
-        wait_health(&prober, &probe, "127.0.0.1", HEALTHY).await;
+        assert_eq!(seen[0].health, Some(Health::Starting));
+        wait_health(&prober, &probe, "127.0.0.1", Health::Healthy).await;
         // The same container run, now on an address nobody answers on.
         let closed = TcpListener::bind("127.0.0.2:0")
             .await
@@ -354,7 +374,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let probe = spec(Some("/"), closed.port());
-        wait_health(&prober, &probe, "127.0.0.2", UNHEALTHY).await;
+        wait_health(&prober, &probe, "127.0.0.2", Health::Unhealthy).await;
         // Gone from the engine: its check stops.
         prober.sync(&mut [], &specs);
         assert!(lock(&prober.checks).is_empty());

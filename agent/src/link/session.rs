@@ -1,0 +1,279 @@
+//! One connection to the coordinator: hello and welcome, heartbeats both
+//! ways, plans and deliveries handed to the controllers through the
+//! [`Router`], their reports sent back, and certificate renewal.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use skiff_shared::protocol::{
+    self, Ack, AgentMessage, CAP_CERT_RENEWAL, CoordinatorMessage, Heartbeat, Hello,
+    MISSED_HEARTBEATS, PROTOCOL_VERSION, SectionMessage,
+};
+use skiff_shared::tasks::TaskTree;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{debug, info, warn};
+
+use super::{ConnectError, Ended, closed};
+use crate::identity::Identity;
+use crate::supervisor::Router;
+
+pub(crate) struct Session<'a> {
+    identity: &'a Identity,
+    router: &'a Router,
+    next_id: u64,
+    renewal_pending: Option<u64>,
+    /// Capabilities both sides have, from the welcome.
+    accepted: Vec<String>,
+}
+
+impl<'a> Session<'a> {
+    pub(crate) fn new(identity: &'a Identity, router: &'a Router) -> Self {
+        Self {
+            identity,
+            router,
+            next_id: 0,
+            renewal_pending: None,
+            accepted: Vec::new(),
+        }
+    }
+
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        re: Option<u64>,
+        body: &AgentMessage,
+    ) -> Result<u64, WsError> {
+        self.next_id += 1;
+        let text = protocol::encode(self.next_id, re, body)
+            .map_err(|e| WsError::Io(std::io::Error::other(e)))?;
+        ws.send(Message::text(text)).await?;
+        Ok(self.next_id)
+    }
+
+    pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        mut self,
+        ws: &mut WebSocketStream<S>,
+        tree: &TaskTree,
+    ) -> Result<Ended, ConnectError> {
+        let facts = crate::facts::collect().await;
+        let mut capabilities = vec![CAP_CERT_RENEWAL.to_owned()];
+        capabilities.extend(self.router.capabilities());
+        let hello = AgentMessage::Hello(Box::new(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            agent_version: skiff_shared::VERSION.to_owned(),
+            capabilities,
+            facts,
+            plan_generation: crate::plan::stored_generation(&self.identity.dir),
+        }));
+        let hello_id = self.send(ws, None, &hello).await?;
+        let welcome = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => protocol::decode::<CoordinatorMessage>(t.as_str())
+                .map_err(|e| ConnectError::Handshake(e.to_string()))?,
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                return Ok(closed(
+                    frame
+                        .as_ref()
+                        .map(|f| (u16::from(f.code), f.reason.as_str())),
+                ));
+            }
+            other => {
+                return Err(ConnectError::Handshake(format!(
+                    "no welcome from the coordinator: {other:?}"
+                )));
+            }
+        };
+        let CoordinatorMessage::Welcome(welcome) = welcome.body else {
+            return Err(ConnectError::Handshake(
+                "first message was not a welcome".into(),
+            ));
+        };
+        if welcome.protocol_version != PROTOCOL_VERSION
+            || welcome.node_id != self.identity.node.node_id
+        {
+            return Err(ConnectError::Handshake(format!(
+                "coordinator answered protocol {} for node {}",
+                welcome.protocol_version, welcome.node_id
+            )));
+        }
+        let _ = hello_id;
+        let renewal = welcome.capabilities.iter().any(|c| c == CAP_CERT_RENEWAL);
+        self.accepted = welcome.capabilities.clone();
+        self.router.reports().resend_all();
+        info!(node = %welcome.node_id, coordinator_version = %welcome.coordinator_version, "Connected to the coordinator.");
+        let started = Instant::now();
+        let interval = Duration::from_millis(welcome.heartbeat_interval_ms.max(100));
+        let silence_limit = interval * MISSED_HEARTBEATS;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        let mut renew_at = self.renew_deadline();
+        loop {
+            let renew_sleep = tokio::time::sleep_until(renew_at.into());
+            tokio::select! {
+                () = tree.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    return Ok(Ended::Shutdown);
+                }
+                _ = tick.tick() => {
+                    if last_rx.elapsed() > silence_limit {
+                        return Ok(Ended::Lost(started.elapsed(), format!("no message from the coordinator for {silence_limit:?}")));
+                    }
+                    let hb = AgentMessage::Heartbeat(Heartbeat { sent_at_ms: skiff_shared::unix_millis() });
+                    if let Err(e) = self.send(ws, None, &hb).await {
+                        return Ok(Ended::Lost(started.elapsed(), format!("sending a heartbeat failed: {e}")));
+                    }
+                }
+                () = self.router.reports().changed() => {
+                    if let Err(e) = self.send_reports(ws).await {
+                        return Ok(Ended::Lost(started.elapsed(), format!("sending a report failed: {e}")));
+                    }
+                }
+                () = renew_sleep, if renewal && self.renewal_pending.is_none() => {
+                    match self.identity.csr() {
+                        Ok(csr_pem) => {
+                            info!("Renewing the node certificate.");
+                            let id = self.send(ws, None, &AgentMessage::RenewCertificate { csr_pem }).await?;
+                            self.renewal_pending = Some(id);
+                        }
+                        Err(error) => warn!(error = %error, "Cannot make a renewal request."),
+                    }
+                    renew_at = Instant::now() + Duration::from_secs(60);
+                }
+                msg = ws.next() => {
+                    last_rx = Instant::now();
+                    let msg = match msg {
+                        None => return Ok(Ended::Lost(started.elapsed(), "connection closed".into())),
+                        Some(Err(e)) => return Ok(Ended::Lost(started.elapsed(), e.to_string())),
+                        Some(Ok(m)) => m,
+                    };
+                    match msg {
+                        Message::Text(text) => {
+                            let env = match protocol::decode::<CoordinatorMessage>(text.as_str()) {
+                                Ok(env) => env,
+                                Err(error) => {
+                                    warn!(error = %error, "The coordinator sent an invalid message; reconnecting.");
+                                    let _ = ws.close(None).await;
+                                    return Ok(Ended::Lost(started.elapsed(), error.to_string()));
+                                }
+                            };
+                            if self.handle(ws, env).await? {
+                                renew_at = self.renew_deadline();
+                            }
+                        }
+                        Message::Close(frame) => {
+                            let how = closed(frame.as_ref().map(|f| (u16::from(f.code), f.reason.as_str())));
+                            return Ok(match how {
+                                Ended::Lost(_, why) => Ended::Lost(started.elapsed(), why),
+                                other => other,
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the controllers' changed reports, for the sections the
+    /// coordinator takes.
+    async fn send_reports<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+    ) -> Result<(), WsError> {
+        let router = self.router;
+        let accepted = &self.accepted;
+        let reports = router.reports().take(|section| {
+            router
+                .capability_of(section)
+                .is_some_and(|c| accepted.iter().any(|a| a == c))
+        });
+        for (section, body) in reports {
+            let msg = AgentMessage::Report(SectionMessage {
+                section: section.to_owned(),
+                body,
+            });
+            self.send(ws, None, &msg).await?;
+        }
+        Ok(())
+    }
+
+    /// When to ask for a new certificate: 40-60% into its lifetime, so a
+    /// fleet's renewals spread out.
+    fn renew_deadline(&self) -> Instant {
+        let now = Instant::now();
+        match self.identity.cert_validity() {
+            Ok((not_before, not_after)) => {
+                let life = not_after.duration_since(not_before).unwrap_or_default();
+                let jitter =
+                    f64::from(skiff_shared::random_bytes::<1>().map(|b| b[0]).unwrap_or(0)) / 255.0;
+                let at = not_before + life.mul_f64(0.4 + 0.2 * jitter);
+                let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                now + wait
+            }
+            Err(error) => {
+                warn!(error = %error, "Cannot read the node certificate's validity.");
+                now + Duration::from_secs(3600)
+            }
+        }
+    }
+
+    /// Handles one message; returns true when the certificate was replaced.
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut WebSocketStream<S>,
+        env: protocol::Envelope<CoordinatorMessage>,
+    ) -> Result<bool, ConnectError> {
+        match env.body {
+            CoordinatorMessage::Heartbeat(_) | CoordinatorMessage::Welcome(_) => Ok(false),
+            CoordinatorMessage::Deliver(delivery) => {
+                let section = delivery.section.clone();
+                match self.router.deliver(delivery) {
+                    Ok(()) => debug!(section = %section, "Delivery taken."),
+                    Err(error) => warn!(section = %section, error = %error, "Delivery refused."),
+                }
+                Ok(false)
+            }
+            CoordinatorMessage::Plan(signed) => {
+                let ack = match crate::plan::accept(self.identity, self.router, &signed) {
+                    Ok(accepted) => {
+                        let plan = accepted.publish();
+                        debug!(generation = plan.generation, "Plan accepted.");
+                        Ack::ok()
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "Plan refused.");
+                        Ack::err(error.to_string())
+                    }
+                };
+                self.send(ws, Some(env.id), &AgentMessage::Ack(ack)).await?;
+                Ok(false)
+            }
+            CoordinatorMessage::Certificate { cert_pem, .. } => {
+                if env.re.is_none() || env.re != self.renewal_pending {
+                    warn!("Ignoring a certificate that answers no renewal request.");
+                    return Ok(false);
+                }
+                self.renewal_pending = None;
+                match self.identity.store_cert(&cert_pem) {
+                    Ok(()) => {
+                        info!("Node certificate renewed.");
+                        Ok(true)
+                    }
+                    Err(error) => {
+                        warn!(error = %error, "Renewed certificate refused.");
+                        Ok(false)
+                    }
+                }
+            }
+            CoordinatorMessage::Ack(ack) => {
+                if env.re.is_some() && env.re == self.renewal_pending {
+                    self.renewal_pending = None;
+                    warn!(error = ?ack.error, "The coordinator refused the certificate renewal.");
+                }
+                Ok(false)
+            }
+        }
+    }
+}

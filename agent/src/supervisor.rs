@@ -1,0 +1,136 @@
+//! The supervisor: starts every controller in its own subtree of the task
+//! tree, and gives the link a [`Router`] to reach them by section name.
+//!
+//! Adding a subsystem is one line in [`start`]; nothing else here, and
+//! nothing in the link, changes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use skiff_shared::plan::HostPlan;
+use skiff_shared::protocol::SectionMessage;
+use skiff_shared::sections::SectionKind;
+use skiff_shared::tasks::TaskTree;
+use tokio::sync::watch;
+
+use crate::controller::{Context, Controller, Port, Publish, Reporter, Reports, TypedPort};
+use crate::engine::EngineHandle;
+
+/// What controllers know of their host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    /// The Docker Engine, once it answers.
+    pub engine: EngineHandle,
+}
+
+/// Starts the agent's controllers on `tree`.
+pub fn start(tree: &TaskTree, host: &Host) -> Router {
+    let mut s = Supervisor::new(tree.child());
+    s.add(crate::containers::Controller::new(host));
+    s.add(crate::networks::Controller::new(host));
+    s.router()
+}
+
+struct Supervisor {
+    tree: TaskTree,
+    ports: BTreeMap<&'static str, Arc<dyn Port>>,
+    reports: Arc<Reports>,
+}
+
+impl Supervisor {
+    fn new(tree: TaskTree) -> Self {
+        Self {
+            tree,
+            ports: BTreeMap::new(),
+            reports: Arc::default(),
+        }
+    }
+
+    /// Starts `controller` in a subtree of its own.
+    fn add<C: Controller>(&mut self, controller: C) {
+        let (desired_tx, desired) = watch::channel(None);
+        let controller = Arc::new(controller);
+        self.ports.insert(
+            C::Kind::NAME,
+            Arc::new(TypedPort {
+                controller: controller.clone(),
+                desired: desired_tx,
+            }),
+        );
+        let cx = Context {
+            desired,
+            reports: Reporter::new(self.reports.clone()),
+            tree: self.tree.child(),
+        };
+        self.tree.spawn(C::Kind::NAME, controller.run(cx));
+    }
+
+    fn router(self) -> Router {
+        Router {
+            ports: Arc::new(self.ports),
+            reports: self.reports,
+        }
+    }
+}
+
+/// How the link reaches the controllers: by section name, knowing nothing
+/// of what sections, deliveries and reports hold.
+#[derive(Clone)]
+pub struct Router {
+    ports: Arc<BTreeMap<&'static str, Arc<dyn Port>>>,
+    reports: Arc<Reports>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ports.keys()).finish()
+    }
+}
+
+impl Router {
+    /// The capabilities of every controller.
+    pub fn capabilities(&self) -> Vec<String> {
+        self.ports
+            .values()
+            .map(|p| p.capability().to_owned())
+            .collect()
+    }
+
+    /// The capability of a section's controller.
+    pub fn capability_of(&self, section: &str) -> Option<&'static str> {
+        self.ports.get(section).map(|p| p.capability())
+    }
+
+    /// Parses and checks every section of `plan`; the steps publish them
+    /// once the plan is stored. A section no controller runs, or one that
+    /// is invalid, refuses the plan.
+    pub fn prepare(&self, plan: &HostPlan) -> Result<Vec<Publish>, String> {
+        plan.sections
+            .iter()
+            .map(|(name, section)| {
+                let port = self.ports.get(name.as_str()).ok_or_else(|| {
+                    format!("the plan has a section {name:?} this agent does not run")
+                })?;
+                port.prepare(section)
+            })
+            .collect()
+    }
+
+    /// Hands a delivery to its section's controller.
+    pub fn deliver(&self, message: SectionMessage) -> Result<(), String> {
+        let port = self.ports.get(message.section.as_str()).ok_or_else(|| {
+            format!(
+                "a delivery for section {:?}, which this agent does not run",
+                message.section
+            )
+        })?;
+        port.deliver(message.body)
+    }
+
+    pub fn reports(&self) -> &Reports {
+        &self.reports
+    }
+}

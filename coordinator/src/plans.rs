@@ -1,0 +1,211 @@
+//! The plan book: every node's plan, built here from what the deploys
+//! decided for it ([`NodePlan::containers`]) by every section of
+//! [`crate::sections::Sections`], each section with its own generation.
+//! A session follows its node's plan through a watch channel and sends
+//! each new one; intermediate plans a slow agent missed are skipped.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use skiff_shared::plan::Section;
+use skiff_shared::workload::ContainerSpec;
+use tokio::sync::watch;
+
+use crate::sections::Sections;
+
+/// The generation of a node's first plan, before anything was decided.
+pub const FIRST_GENERATION: u64 = 1;
+
+/// A node's plan at a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodePlan {
+    pub generation: u64,
+    /// The containers the deploys decided for the node.
+    pub containers: Vec<ContainerSpec>,
+    /// Every section built from them, by name.
+    pub sections: BTreeMap<String, Section>,
+}
+
+/// Every node's latest plan.
+#[derive(Debug)]
+pub struct PlanBook {
+    inner: Mutex<HashMap<String, watch::Sender<Arc<NodePlan>>>>,
+    sections: Arc<Sections>,
+}
+
+impl PlanBook {
+    pub fn new(sections: Arc<Sections>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            sections,
+        }
+    }
+
+    pub fn sections(&self) -> &Arc<Sections> {
+        &self.sections
+    }
+
+    fn sender(&self, node_id: &str) -> watch::Sender<Arc<NodePlan>> {
+        let mut map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(node_id.to_owned())
+            .or_insert_with(|| watch::Sender::new(Arc::new(self.first(node_id))))
+            .clone()
+    }
+
+    /// What a node gets before anything was decided for it: every section
+    /// built for no containers.
+    fn first(&self, node_id: &str) -> NodePlan {
+        let sections = self
+            .sections
+            .build(node_id, &[])
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, body)| {
+                (
+                    name,
+                    Section {
+                        generation: FIRST_GENERATION,
+                        body,
+                    },
+                )
+            })
+            .collect();
+        NodePlan {
+            generation: FIRST_GENERATION,
+            containers: Vec::new(),
+            sections,
+        }
+    }
+
+    /// The node's current plan, and a receiver that sees every later one.
+    pub fn subscribe(&self, node_id: &str) -> watch::Receiver<Arc<NodePlan>> {
+        self.sender(node_id).subscribe()
+    }
+
+    /// The node's current plan.
+    pub fn get(&self, node_id: &str) -> Arc<NodePlan> {
+        self.sender(node_id).borrow().clone()
+    }
+
+    /// Nodes whose plan runs at least one container.
+    pub fn nodes_with_containers(&self) -> Vec<String> {
+        let map = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter()
+            .filter(|(_, tx)| !tx.borrow().containers.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// The plan the node gets if its containers become `containers`: every
+    /// section built again, and each one that changed, like the plan
+    /// itself, at the next generation. `None` when nothing changes.
+    ///
+    /// # Errors
+    /// When a section cannot be serialised.
+    pub fn next(
+        &self,
+        node_id: &str,
+        containers: Vec<ContainerSpec>,
+    ) -> serde_json::Result<Option<NodePlan>> {
+        let current = self.get(node_id);
+        let built = self.sections.build(node_id, &containers)?;
+        let generation = current.generation + 1;
+        let sections: BTreeMap<String, Section> = built
+            .into_iter()
+            .map(|(name, body)| {
+                let section = match current.sections.get(&name) {
+                    Some(old) if old.body == body => old.clone(),
+                    _ => Section { generation, body },
+                };
+                (name, section)
+            })
+            .collect();
+        if sections == current.sections && containers == current.containers {
+            return Ok(None);
+        }
+        Ok(Some(NodePlan {
+            generation,
+            containers,
+            sections,
+        }))
+    }
+
+    /// Publishes a node's new plan (already stored) to its session.
+    pub fn publish(&self, node_id: &str, plan: NodePlan) {
+        self.sender(node_id).send_replace(Arc::new(plan));
+    }
+}
+
+/// A plan as stored.
+pub fn row(node_id: &str, plan: &NodePlan) -> crate::store::NodePlanRow {
+    crate::store::NodePlanRow {
+        node_id: node_id.to_owned(),
+        generation: i64::try_from(plan.generation).unwrap_or(i64::MAX),
+        containers: plan.containers.clone(),
+        sections: plan.sections.clone(),
+    }
+}
+
+impl PlanBook {
+    /// Restores a stored plan at start-up. Its sections are built again
+    /// from its containers; when one comes out different (this release
+    /// builds it otherwise), the plan that results is returned to be
+    /// stored, already published.
+    ///
+    /// # Errors
+    /// When a section cannot be serialised.
+    pub fn restore(&self, row: crate::store::NodePlanRow) -> serde_json::Result<Option<NodePlan>> {
+        let stored = NodePlan {
+            generation: u64::try_from(row.generation).unwrap_or(FIRST_GENERATION),
+            containers: row.containers,
+            sections: row.sections,
+        };
+        let containers = stored.containers.clone();
+        self.publish(&row.node_id, stored);
+        let next = self.next(&row.node_id, containers)?;
+        if let Some(plan) = &next {
+            self.publish(&row.node_id, plan.clone());
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sections::networks::NetworksFeature;
+
+    fn spec(service: &str, network: &str) -> ContainerSpec {
+        serde_json::from_value(serde_json::json!({
+            "stack": "shop", "service": service, "slot": 1, "image": "x",
+            "networks": [{"name": network, "aliases": [service]}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_section_keeps_its_generation_until_it_changes() {
+        let mut sections = Sections::empty();
+        sections.add(NetworksFeature);
+        let book = PlanBook::new(Arc::new(sections));
+        let first = book.get("n1");
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.sections["networks"].generation, 1);
+
+        let p2 = book
+            .next("n1", vec![spec("web", "front")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((p2.generation, p2.sections["networks"].generation), (2, 2));
+        book.publish("n1", p2);
+
+        // Another container on the same network: the plan changes, its
+        // networks section does not.
+        let both = vec![spec("web", "front"), spec("api", "front")];
+        let p3 = book.next("n1", both.clone()).unwrap().unwrap();
+        assert_eq!((p3.generation, p3.sections["networks"].generation), (3, 2));
+        book.publish("n1", p3);
+
+        assert!(book.next("n1", both).unwrap().is_none(), "nothing changed");
+    }
+}
