@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::*;
 use crate::client::{Client, ClientError};
+use skiff_api_types::*;
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
@@ -461,7 +461,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(s) = &stack {
                 query.push_str(&format!("&stack={}", path_segment(s)?));
             }
-            let print = |out: &mut std::io::StdoutLock<'_>, e: &crate::events::Event| {
+            let print = |out: &mut std::io::StdoutLock<'_>, e: &Event| {
                 if json {
                     let _ = writeln!(out, "{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
@@ -481,15 +481,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             if follow {
                 client
                     .follow_events(&query, |data| {
-                        if let Ok(e) = serde_json::from_str::<crate::events::Event>(data) {
+                        if let Ok(e) = serde_json::from_str::<Event>(data) {
                             print(&mut out, &e);
                         }
                         true
                     })
                     .await?;
             } else {
-                let events: Vec<crate::events::Event> =
-                    client.call(Method::GET, &query, None::<&()>).await?;
+                let events: Vec<Event> = client.call(Method::GET, &query, None::<&()>).await?;
                 for e in &events {
                     print(&mut out, e);
                 }
@@ -1260,9 +1259,9 @@ async fn registry_command(
             password_stdin: _,
         } => {
             let host = registry_host(&host)?;
-            crate::registries::check_username(&username).map_err(Failure::usage)?;
+            skiff_api_types::validate::check_username(&username).map_err(Failure::usage)?;
             let password = read_password(&host, &username)?;
-            crate::registries::check_password(&password).map_err(Failure::usage)?;
+            skiff_api_types::validate::check_password(&password).map_err(Failure::usage)?;
             let view: RegistryView = client
                 .call(
                     Method::PUT,

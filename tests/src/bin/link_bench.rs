@@ -38,7 +38,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use skiff_agent::link::{Backoff, LinkOptions};
-use skiff_coordinator::api::types::{ClusterView, CreateJoinToken, CreatedJoinToken, NodeView};
+use skiff_api_types::{ClusterView, CreateJoinToken, CreatedJoinToken, NodeView};
 use skiff_coordinator::client::Client;
 use skiff_shared::files::{PRIVATE, create_private_dir, write_atomic};
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken};
