@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use skiff_agent::link::{Backoff, LinkOptions};
 use skiff_api_types::{ClusterView, CreateJoinToken, CreatedJoinToken, NodeView};
-use skiff_coordinator::client::Client;
+use skiff_cli::client::Client;
 use skiff_shared::files::{PRIVATE, create_private_dir, write_atomic};
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken};
 use skiff_shared::protocol::{

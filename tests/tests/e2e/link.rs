@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
 use skiff_api_types::NodeStatus;
-use skiff_coordinator::client::Method;
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{Agent, Coordinator, CoordinatorOptions};
 use skiff_tests::{launch_cluster, wait_for, wait_until};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
 use skiff_api_types::TaskView;
-use skiff_coordinator::client::Method;
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{Cluster, CoordinatorOptions};
 use skiff_tests::image::{docker, ensure_test_image};
 use skiff_tests::{launch_cluster, target_bin, wait_for};
