@@ -6,27 +6,11 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use skiff_api_types::Event;
 use tokio::sync::broadcast;
-use utoipa::ToSchema;
 
 /// Events kept for late readers.
 pub const KEEP: usize = 1000;
-
-/// One thing that happened.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Event {
-    /// Increasing from 1 since the coordinator started.
-    pub id: u64,
-    /// RFC 3339.
-    pub at: String,
-    /// `deploy`, `rollout`, `rollback`, `stack_removed`, `node_connected`,
-    /// `node_disconnected`, `node_removed`, `host_lost`.
-    pub kind: String,
-    pub stack: Option<String>,
-    pub node: Option<String>,
-    pub message: String,
-}
 
 /// The in-memory event log.
 #[derive(Debug)]

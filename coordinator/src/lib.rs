@@ -1,5 +1,6 @@
-//! The Skiff coordinator: cluster state, the CA, the agent link, the HTTP
-//! API, and the `skiff` command-line client.
+//! The Skiff coordinator: cluster state, the CA, the agent link and the
+//! HTTP API. The API's JSON types are in `skiff-api-types`; its
+//! command-line client, `skiff`, is the `skiff-cli` crate.
 //!
 //! Layout:
 //! - [`config`]: the TOML config, defaults and validation.
@@ -19,15 +20,12 @@
 //! - [`registries`]: registry credentials for image pulls, sealed at rest
 //!   and delivered only to agents whose plans pull from those registries.
 //! - [`server`]: wiring and shutdown.
-//! - [`client`] and [`cli`]: the `skiff` command-line client of the API.
 //!
 //! The coordinator never reaches into a host except through its agent's link.
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod deploy;
 pub mod events;
@@ -36,7 +34,6 @@ pub mod link;
 pub mod observed;
 pub mod pki;
 pub mod plans;
-pub mod progress;
 pub mod registries;
 pub mod scheduler;
 pub mod secrets;

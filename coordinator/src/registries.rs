@@ -6,17 +6,12 @@
 
 use std::collections::BTreeSet;
 
+use skiff_api_types::validate::{check_password, check_username};
 use skiff_shared::registry::{RegistryCredential, registry_of};
 use tracing::warn;
 
 use crate::secrets::SecretKey;
 use crate::store::{RegistryRow, Store, StoreError};
-
-/// Longest username accepted.
-pub const MAX_USERNAME_BYTES: usize = 256;
-/// Longest password or token accepted (cloud registries' tokens run to a
-/// few KiB; a JSON key file to a few more).
-pub const MAX_PASSWORD_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -35,46 +30,9 @@ pub fn context(host: &str, username: &str) -> String {
     format!("registry/{host}/{username}")
 }
 
-/// Checks a username: not empty, no `:` (HTTP basic auth splits on it),
-/// no control characters.
-pub fn check_username(username: &str) -> Result<(), String> {
-    if username.is_empty() {
-        return Err("the username is empty; pass the registry account's name".into());
-    }
-    if username.len() > MAX_USERNAME_BYTES {
-        return Err(format!(
-            "the username is longer than {MAX_USERNAME_BYTES} bytes"
-        ));
-    }
-    if username.contains(':') || username.chars().any(char::is_control) {
-        return Err(format!(
-            "username {username:?} has a ':' or a control character, which registries cannot accept; check it"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a password: not empty, not over [`MAX_PASSWORD_BYTES`], no line breaks.
-pub fn check_password(password: &str) -> Result<(), String> {
-    if password.is_empty() {
-        return Err("the password is empty; pipe the password or token in".into());
-    }
-    if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "the password is longer than {} KiB",
-            MAX_PASSWORD_BYTES / 1024
-        ));
-    }
-    if password.chars().any(char::is_control) {
-        return Err(
-            "the password has a line break or control character; pipe only the password".into(),
-        );
-    }
-    Ok(())
-}
-
 /// Checks and stores credentials for `host` (normalized first), replacing
-/// any it had.
+/// any it had. Username and password are checked with the
+/// [`skiff_api_types::validate`] rules the CLI also runs.
 pub async fn set(
     store: &dyn Store,
     key: &SecretKey,

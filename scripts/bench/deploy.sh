@@ -69,7 +69,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 now_ns() { date +%s%N; }
 
 say "Building release binaries"
-cargo build --release --locked -p skiff-coordinator -p skiff-agent --bins >&2
+cargo build --release --locked -p skiff-coordinator -p skiff-agent -p skiff-cli --bins >&2
 bin="$PWD/target/release"
 
 if ! docker image inspect "$image" >/dev/null 2>&1; then

@@ -6,10 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use skiff_coordinator::api::types::{
-    CreateJoinToken, CreatedJoinToken, NodeStatus, NodeView, TaskView,
-};
-use skiff_coordinator::client::{Client, Method};
+use skiff_api_types::{CreateJoinToken, CreatedJoinToken, NodeStatus, NodeView, TaskView};
+use skiff_cli::client::{Client, Method};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 

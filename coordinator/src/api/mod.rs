@@ -1,5 +1,5 @@
 //! The HTTP API under `/api/v1`: JSON in and out, a bearer token on every
-//! route except `/healthz`, errors as [`types::ApiErrorBody`], and the
+//! route except `/healthz`, errors as [`skiff_api_types::ApiErrorBody`], and the
 //! OpenAPI document at `/api/v1/openapi.json`.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
+use skiff_api_types::*;
 use skiff_shared::join::{JoinToken, names};
 use skiff_shared::workload::ContainerState;
 use tracing::{info, warn};
@@ -20,9 +21,6 @@ use utoipa::OpenApi;
 use crate::auth::{ApiTokenSecret, same_digest};
 use crate::state::{AppState, now_ms};
 use crate::store::{JoinTokenRow, NodeRow, StoreError};
-
-pub mod types;
-use types::*;
 
 /// An API error: status, stable code, message.
 #[derive(Debug)]
@@ -86,7 +84,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
         list_registries, set_registry, remove_registry),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, crate::events::Event, SetSecret, SecretView,
+        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, SetSecret, SecretView,
         SetRegistry, RegistryView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -746,7 +744,7 @@ pub struct EventsQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/events", params(EventsQuery),
-    responses((status = 200, body = [crate::events::Event], description = "JSON, or with follow=true a text/event-stream whose data lines are events")))]
+    responses((status = 200, body = [Event], description = "JSON, or with follow=true a text/event-stream whose data lines are events")))]
 async fn events(
     State(state): State<Arc<AppState>>,
     query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -754,18 +752,14 @@ async fn events(
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let (past, rx) = state.events.subscribe();
-    let wanted = move |e: &crate::events::Event| {
-        q.stack.as_ref().is_none_or(|s| e.stack.as_ref() == Some(s))
-    };
-    let past: Vec<crate::events::Event> = past.into_iter().filter(|e| wanted(e)).collect();
+    let wanted = move |e: &Event| q.stack.as_ref().is_none_or(|s| e.stack.as_ref() == Some(s));
+    let past: Vec<Event> = past.into_iter().filter(|e| wanted(e)).collect();
     if !q.follow {
         return Ok(Json(past).into_response());
     }
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use futures_util::StreamExt;
-    let to_sse = |e: &crate::events::Event| {
-        SseEvent::default().data(serde_json::to_string(e).unwrap_or_default())
-    };
+    let to_sse = |e: &Event| SseEvent::default().data(serde_json::to_string(e).unwrap_or_default());
     let history = futures_util::stream::iter(past.iter().map(to_sse).collect::<Vec<_>>());
     let shutdown = state.shutdown.clone();
     let live = futures_util::stream::unfold(rx, move |mut rx| async move {

@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::Duration;
 
-use skiff_coordinator::api::types::{NodeStatus, NodeView};
-use skiff_coordinator::client::{Client, Method};
+use skiff_api_types::{NodeStatus, NodeView};
+use skiff_cli::client::{Client, Method};
 use skiff_tests::cluster::{Coordinator, CoordinatorOptions, free_port};
 use skiff_tests::{launch_cluster, target_bin};
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use skiff_coordinator::api::types::NodeStatus;
+use skiff_api_types::NodeStatus;
 use skiff_tests::cluster::{Coordinator, CoordinatorOptions};
 use skiff_tests::wait_for;
 

@@ -4,8 +4,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
-use skiff_coordinator::api::types::NodeStatus;
-use skiff_coordinator::client::Method;
+use skiff_api_types::NodeStatus;
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{Agent, Coordinator, CoordinatorOptions};
 use skiff_tests::{launch_cluster, wait_for, wait_until};
 
@@ -68,7 +68,7 @@ async fn join_link_and_inventory() {
             "the agent's first report",
             Duration::from_secs(20),
             || async {
-                let r: Option<skiff_coordinator::api::types::NodeContainersView> = coord
+                let r: Option<skiff_api_types::NodeContainersView> = coord
                     .client()
                     .call(Method::GET, &format!("/nodes/{id}/containers"), None::<&()>)
                     .await
@@ -190,7 +190,7 @@ async fn agents_reconnect_after_coordinator_restart_without_rejoining() {
 }
 
 async fn token_uses(coord: &Coordinator) -> i64 {
-    let tokens: Vec<skiff_coordinator::api::types::JoinTokenView> = coord
+    let tokens: Vec<skiff_api_types::JoinTokenView> = coord
         .client()
         .call(Method::GET, "/tokens/join", None::<&()>)
         .await
@@ -268,7 +268,7 @@ async fn removed_node_is_disconnected_within_5s_and_refused_after() {
         .unwrap()
         .connected_since;
 
-    let removed: skiff_coordinator::api::types::NodeView = cluster
+    let removed: skiff_api_types::NodeView = cluster
         .coordinator
         .client()
         .call(Method::DELETE, &format!("/nodes/{victim}"), None::<&()>)

@@ -15,7 +15,7 @@ use bollard::query_parameters::{
     EventsOptions, PushImageOptions, RemoveImageOptions, TagImageOptions,
 };
 use futures_util::StreamExt;
-use skiff_coordinator::client::Method;
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{CoordinatorOptions, free_port};
 use skiff_tests::image::{docker, ensure_test_image};
 use skiff_tests::{launch_cluster, wait_for, wait_until};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use skiff_coordinator::api::types::{JoinTokenView, NodeStatus};
-use skiff_coordinator::client::Method;
+use skiff_api_types::{JoinTokenView, NodeStatus};
+use skiff_cli::client::Method;
 use skiff_shared::protocol::{
     self, AgentMessage, CoordinatorMessage, Hello, LINK_PATH, PROTOCOL_VERSION,
 };

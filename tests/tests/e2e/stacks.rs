@@ -6,8 +6,8 @@ use std::process::Output;
 use std::time::Duration;
 
 use bollard::query_parameters::ListContainersOptions;
-use skiff_coordinator::api::types::TaskView;
-use skiff_coordinator::client::Method;
+use skiff_api_types::TaskView;
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{Cluster, CoordinatorOptions};
 use skiff_tests::image::{docker, ensure_test_image};
 use skiff_tests::{launch_cluster, target_bin, wait_for};
@@ -459,7 +459,7 @@ async fn agent_restarts_readopt_and_a_coordinator_outage_changes_nothing() {
         .coordinator
         .wait_node(
             &victim,
-            skiff_coordinator::api::types::NodeStatus::Connected,
+            skiff_api_types::NodeStatus::Connected,
             Duration::from_secs(30),
         )
         .await
@@ -1015,7 +1015,7 @@ async fn a_rollout_cut_short_by_a_coordinator_restart_carries_on() {
         "the rollout to be under way",
         Duration::from_secs(90),
         || async {
-            let view: skiff_coordinator::api::types::StackView = cluster
+            let view: skiff_api_types::StackView = cluster
                 .coordinator
                 .client()
                 .call(Method::GET, &format!("/stacks/{stack}"), None::<&()>)

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use skiff_coordinator::api::types::{JoinTokenStatus, JoinTokenView};
-use skiff_coordinator::client::Method;
+use skiff_api_types::{JoinTokenStatus, JoinTokenView};
+use skiff_cli::client::Method;
 use skiff_tests::cluster::{Coordinator, CoordinatorOptions, run_join};
 use skiff_tests::wait_until;
 

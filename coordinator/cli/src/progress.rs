@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
-use crate::api::types::TaskView;
+use skiff_api_types::TaskView;
 
 const BAR: usize = 20;
 

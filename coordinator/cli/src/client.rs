@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::types::ApiErrorBody;
+use skiff_api_types::ApiErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

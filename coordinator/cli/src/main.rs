@@ -6,5 +6,5 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    skiff_coordinator::cli::main(skiff_coordinator::cli::Cli::parse()).await
+    skiff_cli::run(skiff_cli::Cli::parse()).await
 }

@@ -1,19 +1,45 @@
-//! The HTTP API's JSON types. These are the stable, documented shapes that
-//! `skiff ... --json` prints; fields are only ever added.
+//! The coordinator HTTP API's JSON types (`/api/v1`), shared by the
+//! coordinator, which serves them, and its clients: the `skiff` CLI and,
+//! later, the web UI. These are the stable, documented shapes that
+//! `skiff ... --json` prints; fields are only ever added, never renamed or
+//! removed.
+//!
+//! Layout:
+//! - This file: the request and answer bodies, by resource: errors
+//!   ([`ApiErrorBody`]), the cluster ([`ClusterView`]), nodes
+//!   ([`NodeView`], [`LabelChange`], [`NodeContainersView`]), join tokens
+//!   ([`CreateJoinToken`], [`JoinTokenView`]), stacks and their releases,
+//!   deploys and replicas ([`DeployRequest`], [`DeployView`],
+//!   [`StackView`], [`ReleaseView`], [`TaskView`]), secrets
+//!   ([`SetSecret`], [`SecretView`]), registry credentials
+//!   ([`SetRegistry`], [`RegistryView`]) and the event log ([`Event`]).
+//! - [`validate`]: checks of request fields that both sides run, the client
+//!   before it sends and the coordinator before it acts, so that one rule
+//!   gives one message.
+//!
+//! The crate knows nothing of HTTP, the store or the coordinator's
+//! internal types: the coordinator converts its rows into these at the API
+//! edge. With the `openapi` feature (the coordinator's) every type derives
+//! `utoipa::ToSchema` for the OpenAPI document; clients leave it off and do
+//! not link utoipa.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+
+pub mod validate;
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     pub code: String,
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Connected,
@@ -29,7 +55,8 @@ impl std::fmt::Display for NodeStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiskView {
     pub mount: String,
     pub filesystem: String,
@@ -38,7 +65,8 @@ pub struct DiskView {
 }
 
 /// What the agent reported about its host.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostView {
     pub hostname: String,
     pub os: String,
@@ -50,7 +78,8 @@ pub struct HostView {
 }
 
 /// A node of the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     pub id: String,
     pub name: String,
@@ -78,7 +107,8 @@ pub struct NodeView {
 }
 
 /// Request to create a join token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateJoinToken {
     /// Lifetime, e.g. "30m", "24h" (default: the coordinator's join_token_ttl).
@@ -88,7 +118,8 @@ pub struct CreateJoinToken {
 }
 
 /// A join token, shown in full only in this answer.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedJoinToken {
     pub id: String,
     pub token: String,
@@ -96,7 +127,8 @@ pub struct CreatedJoinToken {
     pub uses_allowed: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JoinTokenStatus {
     Active,
@@ -117,7 +149,8 @@ impl std::fmt::Display for JoinTokenStatus {
 }
 
 /// A join token as listed (the secret is never shown again).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinTokenView {
     pub id: String,
     pub status: JoinTokenStatus,
@@ -128,7 +161,8 @@ pub struct JoinTokenView {
 }
 
 /// Changes to a node's labels.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LabelChange {
     #[serde(default)]
@@ -138,7 +172,8 @@ pub struct LabelChange {
 }
 
 /// Facts about the cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     pub cluster_id: String,
     pub ca_fingerprint: String,
@@ -147,7 +182,8 @@ pub struct ClusterView {
 }
 
 /// One container on a node, as its agent last reported it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerView {
     /// `<stack>.<service>.<slot>`.
     pub name: String,
@@ -164,7 +200,8 @@ pub struct ContainerView {
 }
 
 /// A node's containers as its agent last reported them.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeContainersView {
     pub node_id: String,
     /// RFC 3339; when the report arrived. Null if the agent never reported.
@@ -177,11 +214,12 @@ pub struct NodeContainersView {
 }
 
 /// A deploy request: the stack as the CLI parsed it, and the file as written.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     /// The parsed stack model (`skiff_compose::stack::Stack`).
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub stack: serde_json::Value,
     /// The compose file's text, kept with the release.
     pub compose: String,
@@ -190,7 +228,8 @@ pub struct DeployRequest {
 }
 
 /// One change of a deploy.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepView {
     /// `start`, `stop` or `replace`.
     pub action: String,
@@ -202,7 +241,8 @@ pub struct StepView {
 }
 
 /// What a deploy did, or would do.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployView {
     /// The new release; null for a dry run.
     pub release: Option<i64>,
@@ -211,7 +251,8 @@ pub struct DeployView {
 }
 
 /// A stack.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StackView {
     pub name: String,
     pub release: i64,
@@ -227,7 +268,8 @@ pub struct StackView {
 }
 
 /// A stack's latest rolling update.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutView {
     pub release: i64,
     /// `in_progress`, `completed`, `rolled_back`, `paused`, `superseded` or `failed`.
@@ -238,7 +280,8 @@ pub struct RolloutView {
 }
 
 /// Roll a stack back to an earlier release.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The release to restore; default: the one before the current.
@@ -246,14 +289,16 @@ pub struct RollbackRequest {
 }
 
 /// Set a service's replica count.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     pub replicas: u32,
 }
 
 /// A release of a stack.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseView {
     pub number: i64,
     pub created_at: String,
@@ -266,7 +311,8 @@ pub struct ReleaseView {
 }
 
 /// One replica of a stack.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskView {
     /// `<stack>.<service>.<slot>`.
     pub name: String,
@@ -301,14 +347,16 @@ impl TaskView {
 }
 
 /// Set a secret: its value, base64.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetSecret {
     pub value: String,
 }
 
 /// A secret as listed: never its value.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretView {
     pub name: String,
     pub version: i64,
@@ -316,7 +364,8 @@ pub struct SecretView {
 }
 
 /// Set a registry's credentials for image pulls.
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetRegistry {
     pub username: String,
@@ -334,11 +383,28 @@ impl std::fmt::Debug for SetRegistry {
 }
 
 /// A registry's credentials as listed: never the password.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegistryView {
     /// Registry host, normalized: lower case, Docker Hub as `docker.io`.
     pub host: String,
     pub username: String,
     /// When these credentials were set, RFC 3339.
     pub created_at: String,
+}
+
+/// One thing that happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Event {
+    /// Increasing from 1 since the coordinator started.
+    pub id: u64,
+    /// RFC 3339.
+    pub at: String,
+    /// `deploy`, `rollout`, `rollback`, `stack_removed`, `node_connected`,
+    /// `node_disconnected`, `node_removed`, `host_lost`.
+    pub kind: String,
+    pub stack: Option<String>,
+    pub node: Option<String>,
+    pub message: String,
 }

@@ -1,0 +1,103 @@
+//! Checks of request fields that the client and the coordinator both run:
+//! the `skiff` CLI before it sends a request (so a mistake is caught before
+//! anything is read from standard input or sent), the coordinator before it
+//! acts on one (so every client gets the same rule). Each returns the
+//! message to show, naming the input and the fix; each side maps it to its
+//! own error.
+
+/// Longest registry username accepted.
+pub const MAX_USERNAME_BYTES: usize = 256;
+/// Longest registry password or token accepted (cloud registries' tokens
+/// run to a few KiB; a JSON key file to a few more).
+pub const MAX_PASSWORD_BYTES: usize = 64 * 1024;
+
+/// Checks a registry username ([`crate::SetRegistry::username`]): not
+/// empty, no `:` (HTTP basic auth splits on it), no control characters.
+pub fn check_username(username: &str) -> Result<(), String> {
+    if username.is_empty() {
+        return Err("the username is empty; pass the registry account's name".into());
+    }
+    if username.len() > MAX_USERNAME_BYTES {
+        return Err(format!(
+            "the username is longer than {MAX_USERNAME_BYTES} bytes"
+        ));
+    }
+    if username.contains(':') || username.chars().any(char::is_control) {
+        return Err(format!(
+            "username {username:?} has a ':' or a control character, which registries cannot accept; check it"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a registry password or token ([`crate::SetRegistry::password`]):
+/// not empty, not over [`MAX_PASSWORD_BYTES`], no line breaks.
+pub fn check_password(password: &str) -> Result<(), String> {
+    if password.is_empty() {
+        return Err("the password is empty; pipe the password or token in".into());
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "the password is longer than {} KiB",
+            MAX_PASSWORD_BYTES / 1024
+        ));
+    }
+    if password.chars().any(char::is_control) {
+        return Err(
+            "the password has a line break or control character; pipe only the password".into(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["bot", "org+robot", "user@example.com", "ä"] {
+            assert_eq!(check_username(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_username(&"u".repeat(MAX_USERNAME_BYTES)),
+            Ok(()),
+            "the longest"
+        );
+        for (bad, says) in [
+            ("", "username is empty"),
+            ("a:b", "\"a:b\""),
+            ("a\nb", "control character"),
+            ("a\tb", "control character"),
+        ] {
+            let m = check_username(bad).unwrap_err();
+            assert!(m.contains(says), "{bad:?}: {m}");
+        }
+        let m = check_username(&"u".repeat(MAX_USERNAME_BYTES + 1)).unwrap_err();
+        assert!(m.contains("longer than 256 bytes"), "{m}");
+    }
+
+    #[test]
+    fn passwords() {
+        for ok in [
+            "pw",
+            "correct horse battery staple",
+            "ghp_Ab1:/+=",
+            "pässwörd",
+        ] {
+            assert_eq!(check_password(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_password(&"p".repeat(MAX_PASSWORD_BYTES)), Ok(()));
+        for (bad, says) in [
+            ("", "password is empty"),
+            ("pw\n", "line break"),
+            ("pw\r\n", "line break"),
+            ("p\u{7f}w", "control character"),
+        ] {
+            let m = check_password(bad).unwrap_err();
+            assert!(m.contains(says), "{bad:?}: {m}");
+        }
+        let m = check_password(&"p".repeat(MAX_PASSWORD_BYTES + 1)).unwrap_err();
+        assert!(m.contains("longer than 64 KiB"), "{m}");
+    }
+}

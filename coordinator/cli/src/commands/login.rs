@@ -1,0 +1,60 @@
+//! `skiff login`: checks a URL and token against the coordinator, then
+//! saves them (see [`crate::config`]) for later commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use skiff_api_types::ClusterView;
+
+use crate::Failure;
+use crate::client::{Client, Method};
+use crate::config::{self, CliConfig};
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Coordinator API URL (default: --url, SKIFF_URL or http://127.0.0.1:7070).
+    #[arg(long = "api-url")]
+    pub api_url: Option<String>,
+    /// Read the token from this file instead of --token/SKIFF_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Logs in to `url` (unless `--api-url` names another) with the token from
+/// `--token-file`, else `flag_token` (`--token` or `SKIFF_TOKEN`; a saved
+/// token is not reused).
+pub(crate) async fn run(
+    args: LoginArgs,
+    url: String,
+    flag_token: Option<String>,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let url = args.api_url.unwrap_or(url);
+    let token = match args.token_file {
+        Some(p) => std::fs::read_to_string(&p)
+            .map_err(|e| Failure::usage(format!("cannot read token file {}: {e}", p.display())))?
+            .trim()
+            .to_owned(),
+        None => flag_token
+            .ok_or_else(|| Failure::usage("login needs --token, SKIFF_TOKEN or --token-file"))?,
+    };
+    let client = Client::new(&url, Some(token.clone()))?;
+    let cluster: ClusterView = client.call(Method::GET, "/cluster", None::<&()>).await?;
+    let path = config::path()
+        .ok_or_else(|| Failure::usage("cannot find a config dir: set HOME or SKIFF_CONFIG"))?;
+    config::save(
+        &path,
+        &CliConfig {
+            url: Some(url.clone()),
+            token: Some(token),
+        },
+    )?;
+    let _ = writeln!(
+        out,
+        "Logged in to cluster {} at {url}; saved to {}.",
+        cluster.cluster_id,
+        path.display()
+    );
+    Ok(())
+}
