@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use skiff_api_types::Event;
+use skiff_api_types::{Event, EventKind};
 use tokio::sync::broadcast;
 
 /// Events kept for late readers.
@@ -32,7 +32,7 @@ impl EventLog {
     /// Records an event.
     pub fn emit(
         &self,
-        kind: &str,
+        kind: EventKind,
         stack: Option<&str>,
         node: Option<&str>,
         message: impl Into<String>,
@@ -45,7 +45,7 @@ impl EventLog {
         let event = Event {
             id: guard.0,
             at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            kind: kind.to_owned(),
+            kind,
             stack: stack.map(str::to_owned),
             node: node.map(str::to_owned),
             message: message.into(),
@@ -77,12 +77,12 @@ mod tests {
     fn keeps_the_last_events_and_numbers_them() {
         let log = EventLog::default();
         for i in 0..(KEEP + 5) {
-            log.emit("deploy", Some("s"), None, format!("{i}"));
+            log.emit(EventKind::Deploy, Some("s"), None, format!("{i}"));
         }
         let (kept, mut rx) = log.subscribe();
         assert_eq!(kept.len(), KEEP);
         assert_eq!(kept[0].id, 6);
-        log.emit("rollout", Some("s"), None, "x");
+        log.emit(EventKind::Rollout, Some("s"), None, "x");
         assert_eq!(rx.try_recv().map(|e| e.id).ok(), Some(KEEP as u64 + 6));
     }
 }

@@ -393,6 +393,52 @@ pub struct RegistryView {
     pub created_at: String,
 }
 
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A release was recorded (deploy, rollback or scale), or a held
+    /// replica started after its dependencies.
+    Deploy,
+    /// A rollout step: a replica updated, or the rollout ended.
+    Rollout,
+    StackRemoved,
+    NodeConnected,
+    NodeDisconnected,
+    NodeRemoved,
+    /// Replicas moved off a host lost past the grace period.
+    HostLost,
+    RegistryLogin,
+    RegistryLogout,
+    /// A kind a newer coordinator sends.
+    #[serde(other)]
+    Other,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Rollout => "rollout",
+            Self::StackRemoved => "stack_removed",
+            Self::NodeConnected => "node_connected",
+            Self::NodeDisconnected => "node_disconnected",
+            Self::NodeRemoved => "node_removed",
+            Self::HostLost => "host_lost",
+            Self::RegistryLogin => "registry_login",
+            Self::RegistryLogout => "registry_logout",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One thing that happened.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -401,9 +447,7 @@ pub struct Event {
     pub id: u64,
     /// RFC 3339.
     pub at: String,
-    /// `deploy`, `rollout`, `rollback`, `stack_removed`, `node_connected`,
-    /// `node_disconnected`, `node_removed`, `host_lost`.
-    pub kind: String,
+    pub kind: EventKind,
     pub stack: Option<String>,
     pub node: Option<String>,
     pub message: String,

@@ -2,6 +2,7 @@
 //! route except `/healthz`, errors as [`skiff_api_types::ApiErrorBody`], and the
 //! OpenAPI document at `/api/v1/openapi.json`.
 
+use skiff_api_types::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -296,7 +297,7 @@ async fn remove_node(
     state.sessions.close(&node.id);
     info!(node = %node.id, name = %node.name, "Node removed; its certificate is revoked.");
     state.events.emit(
-        "node_removed",
+        EventKind::NodeRemoved,
         None,
         Some(&node.id),
         format!("{} removed; its certificate is revoked", node.name),
@@ -720,7 +721,7 @@ async fn stack_releases(
                     number: r.number,
                     created_at: rfc3339_ms(r.created_at),
                     current: Some(r.number) == current,
-                    status: r.status,
+                    status: r.status.as_str().to_owned(),
                     message: r.message,
                     images: defs
                         .into_iter()
@@ -913,7 +914,7 @@ async fn set_registry(
     state.plans.sections().deliveries_changed();
     info!(registry = %row.host, username = %row.username, "Registry credentials set.");
     state.events.emit(
-        "registry_login",
+        EventKind::RegistryLogin,
         None,
         None,
         format!("credentials for {} set (user {})", row.host, row.username),
@@ -950,7 +951,7 @@ async fn remove_registry(
     state.plans.sections().deliveries_changed();
     info!(registry = %row.host, "Registry credentials removed.");
     state.events.emit(
-        "registry_logout",
+        EventKind::RegistryLogout,
         None,
         None,
         format!("credentials for {} removed", row.host),

@@ -5,6 +5,7 @@
 //! replaced by a rolling update ([`rollout`]) that waits for each batch to
 //! be healthy and rolls back by itself when one is not.
 
+use skiff_api_types::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tracing::info;
 use crate::plans::NodePlan;
 use crate::scheduler::{self, Host, HostStatus, Placement, Resources, Slot};
 use crate::state::{AppState, now_ms};
-use crate::store::StoreError;
+use crate::store::{ReleaseStatus, StoreError};
 
 pub mod resolve;
 pub mod rollout;
@@ -206,7 +207,7 @@ pub async fn deploy_defs(
         "Stack deployed."
     );
     state.events.emit(
-        "deploy",
+        EventKind::Deploy,
         Some(name),
         None,
         format!(
@@ -583,7 +584,7 @@ pub async fn reschedule_lost(state: &AppState) -> Result<usize, DeployError> {
             };
             state
                 .events
-                .emit("host_lost", Some(&stack.name), Some(node), what);
+                .emit(EventKind::HostLost, Some(&stack.name), Some(node), what);
         }
         changed += t.steps.len();
         apply(state, t.immediate).await?;
@@ -602,7 +603,7 @@ pub async fn resume(state: &Arc<AppState>) -> Result<usize, DeployError> {
         let releases = state.store.releases(&stack.name).await?;
         let Some(current) = releases
             .iter()
-            .find(|r| r.number == stack.current_release && r.status == "deploying")
+            .find(|r| r.number == stack.current_release && r.status == ReleaseStatus::Deploying)
         else {
             continue;
         };
@@ -622,7 +623,7 @@ pub async fn resume(state: &Arc<AppState>) -> Result<usize, DeployError> {
             "Resuming the rollout."
         );
         state.events.emit(
-            "rollout",
+            EventKind::Rollout,
             Some(&stack.name),
             None,
             format!(
@@ -670,7 +671,7 @@ pub async fn remove(state: &AppState, name: &str) -> Result<usize, DeployError> 
     apply(state, new_plans).await?;
     info!(stack = name, containers = removed, "Stack removed.");
     state.events.emit(
-        "stack_removed",
+        EventKind::StackRemoved,
         Some(name),
         None,
         format!("{removed} containers to stop"),
@@ -792,7 +793,7 @@ fn last_deployed_before(
 ) -> Option<&crate::store::ReleaseRow> {
     releases
         .iter()
-        .find(|r| r.number < number && r.status == "deployed")
+        .find(|r| r.number < number && r.status == ReleaseStatus::Deployed)
 }
 
 /// Deploys release `to` of a stack again (default: the release before the

@@ -2,6 +2,7 @@
 //! one [`ServiceDef`] per service, holding the scheduler's view and the
 //! container spec every replica is created from. Pure: no I/O.
 
+use skiff_compose::stack::FailureAction;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -49,8 +50,7 @@ pub struct UpdatePolicy {
     pub delay_ms: u64,
     pub monitor_ms: u64,
     pub start_first: bool,
-    /// `rollback`, `pause` or `continue`.
-    pub failure_action: String,
+    pub failure_action: FailureAction,
 }
 
 /// A problem turning the stack into something runnable, naming the service and the fix.
@@ -71,7 +71,7 @@ fn policy(c: &UpdateConfig) -> UpdatePolicy {
         delay_ms: ms(c.delay),
         monitor_ms: ms(c.monitor),
         start_first: c.order == skiff_compose::stack::UpdateOrder::StartFirst,
-        failure_action: format!("{:?}", c.failure_action).to_lowercase(),
+        failure_action: c.failure_action,
     }
 }
 
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(web.template.healthcheck.as_ref().unwrap().interval_ms, 2000);
         assert_eq!(web.template.healthcheck.as_ref().unwrap().test[0], "CMD");
         assert!(web.update.start_first && web.update.parallelism == 2);
-        assert_eq!(web.update.failure_action, "rollback");
+        assert_eq!(web.update.failure_action, FailureAction::Rollback);
         assert_eq!(
             web.container(scheduler::Slot::Replica(2)).name(),
             "shop.web.2"

@@ -12,6 +12,7 @@
 //! One rollout per stack runs at a time; a new deploy of the stack cancels
 //! the one in progress and starts from what then runs.
 
+use skiff_api_types::EventKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,11 +21,12 @@ use skiff_shared::workload::{ContainerSpec, ContainerState, Health};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use skiff_compose::stack::DependsCondition;
+use skiff_compose::stack::{DependsCondition, FailureAction};
 
 use super::resolve::{ServiceDef, UpdatePolicy};
 use super::{Held, Update, edit_node_plan};
 use crate::state::{AppState, now_ms};
+use crate::store::ReleaseStatus;
 
 /// How often the rollout looks at the agents' reports.
 const POLL: Duration = Duration::from_millis(200);
@@ -154,11 +156,11 @@ pub fn start(
         };
         let release_status = match rollout_state {
             RolloutState::Completed | RolloutState::Superseded | RolloutState::InProgress => {
-                "deployed"
+                ReleaseStatus::Deployed
             }
-            RolloutState::RolledBack => "rolled_back",
-            RolloutState::Paused => "paused",
-            RolloutState::Failed => "failed",
+            RolloutState::RolledBack => ReleaseStatus::RolledBack,
+            RolloutState::Paused => ReleaseStatus::Paused,
+            RolloutState::Failed => ReleaseStatus::Failed,
         };
         let message_opt = (rollout_state != RolloutState::Completed).then_some(message.as_str());
         if let Err(e) = state
@@ -178,7 +180,7 @@ pub fn start(
             warn!(error = %e, "Recording the rolled-back release failed.");
         }
         state.events.emit(
-            "rollout",
+            EventKind::Rollout,
             Some(&stack),
             None,
             format!("release {release} {}: {message}", rollout_state.as_str()),
@@ -246,7 +248,7 @@ async fn start_in_order(
                     }
                     warn!(stack, reason = %why, "Optional dependency not ready; starting anyway.");
                     state.events.emit(
-                        "deploy",
+                        EventKind::Deploy,
                         Some(stack),
                         None,
                         format!("{why}; starting anyway (not required)"),
@@ -264,7 +266,7 @@ async fn start_in_order(
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?;
             state.events.emit(
-                "deploy",
+                EventKind::Deploy,
                 Some(stack),
                 Some(&h.node),
                 format!("{} started after its dependencies", h.spec.name()),
@@ -325,7 +327,7 @@ async fn run(
                 Ok(()) => {
                     for u in batch {
                         state.events.emit(
-                            "rollout",
+                            EventKind::Rollout,
                             Some(stack),
                             Some(&u.node),
                             format!("{} updated", u.new.name()),
@@ -340,12 +342,12 @@ async fn run(
                 Err(Stop::Paused(why) | Stop::RolledBack(why) | Stop::Failed(why)) => {
                     // The failed batch is rolled back with the others.
                     done.extend(batch.iter().cloned().map(|u| (u, def.update.start_first)));
-                    match def.update.failure_action.as_str() {
-                        "continue" => {
+                    match def.update.failure_action {
+                        FailureAction::Continue => {
                             warn!(stack, reason = %why, "Update batch failed; continuing as configured.");
                         }
-                        "pause" => return Err(Stop::Paused(why)),
-                        _ => {
+                        FailureAction::Pause => return Err(Stop::Paused(why)),
+                        FailureAction::Rollback => {
                             warn!(stack, reason = %why, "Update batch failed; rolling back.");
                             state.rollouts.update(stack, release, |s| {
                                 s.message = format!("rolling back: {why}")

@@ -2,6 +2,7 @@
 //! the node's signed plan, certificate renewal, and a clean close with a
 //! logged reason when the agent misbehaves.
 
+use skiff_api_types::EventKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,7 +279,7 @@ impl Session {
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
         self.state.events.emit(
-            "node_connected",
+            EventKind::NodeConnected,
             None,
             Some(&self.node_id),
             format!("from {}", self.peer),
@@ -611,7 +612,7 @@ impl Session {
             .is_some_and(|s| s.conn_id == self.conn_id)
         {
             self.state.events.emit(
-                "node_disconnected",
+                EventKind::NodeDisconnected,
                 None,
                 Some(&self.node_id),
                 "link closed",

@@ -93,9 +93,47 @@ pub struct ReleaseRow {
     pub compose: String,
     /// The resolved services, JSON.
     pub services: String,
-    /// `deploying`, `deployed`, `rolled_back`, `paused` or `failed`.
-    pub status: String,
+    pub status: ReleaseStatus,
     pub message: Option<String>,
+}
+
+/// Where a release is: `deploying` until its rollout ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    Deploying,
+    Deployed,
+    RolledBack,
+    Paused,
+    Failed,
+}
+
+impl ReleaseStatus {
+    /// As stored, and as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploying => "deploying",
+            Self::Deployed => "deployed",
+            Self::RolledBack => "rolled_back",
+            Self::Paused => "paused",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// From the stored text.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "deploying" => Self::Deploying,
+            "deployed" => Self::Deployed,
+            "rolled_back" => Self::RolledBack,
+            "paused" => Self::Paused,
+            "failed" => Self::Failed,
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown release status {other:?}"
+                )));
+            }
+        })
+    }
 }
 
 /// A secret's latest version (never its value).
@@ -192,7 +230,7 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         &self,
         stack: &str,
         number: i64,
-        status: &str,
+        status: ReleaseStatus,
         message: Option<&str>,
     ) -> Result<()>;
     async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()>;

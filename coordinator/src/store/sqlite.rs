@@ -12,8 +12,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlStr, SqlitePool};
 
 use super::{
-    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow, Result,
-    SecretRow, StackRow, Store, StoreError,
+    ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow,
+    ReleaseStatus, Result, SecretRow, StackRow, Store, StoreError,
 };
 
 /// Versioned migrations, embedded in the binary. Append only.
@@ -481,7 +481,7 @@ impl Store for SqliteStore {
                     created_at: r.try_get("created_at")?,
                     compose: r.try_get("compose")?,
                     services: r.try_get("services")?,
-                    status: r.try_get("status")?,
+                    status: ReleaseStatus::parse(r.try_get("status")?)?,
                     message: r.try_get("message")?,
                 })
             })
@@ -492,11 +492,11 @@ impl Store for SqliteStore {
         &self,
         stack: &str,
         number: i64,
-        status: &str,
+        status: ReleaseStatus,
         message: Option<&str>,
     ) -> Result<()> {
         sqlx::query("UPDATE releases SET status = ?, message = ? WHERE stack = ? AND number = ?")
-            .bind(status)
+            .bind(status.as_str())
             .bind(message)
             .bind(stack)
             .bind(number)
