@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How long a host may be silent before its replicas are placed elsewhere.
+pub const DEFAULT_HOST_LOST_GRACE: Duration = Duration::from_secs(60);
+
 /// Everything the coordinator can be configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,7 +52,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             cert_ttl: Duration::from_secs(72 * 3600),
             join_token_ttl: Duration::from_secs(24 * 3600),
-            host_lost_grace: crate::deploy::DEFAULT_HOST_LOST_GRACE,
+            host_lost_grace: DEFAULT_HOST_LOST_GRACE,
             agent_binary: None,
         }
     }

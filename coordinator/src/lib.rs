@@ -11,7 +11,7 @@
 //! - [`link`]: the agent port: mTLS WebSocket sessions, and the public join
 //!   and install endpoints.
 //! - [`api`]: the HTTP API and its OpenAPI document.
-//! - [`state`]: what the tasks share, including the live session registry.
+//! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
 //! - [`events`]: the in-memory event log and its followers.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
@@ -39,5 +39,10 @@ pub mod scheduler;
 pub mod secrets;
 pub mod sections;
 pub mod server;
-pub mod state;
+pub mod sessions;
 pub mod store;
+
+/// Now, in Unix milliseconds, as stored.
+pub fn now_ms() -> i64 {
+    i64::try_from(skiff_shared::unix_millis()).unwrap_or(i64::MAX)
+}

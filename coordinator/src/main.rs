@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use skiff_coordinator::config::Config;
+use skiff_shared::tasks::TaskTree;
 use tokio::net::TcpListener;
 use tracing::error;
 
@@ -97,8 +98,9 @@ fn main() -> ExitCode {
 
 async fn serve(cfg: Config) -> ExitCode {
     let (api_addr, agent_addr) = (cfg.api_listen, cfg.agent_listen);
-    let state = match skiff_coordinator::server::prepare(cfg).await {
-        Ok(s) => s,
+    let tree = TaskTree::root();
+    let coordinator = match skiff_coordinator::server::prepare(cfg, &tree).await {
+        Ok(c) => c,
         Err(e) => {
             error!(error = %e, "Coordinator cannot start.");
             eprintln!("skiff-coordinator: {e}");
@@ -120,12 +122,14 @@ async fn serve(cfg: Config) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        shutdown.cancel();
+    let signals = tree.clone();
+    tree.spawn("signals", async move {
+        tokio::select! {
+            () = signals.cancelled() => {}
+            () = wait_for_signal() => signals.cancel(),
+        }
     });
-    match skiff_coordinator::server::run(state, api, agent).await {
+    match skiff_coordinator::server::run(coordinator, api, agent).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("skiff-coordinator: {e}");

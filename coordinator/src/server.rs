@@ -1,26 +1,35 @@
-//! Wiring: prepare the state from a validated config, then serve the API
-//! and the agent port until shutdown.
+//! Wiring: prepare the coordinator's handles from a validated config, then
+//! serve the API and the agent port in the task tree until it is cancelled.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use skiff_shared::files::{PRIVATE, write_atomic};
+use skiff_shared::tasks::TaskTree;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::Api;
 use crate::auth::ApiTokenSecret;
 use crate::config::Config;
+use crate::deploy::Deployer;
+use crate::events::EventLog;
 use crate::identity::Identity;
-use crate::link::TlsConfigs;
-use crate::state::{AgentBinary, AppState, Sessions, now_ms};
+use crate::link::{AgentBinary, Link, LinkMetrics, TlsConfigs};
+use crate::now_ms;
+use crate::observed::ObservedBook;
+use crate::plans::PlanBook;
+use crate::sections::{SectionHandles, Sections};
+use crate::sessions::Sessions;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{ApiToken, Store};
 
 /// How often last-seen times of connected nodes are written.
 const SEEN_FLUSH: Duration = Duration::from_secs(60);
+/// How long shutdown waits for tasks to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -74,8 +83,9 @@ async fn checksum(path: &Path) -> std::io::Result<String> {
     .map_err(std::io::Error::other)?
 }
 
-/// Initialises or loads the data dir and the store. Binds nothing.
-pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
+/// Initialises or loads the data dir and the store, and wires the
+/// coordinator's handles; its tasks will run on `tree`. Binds nothing.
+pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, ServerError> {
     let (identity, created) = Identity::load_or_init(&config.data_dir, &config.advertise)?;
     if created {
         info!(dir = %config.data_dir.display(), cluster = %identity.cluster_id, "Data dir initialised: new cluster CA and keys.");
@@ -126,13 +136,13 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
     };
     let secret_key = Arc::new(crate::secrets::SecretKey::load_or_create(&config.data_dir)?);
     let store: Arc<dyn Store> = Arc::new(store);
-    let observed = Arc::new(crate::observed::ObservedBook::default());
-    let sections = crate::sections::Sections::new(&crate::sections::SectionHandles {
+    let observed = Arc::new(ObservedBook::default());
+    let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
         observed: observed.clone(),
-    });
-    let plans = crate::plans::PlanBook::new(Arc::new(sections));
+    }));
+    let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in store.node_plans().await? {
         let node_id = row.node_id.clone();
         if let Some(plan) = plans.restore(row).map_err(ServerError::Encode)? {
@@ -141,57 +151,96 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, ServerError> {
                 .await?;
         }
     }
-    Ok(Arc::new(AppState {
-        config,
-        identity,
-        store,
-        sessions: Sessions::default(),
-        revoked: Arc::new(RwLock::new(revoked)),
-        agent_binary,
-        shutdown: CancellationToken::new(),
-        metrics: Default::default(),
+    let identity = Arc::new(identity);
+    let sessions = Arc::new(Sessions::new(revoked));
+    let events = Arc::new(EventLog::default());
+    let metrics = Arc::new(LinkMetrics::default());
+    let deployer = Deployer::new(
+        store.clone(),
+        plans.clone(),
+        observed.clone(),
+        sessions.clone(),
+        events.clone(),
+        tree,
+        config.host_lost_grace,
+    );
+    let link = Arc::new(Link {
+        identity: identity.clone(),
+        store: store.clone(),
+        sessions: sessions.clone(),
         plans,
+        events: events.clone(),
+        metrics: metrics.clone(),
+        agent_binary,
+        heartbeat_interval: config.heartbeat_interval,
+        cert_ttl: config.cert_ttl,
+    });
+    let api = Api {
+        store: store.clone(),
+        sessions: sessions.clone(),
         observed,
-        deploy_lock: Default::default(),
-        rollouts: Default::default(),
-        events: Default::default(),
+        events,
+        deployer: deployer.clone(),
+        sections,
+        identity,
         secret_key,
-        started_at_ms: now_ms(),
-    }))
+        metrics,
+        join_token_ttl: config.join_token_ttl,
+        tree: tree.clone(),
+    };
+    Ok(Coordinator {
+        tree: tree.clone(),
+        store,
+        sessions,
+        deployer,
+        link,
+        api,
+    })
 }
 
-/// Serves until `state.shutdown` is cancelled, then drains for up to 10 s.
-pub async fn run(
-    state: Arc<AppState>,
-    api: TcpListener,
-    agent: TcpListener,
-) -> Result<(), ServerError> {
-    let tls = TlsConfigs::new(&state)?;
+/// A prepared coordinator: its handles, wired, with nothing bound yet.
+#[derive(Debug)]
+pub struct Coordinator {
+    tree: TaskTree,
+    store: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
+    deployer: Deployer,
+    link: Arc<Link>,
+    api: Api,
+}
+
+/// Serves until the coordinator's tree is cancelled, then waits up to
+/// [`SHUTDOWN_GRACE`] for every task to end.
+pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result<(), ServerError> {
+    let tls = TlsConfigs::new(&c.link)?;
     info!(
         api = %api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         agent = %agent.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        ca_fingerprint = %hex::encode(state.identity.ca.fingerprint()),
+        ca_fingerprint = %hex::encode(c.link.identity.ca.fingerprint()),
         "Coordinator serving."
     );
-    let link = tokio::spawn(crate::link::serve(state.clone(), agent, tls));
-    let app = crate::api::router(state.clone());
-    let shutdown = state.shutdown.clone();
-    let api_task = tokio::spawn(async move {
+    let tree = c.tree.clone();
+    tree.spawn(
+        "agent-port",
+        crate::link::serve(c.link.clone(), agent, tls, tree.child()),
+    );
+    let app = crate::api::router(c.api.clone());
+    let stop = tree.clone();
+    tree.spawn("api", async move {
         let serve =
-            axum::serve(api, app).with_graceful_shutdown(async move { shutdown.cancelled().await });
+            axum::serve(api, app).with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(error) = serve.await {
             warn!(error = %error, "API server failed.");
         }
     });
-    let flush_state = state.clone();
-    let flush = tokio::spawn(async move {
+    let (store, sessions, t) = (c.store.clone(), c.sessions.clone(), tree.clone());
+    tree.spawn("last-seen", async move {
         let mut tick = tokio::time::interval(SEEN_FLUSH);
         loop {
             tokio::select! {
-                () = flush_state.shutdown.cancelled() => break,
+                () = t.cancelled() => break,
                 _ = tick.tick() => {
-                    let ids = flush_state.sessions.ids();
-                    if let Err(error) = flush_state.store.node_seen(&ids, now_ms()).await {
+                    if let Err(error) = store.node_seen(&sessions.ids(), now_ms()).await {
                         warn!(error = %error, "Recording last-seen times failed.");
                     }
                 }
@@ -199,44 +248,33 @@ pub async fn run(
         }
     });
     // Rollouts the last run of the coordinator left unfinished carry on.
-    let resume_state = state.clone();
-    tokio::spawn(async move {
-        match crate::deploy::resume(&resume_state).await {
+    let deployer = c.deployer.clone();
+    tree.spawn("resume", async move {
+        match crate::deploy::resume(&deployer).await {
             Ok(0) => {}
             Ok(n) => info!(stacks = n, "Resumed unfinished rollouts."),
             Err(error) => warn!(error = %error, "Resuming unfinished rollouts failed."),
         }
     });
-    let lost_state = state.clone();
-    let lost = tokio::spawn(async move {
+    let (deployer, t) = (c.deployer.clone(), tree.clone());
+    tree.spawn("host-lost", async move {
         // Check often relative to the grace period, but not busily.
-        let period = (lost_state.config.host_lost_grace / 4)
+        let period = (deployer.host_lost_grace / 4)
             .clamp(Duration::from_millis(200), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
-                () = lost_state.shutdown.cancelled() => break,
+                () = t.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(error) = crate::deploy::reschedule_lost(&lost_state).await {
+                    if let Err(error) = crate::deploy::reschedule_lost(&deployer).await {
                         warn!(error = %error, "Rescheduling after a host loss failed.");
                     }
                 }
             }
         }
     });
-    state.shutdown.cancelled().await;
-    let drain = async {
-        let _ = link.await;
-        let _ = api_task.await;
-        let _ = flush.await;
-        let _ = lost.await;
-        // Give sessions a moment to send their close frames.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !state.sessions.is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
+    tree.cancelled().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tree.wait())
         .await
         .is_err()
     {

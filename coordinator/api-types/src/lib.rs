@@ -179,6 +179,23 @@ pub struct ClusterView {
     pub ca_fingerprint: String,
     pub version: String,
     pub nodes_connected: usize,
+    /// Agent links closed or refused for cause since the coordinator started.
+    #[serde(default)]
+    pub link: LinkCounters,
+}
+
+/// Agent links closed or refused for cause.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LinkCounters {
+    /// Messages that were not valid envelopes or reports.
+    pub malformed_total: u64,
+    /// Frames or messages over the size limits.
+    pub oversized_total: u64,
+    /// TLS handshakes on the link refused (no, foreign or revoked certificate).
+    pub tls_refused_total: u64,
+    /// Join requests refused.
+    pub joins_refused_total: u64,
 }
 
 /// One container on a node, as its agent last reported it.

@@ -12,24 +12,22 @@
 //! One rollout per stack runs at a time; a new deploy of the stack cancels
 //! the one in progress and starts from what then runs.
 
-use skiff_api_types::EventKind;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
+use skiff_api_types::EventKind;
+use skiff_compose::stack::{DependsCondition, FailureAction};
+use skiff_shared::tasks::TaskTree;
 use skiff_shared::workload::{ContainerSpec, ContainerState, Health};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use skiff_compose::stack::{DependsCondition, FailureAction};
-
 use super::resolve::{ServiceDef, UpdatePolicy};
-use super::{Held, Update, edit_node_plan};
-use crate::state::{AppState, now_ms};
+use super::{Deployer, Held, Update, edit_node_plan};
+use crate::now_ms;
 use crate::store::ReleaseStatus;
 
-/// How often the rollout looks at the agents' reports.
-const POLL: Duration = Duration::from_millis(200);
 /// The least time a batch gets to become healthy (image pulls included).
 const MIN_DEADLINE: Duration = Duration::from_secs(120);
 
@@ -75,16 +73,22 @@ pub struct RolloutStatus {
     pub updated_at_ms: u64,
 }
 
-/// The latest rollout of each stack.
-#[derive(Debug, Default)]
+/// The latest rollout of each stack; each runs in its own subtree.
+#[derive(Debug)]
 pub struct RolloutBook {
-    inner: Mutex<HashMap<String, (RolloutStatus, CancellationToken)>>,
+    tree: TaskTree,
+    inner: Mutex<HashMap<String, (RolloutStatus, TaskTree)>>,
 }
 
 impl RolloutBook {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (RolloutStatus, CancellationToken)>> {
+    pub fn new(tree: TaskTree) -> Self {
+        Self {
+            tree,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (RolloutStatus, TaskTree)>> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -114,7 +118,7 @@ impl RolloutBook {
 /// Starts the rollout of `release` in the background; `previous` is the
 /// release the stack ran before, to go back to on failure.
 pub fn start(
-    state: Arc<AppState>,
+    d: Deployer,
     stack: String,
     release: i64,
     previous: Option<i64>,
@@ -122,7 +126,7 @@ pub fn start(
     held: Vec<Held>,
     updates: Vec<super::Update>,
 ) {
-    let token = CancellationToken::new();
+    let token = d.rollouts.tree.child();
     let status = RolloutStatus {
         release,
         state: RolloutState::InProgress,
@@ -131,7 +135,7 @@ pub fn start(
         total: updates.len(),
         updated_at_ms: skiff_shared::unix_millis(),
     };
-    if let Some((old, old_token)) = state
+    if let Some((old, old_token)) = d
         .rollouts
         .lock()
         .insert(stack.clone(), (status, token.clone()))
@@ -139,11 +143,18 @@ pub fn start(
         old_token.cancel();
         let _ = old;
     }
-    tokio::spawn(async move {
-        let outcome = match start_in_order(&state, &stack, release, &defs, held, &token).await {
-            Ok(()) => run(&state, &stack, release, &defs, updates, &token).await,
+    let tree = token.clone();
+    tree.spawn("rollout", async move {
+        let outcome = match start_in_order(&d, &stack, release, &defs, held, &token).await {
+            Ok(()) => run(&d, &stack, release, &defs, updates, &token).await,
             Err(stop) => Err(stop),
         };
+        if matches!(outcome, Err(Stop::Superseded)) && d.rollouts.tree.is_cancelled() {
+            // The coordinator is stopping: the release stays `deploying`,
+            // and the next start carries on with it.
+            info!(stack = %stack, release, "Rollout interrupted by shutdown.");
+            return;
+        }
         let (rollout_state, message) = match outcome {
             Ok(()) => (RolloutState::Completed, "all replicas updated".to_owned()),
             Err(Stop::Superseded) => (
@@ -163,7 +174,7 @@ pub fn start(
             RolloutState::Failed => ReleaseStatus::Failed,
         };
         let message_opt = (rollout_state != RolloutState::Completed).then_some(message.as_str());
-        if let Err(e) = state
+        if let Err(e) = d
             .store
             .set_release_status(&stack, release, release_status, message_opt)
             .await
@@ -172,14 +183,14 @@ pub fn start(
         }
         if rollout_state == RolloutState::RolledBack
             && let Some(previous) = previous
-            && let Err(e) = state
+            && let Err(e) = d
                 .store
                 .set_current_release(&stack, previous, now_ms())
                 .await
         {
             warn!(error = %e, "Recording the rolled-back release failed.");
         }
-        state.events.emit(
+        d.events.emit(
             EventKind::Rollout,
             Some(&stack),
             None,
@@ -190,7 +201,7 @@ pub fn start(
         } else {
             warn!(stack = %stack, release, state = rollout_state.as_str(), reason = %message, "Rollout ended early.");
         }
-        state.rollouts.update(&stack, release, |s| {
+        d.rollouts.update(&stack, release, |s| {
             s.state = rollout_state;
             s.message = message;
         });
@@ -209,32 +220,32 @@ enum Stop {
 /// dependencies meet their condition. A required dependency that does not
 /// fails the release and its dependents stay stopped.
 async fn start_in_order(
-    state: &AppState,
+    d: &Deployer,
     stack: &str,
     release: i64,
     defs: &[ServiceDef],
     held: Vec<Held>,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     for def in defs {
         let mine: Vec<&Held> = held.iter().filter(|h| h.spec.service == def.name).collect();
         if mine.is_empty() {
             continue;
         }
-        for (dep, d) in &def.depends_on {
-            let want = match d.condition {
+        for (dep, condition) in &def.depends_on {
+            let want = match condition.condition {
                 DependsCondition::ServiceStarted => Want::Started,
                 DependsCondition::ServiceHealthy => Want::Healthy,
                 DependsCondition::ServiceCompletedSuccessfully => Want::Completed,
             };
-            state.rollouts.update(stack, release, |s| {
+            d.rollouts.update(stack, release, |s| {
                 s.message = format!("{}: waiting until {dep} is {}", def.name, want.as_str());
             });
-            let planned = super::planned(state, stack, dep)
+            let planned = super::planned(d, stack, dep)
                 .await
                 .map_err(|e| Stop::Failed(e.to_string()))?;
             let targets = newest_per_slot(&planned);
-            match wait_for(state, &targets, want, Duration::ZERO, token).await {
+            match wait_for(d, &targets, want, Duration::ZERO, token).await {
                 Ok(()) => {}
                 Err(Stop::Superseded) => return Err(Stop::Superseded),
                 Err(Stop::Paused(why) | Stop::RolledBack(why) | Stop::Failed(why)) => {
@@ -243,11 +254,11 @@ async fn start_in_order(
                         def.name,
                         want.as_str()
                     );
-                    if d.required {
+                    if condition.required {
                         return Err(Stop::Failed(why));
                     }
                     warn!(stack, reason = %why, "Optional dependency not ready; starting anyway.");
-                    state.events.emit(
+                    d.events.emit(
                         EventKind::Deploy,
                         Some(stack),
                         None,
@@ -258,14 +269,14 @@ async fn start_in_order(
         }
         for h in mine {
             let spec = h.spec.clone();
-            edit_node_plan(state, &h.node_id, move |c| {
+            edit_node_plan(d, &h.node_id, move |c| {
                 if !c.iter().any(|x| x.key() == spec.key()) {
                     c.push(spec);
                 }
             })
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?;
-            state.events.emit(
+            d.events.emit(
                 EventKind::Deploy,
                 Some(stack),
                 Some(&h.node),
@@ -298,12 +309,12 @@ fn newest_per_slot(planned: &[(String, String, ContainerSpec)]) -> Vec<Target<'_
 }
 
 async fn run(
-    state: &AppState,
+    d: &Deployer,
     stack: &str,
     release: i64,
     defs: &[ServiceDef],
     updates: Vec<Update>,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     let mut done: Vec<(Update, bool)> = Vec::new();
     for def in defs {
@@ -322,11 +333,11 @@ async fn run(
             if i > 0 && def.update.delay_ms > 0 {
                 pause_for(Duration::from_millis(def.update.delay_ms), token).await?;
             }
-            let result = replace_batch(state, batch, &def.update, token).await;
+            let result = replace_batch(d, batch, &def.update, token).await;
             match result {
                 Ok(()) => {
                     for u in batch {
-                        state.events.emit(
+                        d.events.emit(
                             EventKind::Rollout,
                             Some(stack),
                             Some(&u.node),
@@ -334,8 +345,7 @@ async fn run(
                         );
                     }
                     done.extend(batch.iter().cloned().map(|u| (u, def.update.start_first)));
-                    state
-                        .rollouts
+                    d.rollouts
                         .update(stack, release, |s| s.replaced += batch.len());
                 }
                 Err(Stop::Superseded) => return Err(Stop::Superseded),
@@ -349,10 +359,10 @@ async fn run(
                         FailureAction::Pause => return Err(Stop::Paused(why)),
                         FailureAction::Rollback => {
                             warn!(stack, reason = %why, "Update batch failed; rolling back.");
-                            state.rollouts.update(stack, release, |s| {
+                            d.rollouts.update(stack, release, |s| {
                                 s.message = format!("rolling back: {why}")
                             });
-                            return match roll_back(state, defs, done, token).await {
+                            return match roll_back(d, defs, done, token).await {
                                 Ok(()) => Err(Stop::RolledBack(why)),
                                 Err(Stop::Superseded) => Err(Stop::Superseded),
                                 Err(Stop::Paused(e) | Stop::RolledBack(e) | Stop::Failed(e)) => {
@@ -373,10 +383,10 @@ async fn run(
 /// Puts every replaced replica back on its previous spec, with each
 /// service's `rollback_config`.
 async fn roll_back(
-    state: &AppState,
+    d: &Deployer,
     defs: &[ServiceDef],
     done: Vec<(Update, bool)>,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     for def in defs {
         let back: Vec<Update> = done
@@ -392,7 +402,7 @@ async fn roll_back(
         let size = usize::try_from(def.rollback.parallelism).unwrap_or(1);
         let size = if size == 0 { back.len().max(1) } else { size };
         for batch in back.chunks(size) {
-            replace_batch(state, batch, &def.rollback, token).await?;
+            replace_batch(d, batch, &def.rollback, token).await?;
         }
     }
     Ok(())
@@ -400,16 +410,16 @@ async fn roll_back(
 
 /// Replaces one batch and waits until the new containers are ready.
 async fn replace_batch(
-    state: &AppState,
+    d: &Deployer,
     batch: &[Update],
     policy: &UpdatePolicy,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     let store_err = |e: super::DeployError| Stop::Failed(e.to_string());
     for u in batch {
         let (old_key, new) = (u.old.key(), u.new.clone());
         let start_first = policy.start_first;
-        edit_node_plan(state, &u.node_id, move |c| {
+        edit_node_plan(d, &u.node_id, move |c| {
             if !start_first {
                 c.retain(|x| x.key() != old_key);
             }
@@ -420,20 +430,14 @@ async fn replace_batch(
         .await
         .map_err(store_err)?;
     }
-    let ready = wait_ready(
-        state,
-        batch,
-        Duration::from_millis(policy.monitor_ms),
-        token,
-    )
-    .await;
+    let ready = wait_ready(d, batch, Duration::from_millis(policy.monitor_ms), token).await;
     if policy.start_first {
         // Whether the new ones came up or not, the old ones stay until the
         // batch succeeded; on failure the rollback removes the new ones.
         if ready.is_ok() {
             for u in batch {
                 let old_key = u.old.key();
-                edit_node_plan(state, &u.node_id, move |c| c.retain(|x| x.key() != old_key))
+                edit_node_plan(d, &u.node_id, move |c| c.retain(|x| x.key() != old_key))
                     .await
                     .map_err(store_err)?;
             }
@@ -538,10 +542,10 @@ fn check(
 /// if it has a health check) continuously for `monitor`. Fails at once on
 /// a container that exited or turned unhealthy.
 async fn wait_ready(
-    state: &AppState,
+    d: &Deployer,
     batch: &[Update],
     monitor: Duration,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     let targets: Vec<Target<'_>> = batch
         .iter()
@@ -551,18 +555,18 @@ async fn wait_ready(
             spec: &u.new,
         })
         .collect();
-    wait_for(state, &targets, Want::Ready, monitor, token).await
+    wait_for(d, &targets, Want::Ready, monitor, token).await
 }
 
 /// Waits until every target is what `want` asks, continuously for
 /// `monitor`. Fails at once on a container that never will be, and at
 /// the targets' deadline.
 async fn wait_for(
-    state: &AppState,
+    d: &Deployer,
     targets: &[Target<'_>],
     want: Want,
     monitor: Duration,
-    token: &CancellationToken,
+    token: &TaskTree,
 ) -> Result<(), Stop> {
     let deadline = Instant::now()
         + targets
@@ -571,11 +575,12 @@ async fn wait_for(
             .max()
             .unwrap_or(MIN_DEADLINE);
     let mut since: Option<Instant> = None;
+    let mut reports = d.observed.watch();
     loop {
         let mut all = true;
         for t in targets {
             let key = t.spec.key();
-            let report = state.observed.get(t.node_id);
+            let report = d.observed.get(t.node_id);
             let status = report
                 .as_ref()
                 .and_then(|(_, r)| r.containers.iter().find(|c| c.key == key).cloned());
@@ -584,10 +589,13 @@ async fn wait_for(
                 Some(c) => all &= check(want, *t, &c).map_err(Stop::RolledBack)?,
             }
         }
+        let mut wake = deadline;
         if all {
-            if since.get_or_insert_with(Instant::now).elapsed() >= monitor {
+            let since = *since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= monitor {
                 return Ok(());
             }
+            wake = wake.min(since + monitor);
         } else {
             since = None;
         }
@@ -602,11 +610,21 @@ async fn wait_for(
                 want.as_str()
             )));
         }
-        pause_for(POLL, token).await?;
+        // Look again at the next report, or when `monitor` or the
+        // deadline runs out.
+        tokio::select! {
+            () = token.cancelled() => return Err(Stop::Superseded),
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    return Err(Stop::Superseded);
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+        }
     }
 }
 
-async fn pause_for(d: Duration, token: &CancellationToken) -> Result<(), Stop> {
+async fn pause_for(d: Duration, token: &TaskTree) -> Result<(), Stop> {
     tokio::select! {
         () = token.cancelled() => Err(Stop::Superseded),
         () = tokio::time::sleep(d) => Ok(()),

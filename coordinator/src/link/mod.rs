@@ -8,9 +8,10 @@
 //! join request (authenticated by the join token), the install script and
 //! the agent binary.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -21,18 +22,72 @@ use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
 use skiff_shared::protocol::ALPN_LINK;
+use skiff_shared::tasks::TaskTree;
 use skiff_shared::tls::{certs_from_pem, key_from_pem, provider};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::state::AppState;
+use crate::events::EventLog;
+use crate::identity::Identity;
+use crate::plans::PlanBook;
+use crate::sessions::Sessions;
+use crate::store::Store;
 
 pub mod public;
 pub mod session;
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the agent port works with.
+#[derive(Debug)]
+pub struct Link {
+    pub identity: Arc<Identity>,
+    pub store: Arc<dyn Store>,
+    pub sessions: Arc<Sessions>,
+    pub plans: Arc<PlanBook>,
+    pub events: Arc<EventLog>,
+    pub metrics: Arc<LinkMetrics>,
+    /// The agent binary served to new servers.
+    pub agent_binary: Option<AgentBinary>,
+    pub heartbeat_interval: Duration,
+    /// Lifetime of the client certificates issued at join and renewal.
+    pub cert_ttl: Duration,
+}
+
+/// The agent binary the coordinator serves to new servers.
+#[derive(Debug, Clone)]
+pub struct AgentBinary {
+    pub path: PathBuf,
+    pub sha256_hex: String,
+}
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts of links closed or refused for cause, shown by `GET /api/v1/cluster`.
+#[derive(Debug, Default)]
+pub struct LinkMetrics {
+    /// Messages that were not valid envelopes or reports.
+    pub malformed: Counter,
+    /// Frames or messages over the size limits.
+    pub oversized: Counter,
+    /// TLS handshakes on the link refused (no, foreign or revoked certificate).
+    pub tls_refused: Counter,
+    /// Join requests refused.
+    pub joins_refused: Counter,
+}
 
 /// The two TLS configurations of the agent port.
 #[derive(Clone)]
@@ -58,7 +113,7 @@ pub enum LinkSetupError {
 #[derive(Debug)]
 struct NodeCertVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    revoked: Arc<RwLock<HashSet<String>>>,
+    sessions: Arc<Sessions>,
 }
 
 impl ClientCertVerifier for NodeCertVerifier {
@@ -78,12 +133,7 @@ impl ClientCertVerifier for NodeCertVerifier {
         let (node_id, _) = crate::pki::cert_subject(end_entity).ok_or(
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding),
         )?;
-        let revoked = self
-            .revoked
-            .read()
-            .map(|r| r.contains(&node_id))
-            .unwrap_or(true);
-        if revoked {
+        if self.sessions.is_revoked(&node_id) {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,
             ));
@@ -116,9 +166,9 @@ impl ClientCertVerifier for NodeCertVerifier {
 
 impl TlsConfigs {
     /// Builds both configurations from the cluster identity.
-    pub fn new(state: &AppState) -> Result<Self, LinkSetupError> {
+    pub fn new(link: &Link) -> Result<Self, LinkSetupError> {
         let err = |e: &dyn std::fmt::Display| LinkSetupError::Tls(e.to_string());
-        let id = &state.identity;
+        let id = &link.identity;
         let mut chain = certs_from_pem(&id.server_cert_pem, "server.crt").map_err(|e| err(&e))?;
         let ca = CertificateDer::from(id.ca.cert_der.clone());
         // The CA goes in the chain so a joining agent can match it against its token.
@@ -132,7 +182,7 @@ impl TlsConfigs {
             .map_err(|e| err(&e))?;
         let verifier = Arc::new(NodeCertVerifier {
             inner,
-            revoked: state.revoked.clone(),
+            sessions: link.sessions.clone(),
         });
 
         let mut link = ServerConfig::builder_with_provider(provider())
@@ -157,12 +207,13 @@ impl TlsConfigs {
     }
 }
 
-/// Accepts connections on the agent port until shutdown.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener, tls: TlsConfigs) {
-    let public_app = public::router(state.clone());
+/// Accepts connections on the agent port until `tree` is cancelled; each
+/// connection runs in a subtree of it.
+pub async fn serve(link: Arc<Link>, listener: TcpListener, tls: TlsConfigs, tree: TaskTree) {
+    let public_app = public::router(link.clone());
     loop {
         let accepted = tokio::select! {
-            () = state.shutdown.cancelled() => break,
+            () = tree.cancelled() => break,
             r = listener.accept() => r,
         };
         let (tcp, peer) = match accepted {
@@ -174,22 +225,25 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, tls: TlsConfigs)
                 continue;
             }
         };
-        let state = state.clone();
+        let link = link.clone();
         let tls = tls.clone();
         let app = public_app.clone();
-        tokio::spawn(
-            async move { handle(state, tcp, peer, tls, app).await }
+        let conn = tree.child();
+        tree.spawn(
+            "agent-connection",
+            async move { handle(link, tcp, peer, tls, app, conn).await }
                 .instrument(info_span!("agent_conn", %peer)),
         );
     }
 }
 
 async fn handle(
-    state: Arc<AppState>,
+    link: Arc<Link>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: TlsConfigs,
     app: axum::Router,
+    tree: TaskTree,
 ) {
     let _ = tcp.set_nodelay(true);
     let start = match tokio::time::timeout(
@@ -217,7 +271,7 @@ async fn handle(
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(tls.link)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(error)) => {
-                    state.metrics.tls_refused.inc();
+                    link.metrics.tls_refused.inc();
                     warn!(error = %error, "Agent link TLS handshake refused.");
                     return;
                 }
@@ -226,7 +280,7 @@ async fn handle(
                     return;
                 }
             };
-        session::accept(state, stream, peer).await;
+        session::accept(link, stream, peer, tree).await;
     } else {
         let stream =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(tls.public)).await {
@@ -237,6 +291,9 @@ async fn handle(
                 }
                 Err(_) => return,
             };
-        public::serve_connection(app, stream, peer).await;
+        tokio::select! {
+            () = tree.cancelled() => {}
+            () = public::serve_connection(app, stream, peer) => {}
+        }
     }
 }

@@ -26,7 +26,8 @@ use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinTo
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use crate::state::{AppState, now_ms};
+use super::Link;
+use crate::now_ms;
 use crate::store::NodeRow;
 
 /// The bootstrap script; `__SKIFF_COORDINATOR__` is replaced by the address
@@ -39,7 +40,7 @@ const MAX_JOIN_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(link: Arc<Link>) -> Router {
     Router::new()
         .route(JOIN_PATH, post(join))
         .route("/install.sh", get(install_script))
@@ -47,7 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/ca.crt", get(ca_cert))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_JOIN_BYTES))
-        .with_state(state)
+        .with_state(link)
 }
 
 /// Serves HTTP/1.1 on one TLS connection.
@@ -77,12 +78,12 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 }
 
 async fn join(
-    State(state): State<Arc<AppState>>,
+    State(link): State<Arc<Link>>,
     Extension(Peer(peer)): Extension<Peer>,
     body: Bytes,
 ) -> Response {
     let refuse = |status, code: &str, message: String| {
-        state.metrics.joins_refused.inc();
+        link.metrics.joins_refused.inc();
         warn!(%peer, reason = %message, "Join refused.");
         error(status, code, message)
     };
@@ -114,10 +115,10 @@ async fn join(
             );
         }
     };
-    let issued = match state
+    let issued = match link
         .identity
         .ca
-        .issue_client(&req.csr_pem, &node_id, state.config.cert_ttl)
+        .issue_client(&req.csr_pem, &node_id, link.cert_ttl)
     {
         Ok(i) => i,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_csr", e.to_string()),
@@ -144,7 +145,7 @@ async fn join(
         removed_at: None,
     };
     let secret_hash = JoinToken::secret_hash(&req.secret);
-    match state
+    match link
         .store
         .redeem_join_token(&req.token_id, &secret_hash, now, &node)
         .await
@@ -154,9 +155,9 @@ async fn join(
             Json(JoinResponse {
                 node_id,
                 cert_pem: issued.cert_pem,
-                ca_pem: state.identity.ca.cert_pem.clone(),
+                ca_pem: link.identity.ca.cert_pem.clone(),
                 plan_public_key: skiff_shared::signing::encode_public_key(
-                    &state.identity.plan_key.verifying_key(),
+                    &link.identity.plan_key.verifying_key(),
                 ),
             })
             .into_response()
@@ -201,10 +202,10 @@ async fn install_script(headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn ca_cert(State(state): State<Arc<AppState>>) -> Response {
+async fn ca_cert(State(link): State<Arc<Link>>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/x-pem-file")],
-        state.identity.ca.cert_pem.clone(),
+        link.identity.ca.cert_pem.clone(),
     )
         .into_response()
 }
@@ -215,10 +216,10 @@ pub fn agent_file_name() -> String {
 }
 
 async fn download(
-    State(state): State<Arc<AppState>>,
+    State(link): State<Arc<Link>>,
     axum::extract::Path(file): axum::extract::Path<String>,
 ) -> Response {
-    let Some(bin) = &state.agent_binary else {
+    let Some(bin) = &link.agent_binary else {
         return error(
             StatusCode::NOT_FOUND,
             "no_agent_binary",

@@ -16,6 +16,7 @@ use skiff_shared::protocol::{
     SectionMessage, Welcome,
 };
 use skiff_shared::signing;
+use skiff_shared::tasks::TaskTree;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -25,8 +26,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::Link;
+use crate::now_ms;
 use crate::plans::NodePlan;
-use crate::state::{AppState, SessionInfo, now_ms};
+use crate::sessions::SessionInfo;
 use tokio::sync::watch;
 
 /// Time an agent has to send its hello after the WebSocket opens.
@@ -49,9 +52,10 @@ pub fn ws_config() -> WebSocketConfig {
 // The upgrade callback's error type is tungstenite's, fixed by its trait.
 #[allow(clippy::result_large_err)]
 pub async fn accept(
-    state: Arc<AppState>,
+    link: Arc<Link>,
     stream: TlsStream<tokio::net::TcpStream>,
     peer: SocketAddr,
+    tree: TaskTree,
 ) {
     let cert = stream
         .get_ref()
@@ -64,7 +68,7 @@ pub async fn accept(
         return;
     };
     // Why the node behind this certificate may not open a session, if it may not.
-    let refusal = match state.store.node(&node_id).await {
+    let refusal = match link.store.node(&node_id).await {
         Ok(Some(node)) if node.removed_at.is_none() => None,
         Ok(Some(_)) => Some("node has been removed from the cluster"),
         Ok(None) => Some("node is not known to this coordinator"),
@@ -112,14 +116,16 @@ pub async fn accept(
         return;
     }
     let span = info_span!("session", node = %node_id);
-    Session::new(state, node_id, peer)
+    Session::new(link, node_id, peer, tree)
         .run(ws)
         .instrument(span)
         .await;
 }
 
 struct Session {
-    state: Arc<AppState>,
+    link: Arc<Link>,
+    /// The connection's subtree: cancelled at shutdown.
+    tree: TaskTree,
     node_id: String,
     peer: SocketAddr,
     conn_id: u64,
@@ -140,9 +146,10 @@ enum End {
 }
 
 impl Session {
-    fn new(state: Arc<AppState>, node_id: String, peer: SocketAddr) -> Self {
+    fn new(link: Arc<Link>, node_id: String, peer: SocketAddr, tree: TaskTree) -> Self {
         Self {
-            state,
+            link,
+            tree,
             node_id,
             peer,
             conn_id: NEXT_CONN.fetch_add(1, Ordering::Relaxed),
@@ -221,7 +228,7 @@ impl Session {
             .await;
             return;
         }
-        let sections = self.state.plans.sections().clone();
+        let sections = self.link.plans.sections().clone();
         let capabilities: Vec<String> = hello
             .capabilities
             .iter()
@@ -231,7 +238,7 @@ impl Session {
             .cloned()
             .collect();
         self.capabilities = capabilities.clone();
-        let interval = self.state.config.heartbeat_interval;
+        let interval = self.link.heartbeat_interval;
         let welcome = CoordinatorMessage::Welcome(Welcome {
             protocol_version: PROTOCOL_VERSION,
             node_id: self.node_id.clone(),
@@ -245,7 +252,7 @@ impl Session {
                 let plans = sections
                     .iter()
                     .any(|s| self.has(s.capability()))
-                    .then(|| self.state.plans.subscribe(&self.node_id));
+                    .then(|| self.link.plans.subscribe(&self.node_id));
                 self.serve(&mut ws, &close, interval, plans).await
             }
             Err(error) => End::Quiet(format!("sending welcome failed: {error}")),
@@ -258,7 +265,7 @@ impl Session {
         hello: &Hello,
         close: CancellationToken,
     ) -> Result<(), crate::store::StoreError> {
-        self.state
+        self.link
             .store
             .node_connected(
                 &self.node_id,
@@ -268,7 +275,7 @@ impl Session {
                 now_ms(),
             )
             .await?;
-        self.state.sessions.insert(
+        self.link.sessions.insert(
             &self.node_id,
             SessionInfo {
                 conn_id: self.conn_id,
@@ -278,7 +285,7 @@ impl Session {
             },
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
-        self.state.events.emit(
+        self.link.events.emit(
             EventKind::NodeConnected,
             None,
             Some(&self.node_id),
@@ -303,7 +310,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         self.send_deliveries(ws, plan).await?;
-        let sections = self.state.plans.sections().clone();
+        let sections = self.link.plans.sections().clone();
         let wire = HostPlan {
             node_id: self.node_id.clone(),
             generation: plan.generation,
@@ -316,7 +323,7 @@ impl Session {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&wire)?;
-        let signed = signing::sign(&self.state.identity.plan_key, &bytes);
+        let signed = signing::sign(&self.link.identity.plan_key, &bytes);
         let id = self
             .send(ws, None, &CoordinatorMessage::Plan(signed))
             .await?;
@@ -334,7 +341,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let sections = self.state.plans.sections().clone();
+        let sections = self.link.plans.sections().clone();
         for section in sections.iter() {
             if !self.has(section.capability()) || !plan.sections.contains_key(section.name()) {
                 continue;
@@ -368,7 +375,7 @@ impl Session {
     {
         // Subscribed before the first plan goes out, so that no change of
         // deliveries falls between the two.
-        let mut delivery_changes = self.state.plans.sections().watch_deliveries();
+        let mut delivery_changes = self.link.plans.sections().watch_deliveries();
         if let Some(rx) = plans.as_mut() {
             let plan = rx.borrow_and_update().clone();
             if let Err(error) = self.send_plan(ws, &plan).await {
@@ -382,7 +389,7 @@ impl Session {
         loop {
             tokio::select! {
                 () = close.cancelled() => {
-                    let removed = self.state.revoked.read().map(|r| r.contains(&self.node_id)).unwrap_or(false);
+                    let removed = self.link.sessions.is_revoked(&self.node_id);
                     return if removed {
                         End::Closed(CloseCode::from(CLOSE_REMOVED), "node removed from the cluster".into())
                     } else {
@@ -400,14 +407,14 @@ impl Session {
                         return End::Quiet(format!("sending the plan failed: {error}"));
                     }
                 }
-                () = self.state.shutdown.cancelled() => {
+                () = self.tree.cancelled() => {
                     return End::Closed(CloseCode::Away, "coordinator shutting down".into());
                 }
                 changed = delivery_changes.changed(), if plans.is_some() => {
                     if changed.is_err() {
                         return End::Closed(CloseCode::Away, "coordinator shutting down".into());
                     }
-                    let plan = self.state.plans.get(&self.node_id);
+                    let plan = self.link.plans.get(&self.node_id);
                     if let Err(error) = self.send_deliveries(ws, &plan).await {
                         return End::Quiet(format!("sending deliveries failed: {error}"));
                     }
@@ -426,7 +433,7 @@ impl Session {
                     match msg {
                         None => return End::Quiet("agent closed the connection".into()),
                         Some(Err(WsError::Capacity(error))) => {
-                            self.state.metrics.oversized.inc();
+                            self.link.metrics.oversized.inc();
                             return End::Closed(CloseCode::Size, format!("message too large: {error}"));
                         }
                         Some(Err(error)) => {
@@ -440,13 +447,13 @@ impl Session {
                                     }
                                 }
                                 Err(error) => {
-                                    self.state.metrics.malformed.inc();
+                                    self.link.metrics.malformed.inc();
                                     return End::Closed(CloseCode::Invalid, error.to_string());
                                 }
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
-                            self.state.metrics.malformed.inc();
+                            self.link.metrics.malformed.inc();
                             return End::Closed(CloseCode::Unsupported, "binary frames are not part of the protocol".into());
                         }
                         Some(Ok(Message::Close(_))) => return End::Quiet("agent closed the link".into()),
@@ -481,14 +488,14 @@ impl Session {
             }
             AgentMessage::Report(report) => {
                 let section = self
-                    .state
+                    .link
                     .plans
                     .sections()
                     .get(&report.section)
                     .filter(|s| self.has(s.capability()))
                     .cloned();
                 let Some(section) = section else {
-                    self.state.metrics.malformed.inc();
+                    self.link.metrics.malformed.inc();
                     return Err(End::Closed(
                         CloseCode::Protocol,
                         format!(
@@ -498,7 +505,7 @@ impl Session {
                     ));
                 };
                 section.report(&self.node_id, report.body).map_err(|why| {
-                    self.state.metrics.malformed.inc();
+                    self.link.metrics.malformed.inc();
                     End::Closed(CloseCode::Invalid, why)
                 })
             }
@@ -525,7 +532,7 @@ impl Session {
             debug!(generation, "Agent accepted its plan.");
         }
         if let Err(store_error) = self
-            .state
+            .link
             .store
             .set_node_plan(&self.node_id, generation, error)
             .await
@@ -535,9 +542,9 @@ impl Session {
     }
 
     async fn renew(&self, csr_pem: &str) -> CoordinatorMessage {
-        let ttl = self.state.config.cert_ttl;
+        let ttl = self.link.cert_ttl;
         match self
-            .state
+            .link
             .identity
             .ca
             .issue_client(csr_pem, &self.node_id, ttl)
@@ -549,7 +556,7 @@ impl Session {
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                     .unwrap_or(0);
                 if let Err(error) = self
-                    .state
+                    .link
                     .store
                     .set_node_cert(
                         &self.node_id,
@@ -606,21 +613,21 @@ impl Session {
             }
         }
         if self
-            .state
+            .link
             .sessions
             .get(&self.node_id)
             .is_some_and(|s| s.conn_id == self.conn_id)
         {
-            self.state.events.emit(
+            self.link.events.emit(
                 EventKind::NodeDisconnected,
                 None,
                 Some(&self.node_id),
                 "link closed",
             );
         }
-        self.state.sessions.remove(&self.node_id, self.conn_id);
+        self.link.sessions.remove(&self.node_id, self.conn_id);
         if let Err(error) = self
-            .state
+            .link
             .store
             .node_seen(std::slice::from_ref(&self.node_id), now_ms())
             .await
