@@ -86,6 +86,7 @@ pub async fn credentials_for<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::prelude::*;
     use crate::store::sqlite::SqliteStore;
 
     #[tokio::test]

@@ -23,8 +23,9 @@ use crate::observed::ObservedBook;
 use crate::plans::PlanBook;
 use crate::sections::{SectionHandles, Sections};
 use crate::sessions::Sessions;
+use crate::store::ApiToken;
+use crate::store::prelude::*;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{ApiToken, Store};
 
 /// How often last-seen times of connected nodes are written.
 const SEEN_FLUSH: Duration = Duration::from_secs(60);

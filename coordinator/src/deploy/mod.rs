@@ -22,7 +22,8 @@ use crate::observed::ObservedBook;
 use crate::plans::{NodePlan, PlanBook};
 use crate::scheduler::{Host, HostStatus, Resources};
 use crate::sessions::Sessions;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::store::prelude::*;
 
 mod ops;
 mod place;
@@ -41,7 +42,7 @@ use resolve::ServiceDef;
 /// the coordinator, so a test can build one over an in-memory store.
 #[derive(Debug, Clone)]
 pub struct Deployer {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn DeployStore>,
     pub plans: Arc<PlanBook>,
     pub observed: Arc<ObservedBook>,
     pub sessions: Arc<Sessions>,
@@ -60,7 +61,7 @@ pub struct Deployer {
 impl Deployer {
     /// Rollouts run in subtrees of `tree`.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn DeployStore>,
         plans: Arc<PlanBook>,
         observed: Arc<ObservedBook>,
         sessions: Arc<Sessions>,
@@ -332,3 +333,6 @@ pub async fn edit_node_plan(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

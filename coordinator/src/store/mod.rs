@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
+pub mod memory;
 pub mod sqlite;
 
 /// A store failure. Callers map it to an internal error; it never carries secrets.
@@ -169,16 +170,59 @@ pub enum JoinRefusal {
     NameTaken,
 }
 
-/// The coordinator's persistent state.
+/// The store's traits, to call their methods: `use crate::store::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        DeployStore, MetaStore, NodeStore, PlanStore, RegistryStore, SecretStore, StackStore,
+        Store, TokenStore,
+    };
+}
+
+/// The coordinator's persistent state: every part of it, for the
+/// SQLite store. Code that needs only some parts takes the smaller trait
+/// ([`DeployStore`] for deploys), which tests implement in memory.
+pub trait Store:
+    DeployStore + MetaStore + TokenStore + RegistryStore + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<T> Store for T where
+    T: DeployStore
+        + MetaStore
+        + TokenStore
+        + RegistryStore
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What deploys read and write: nodes, plans, stacks and secrets.
+pub trait DeployStore:
+    NodeStore + PlanStore + StackStore + SecretStore + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<T> DeployStore for T where
+    T: NodeStore + PlanStore + StackStore + SecretStore + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+/// Small facts about the store itself.
 #[async_trait]
-pub trait Store: std::fmt::Debug + Send + Sync + 'static {
+pub trait MetaStore: Send + Sync {
+    /// The coordinator's persistent state.
     async fn meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+}
 
+/// API tokens and join tokens (stored hashed).
+#[async_trait]
+pub trait TokenStore: Send + Sync {
     async fn insert_api_token(&self, token: &ApiToken) -> Result<()>;
     async fn api_token(&self, id: &str) -> Result<Option<ApiToken>>;
     async fn api_token_count(&self) -> Result<i64>;
-
     async fn insert_join_token(&self, token: &JoinTokenRow) -> Result<()>;
     async fn join_tokens(&self) -> Result<Vec<JoinTokenRow>>;
     /// Marks a token revoked; false if no such token.
@@ -192,7 +236,11 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         now: i64,
         node: &NodeRow,
     ) -> Result<std::result::Result<(), JoinRefusal>>;
+}
 
+/// The node inventory.
+#[async_trait]
+pub trait NodeStore: Send + Sync {
     /// Live nodes, or all nodes with removed ones too.
     async fn nodes(&self, include_removed: bool) -> Result<Vec<NodeRow>>;
     /// A node by id (removed ones too).
@@ -210,9 +258,21 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool>;
     async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()>;
     async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()>;
+    /// Marks a node removed; false if it was not live.
+    async fn remove_node(&self, id: &str, now: i64) -> Result<bool>;
+}
+
+/// Each node's plan.
+#[async_trait]
+pub trait PlanStore: Send + Sync {
     async fn node_plans(&self) -> Result<Vec<NodePlanRow>>;
     /// Replaces a node's plan.
     async fn put_node_plan(&self, plan: &NodePlanRow, now: i64) -> Result<()>;
+}
+
+/// Stacks and their numbered releases.
+#[async_trait]
+pub trait StackStore: Send + Sync {
     /// Records a new release of `stack` (creating or reviving the stack) and
     /// makes it current; returns its number.
     async fn insert_release(
@@ -234,6 +294,13 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
         message: Option<&str>,
     ) -> Result<()>;
     async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()>;
+    /// Marks a stack removed; false if it was not live.
+    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
+}
+
+/// Stack secrets, sealed.
+#[async_trait]
+pub trait SecretStore: Send + Sync {
     /// Stores a new version of a secret, sealed by `seal(version)`, unless
     /// the latest version already has `digest`. `None` when sealing failed.
     async fn put_secret(
@@ -249,6 +316,11 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>>;
     /// Marks a secret removed (its versions stay for releases that used them).
     async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool>;
+}
+
+/// Registry credentials, the password sealed.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
     /// Sets (or replaces) a registry's credentials; `sealed` is the sealed password.
     async fn put_registry(
         &self,
@@ -263,8 +335,4 @@ pub trait Store: std::fmt::Debug + Send + Sync + 'static {
     async fn sealed_registry(&self, host: &str) -> Result<Option<(String, String)>>;
     /// Forgets a registry's credentials; the removed row, if there was one.
     async fn remove_registry(&self, host: &str) -> Result<Option<RegistryRow>>;
-    /// Marks a stack removed; false if it was not live.
-    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
-    /// Marks a node removed; false if it was not live.
-    async fn remove_node(&self, id: &str, now: i64) -> Result<bool>;
 }

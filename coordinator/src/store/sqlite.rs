@@ -11,9 +11,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
+use super::prelude::*;
 use super::{
     ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow,
-    ReleaseStatus, Result, SecretRow, StackRow, Store, StoreError,
+    ReleaseStatus, Result, SecretRow, StackRow, StoreError,
 };
 
 /// Versioned migrations, embedded in the binary. Append only.
@@ -139,7 +140,7 @@ fn join_token_from_row(r: &SqliteRow) -> Result<JoinTokenRow> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl MetaStore for SqliteStore {
     async fn meta(&self, key: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM cluster_meta WHERE key = ?")
@@ -160,7 +161,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl TokenStore for SqliteStore {
     async fn insert_api_token(&self, t: &ApiToken) -> Result<()> {
         sqlx::query(
             "INSERT INTO api_tokens (id, name, secret_hash, role, created_at, revoked_at) \
@@ -295,7 +299,10 @@ impl Store for SqliteStore {
         tx.commit().await?;
         Ok(Ok(()))
     }
+}
 
+#[async_trait]
+impl NodeStore for SqliteStore {
     async fn nodes(&self, include_removed: bool) -> Result<Vec<NodeRow>> {
         let sql = if include_removed {
             "SELECT * FROM nodes ORDER BY name, id"
@@ -378,6 +385,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl PlanStore for SqliteStore {
     async fn node_plans(&self) -> Result<Vec<NodePlanRow>> {
         let rows = sqlx::query("SELECT node_id, generation, containers, sections FROM node_plans")
             .fetch_all(&self.pool)
@@ -414,7 +434,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl StackStore for SqliteStore {
     async fn insert_release(
         &self,
         stack: &str,
@@ -515,6 +538,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE stacks SET removed_at = ? WHERE name = ? AND removed_at IS NULL")
+                .bind(now)
+                .bind(stack)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl SecretStore for SqliteStore {
     async fn put_secret(
         &self,
         stack: &str,
@@ -605,7 +641,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(done.rows_affected() > 0)
     }
+}
 
+#[async_trait]
+impl RegistryStore for SqliteStore {
     async fn put_registry(
         &self,
         host: &str,
@@ -667,26 +706,6 @@ impl Store for SqliteStore {
             username,
             created_at,
         }))
-    }
-
-    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE stacks SET removed_at = ? WHERE name = ? AND removed_at IS NULL")
-                .bind(now)
-                .bind(stack)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE nodes SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
     }
 }
 

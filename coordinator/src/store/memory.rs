@@ -1,0 +1,336 @@
+//! An in-memory [`DeployStore`](super::DeployStore): nodes, plans, stacks
+//! and secrets in maps, with the SQLite store's semantics. Unit tests of
+//! deploys and rollouts use it; nothing is written anywhere.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use skiff_shared::protocol::HostFacts;
+
+use super::{
+    NodePlanRow, NodeRow, NodeStore, PlanStore, ReleaseRow, ReleaseStatus, Result, SecretRow,
+    SecretStore, StackRow, StackStore,
+};
+
+#[derive(Debug, Default)]
+struct Data {
+    nodes: BTreeMap<String, NodeRow>,
+    plans: BTreeMap<String, NodePlanRow>,
+    /// By name, with when it was removed.
+    stacks: BTreeMap<String, (StackRow, Option<i64>)>,
+    releases: Vec<ReleaseRow>,
+    /// By (stack, name, version).
+    secrets: BTreeMap<(String, String, i64), Secret>,
+}
+
+/// One version of a secret.
+#[derive(Debug, Clone)]
+struct Secret {
+    digest: String,
+    sealed: String,
+    created_at: i64,
+    removed_at: Option<i64>,
+}
+
+/// The store in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    data: Mutex<Data>,
+}
+
+impl MemoryStore {
+    fn lock(&self) -> MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a node as if it had joined.
+    pub fn add_node(&self, node: NodeRow) {
+        self.lock().nodes.insert(node.id.clone(), node);
+    }
+}
+
+#[async_trait]
+impl NodeStore for MemoryStore {
+    async fn nodes(&self, include_removed: bool) -> Result<Vec<NodeRow>> {
+        let mut out: Vec<NodeRow> = self
+            .lock()
+            .nodes
+            .values()
+            .filter(|n| include_removed || n.removed_at.is_none())
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
+        Ok(out)
+    }
+
+    async fn node(&self, id: &str) -> Result<Option<NodeRow>> {
+        Ok(self.lock().nodes.get(id).cloned())
+    }
+
+    async fn node_connected(
+        &self,
+        id: &str,
+        facts: &HostFacts,
+        agent_version: &str,
+        remote_addr: &str,
+        now: i64,
+    ) -> Result<()> {
+        if let Some(n) = self.lock().nodes.get_mut(id) {
+            n.facts = facts.clone();
+            agent_version.clone_into(&mut n.agent_version);
+            n.remote_addr = Some(remote_addr.to_owned());
+            n.last_seen_at = Some(now);
+        }
+        Ok(())
+    }
+
+    async fn node_seen(&self, ids: &[String], now: i64) -> Result<()> {
+        let mut data = self.lock();
+        for id in ids {
+            if let Some(n) = data.nodes.get_mut(id) {
+                n.last_seen_at = Some(now);
+            }
+        }
+        Ok(())
+    }
+
+    async fn set_node_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<bool> {
+        Ok(match self.lock().nodes.get_mut(id) {
+            Some(n) if n.removed_at.is_none() => {
+                n.labels = labels.clone();
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn set_node_cert(&self, id: &str, serial: &str, not_after: i64) -> Result<()> {
+        if let Some(n) = self.lock().nodes.get_mut(id) {
+            serial.clone_into(&mut n.cert_serial);
+            n.cert_not_after = not_after;
+        }
+        Ok(())
+    }
+
+    async fn set_node_plan(&self, id: &str, generation: i64, error: Option<&str>) -> Result<()> {
+        if let Some(n) = self.lock().nodes.get_mut(id) {
+            n.plan_generation = Some(generation);
+            n.plan_error = error.map(str::to_owned);
+        }
+        Ok(())
+    }
+
+    async fn remove_node(&self, id: &str, now: i64) -> Result<bool> {
+        Ok(match self.lock().nodes.get_mut(id) {
+            Some(n) if n.removed_at.is_none() => {
+                n.removed_at = Some(now);
+                true
+            }
+            _ => false,
+        })
+    }
+}
+
+#[async_trait]
+impl PlanStore for MemoryStore {
+    async fn node_plans(&self) -> Result<Vec<NodePlanRow>> {
+        Ok(self.lock().plans.values().cloned().collect())
+    }
+
+    async fn put_node_plan(&self, plan: &NodePlanRow, _now: i64) -> Result<()> {
+        self.lock().plans.insert(plan.node_id.clone(), plan.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StackStore for MemoryStore {
+    async fn insert_release(
+        &self,
+        stack: &str,
+        compose: &str,
+        services: &str,
+        now: i64,
+    ) -> Result<i64> {
+        let mut data = self.lock();
+        let number = data
+            .releases
+            .iter()
+            .filter(|r| r.stack == stack)
+            .map(|r| r.number)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        data.releases.push(ReleaseRow {
+            stack: stack.to_owned(),
+            number,
+            created_at: now,
+            compose: compose.to_owned(),
+            services: services.to_owned(),
+            status: ReleaseStatus::Deploying,
+            message: None,
+        });
+        let created_at = data.stacks.get(stack).map_or(now, |(s, _)| s.created_at);
+        data.stacks.insert(
+            stack.to_owned(),
+            (
+                StackRow {
+                    name: stack.to_owned(),
+                    current_release: number,
+                    created_at,
+                    updated_at: now,
+                },
+                None,
+            ),
+        );
+        Ok(number)
+    }
+
+    async fn stacks(&self) -> Result<Vec<StackRow>> {
+        Ok(self
+            .lock()
+            .stacks
+            .values()
+            .filter(|(_, removed)| removed.is_none())
+            .map(|(s, _)| s.clone())
+            .collect())
+    }
+
+    async fn releases(&self, stack: &str) -> Result<Vec<ReleaseRow>> {
+        let mut out: Vec<ReleaseRow> = self
+            .lock()
+            .releases
+            .iter()
+            .filter(|r| r.stack == stack)
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.number));
+        Ok(out)
+    }
+
+    async fn set_release_status(
+        &self,
+        stack: &str,
+        number: i64,
+        status: ReleaseStatus,
+        message: Option<&str>,
+    ) -> Result<()> {
+        let mut data = self.lock();
+        if let Some(r) = data
+            .releases
+            .iter_mut()
+            .find(|r| r.stack == stack && r.number == number)
+        {
+            r.status = status;
+            r.message = message.map(str::to_owned);
+        }
+        Ok(())
+    }
+
+    async fn set_current_release(&self, stack: &str, number: i64, now: i64) -> Result<()> {
+        if let Some((s, _)) = self.lock().stacks.get_mut(stack) {
+            s.current_release = number;
+            s.updated_at = now;
+        }
+        Ok(())
+    }
+
+    async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool> {
+        Ok(match self.lock().stacks.get_mut(stack) {
+            Some((_, removed @ None)) => {
+                *removed = Some(now);
+                true
+            }
+            _ => false,
+        })
+    }
+}
+
+#[async_trait]
+impl SecretStore for MemoryStore {
+    async fn put_secret(
+        &self,
+        stack: &str,
+        name: &str,
+        digest: &str,
+        seal: &(dyn Fn(i64) -> Option<String> + Sync),
+        now: i64,
+    ) -> Result<Option<SecretRow>> {
+        let mut data = self.lock();
+        let latest = data
+            .secrets
+            .iter()
+            .filter(|((s, n, _), _)| s == stack && n == name)
+            .max_by_key(|((_, _, v), _)| *v)
+            .map(|((_, _, v), s)| (*v, s.digest.clone(), s.removed_at));
+        if let Some((version, d, None)) = &latest
+            && d == digest
+        {
+            return Ok(Some(SecretRow {
+                name: name.to_owned(),
+                version: *version,
+                digest: d.clone(),
+                created_at: now,
+            }));
+        }
+        let version = latest.map_or(1, |(v, _, _)| v + 1);
+        let Some(sealed) = seal(version) else {
+            return Ok(None);
+        };
+        data.secrets.insert(
+            (stack.to_owned(), name.to_owned(), version),
+            Secret {
+                digest: digest.to_owned(),
+                sealed,
+                created_at: now,
+                removed_at: None,
+            },
+        );
+        Ok(Some(SecretRow {
+            name: name.to_owned(),
+            version,
+            digest: digest.to_owned(),
+            created_at: now,
+        }))
+    }
+
+    async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>> {
+        let data = self.lock();
+        let mut latest: BTreeMap<&str, (i64, &Secret)> = BTreeMap::new();
+        for ((s, n, v), row) in &data.secrets {
+            if s == stack && latest.get(n.as_str()).is_none_or(|(have, _)| v > have) {
+                latest.insert(n, (*v, row));
+            }
+        }
+        Ok(latest
+            .into_iter()
+            .filter(|(_, (_, s))| s.removed_at.is_none())
+            .map(|(name, (version, s))| SecretRow {
+                name: name.to_owned(),
+                version,
+                digest: s.digest.clone(),
+                created_at: s.created_at,
+            })
+            .collect())
+    }
+
+    async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .secrets
+            .get(&(stack.to_owned(), name.to_owned(), version))
+            .map(|s| s.sealed.clone()))
+    }
+
+    async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool> {
+        let mut removed = false;
+        for ((s, n, _), secret) in &mut self.lock().secrets {
+            if s == stack && n == name && secret.removed_at.is_none() {
+                secret.removed_at = Some(now);
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+}
