@@ -434,6 +434,83 @@ mod tests {
         }
     }
 
+    /// A spec with every kind of field set. Its fingerprint is pinned: a
+    /// change here means every agent upgrade would replace every container
+    /// in the fleet. New fields must be skipped when empty or default.
+    fn representative() -> ContainerSpec {
+        let mut s = spec("web", 2);
+        s.revision = 9;
+        s.image = "registry.example.com/shop/web@sha256:0123456789abcdef".into();
+        s.entrypoint = Some(vec!["/entry".into()]);
+        s.env = BTreeMap::from([("A".into(), "1".into()), ("B".into(), "two".into())]);
+        s.labels = BTreeMap::from([("team".into(), "shop".into())]);
+        s.ports = vec![PortSpec {
+            target: 8080,
+            published: 18080,
+            protocol: Protocol::Tcp,
+            host_ip: Some("127.0.0.1".into()),
+        }];
+        s.mounts = vec![MountSpec {
+            kind: MountKind::Volume,
+            source: "shop_data".into(),
+            target: "/data".into(),
+            read_only: false,
+        }];
+        s.healthcheck = Some(HealthSpec {
+            test: vec!["CMD".into(), "true".into()],
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            retries: 3,
+            start_period_ms: 0,
+        });
+        s.restart = RestartSpec::OnFailure { max_attempts: 3 };
+        s.resources = ResourceSpec {
+            cpu_limit_millis: Some(500),
+            memory_limit_bytes: Some(64 << 20),
+            memory_reservation_bytes: None,
+        };
+        s.stop_grace_ms = Some(5000);
+        s.user = Some("1000".into());
+        s.working_dir = Some("/srv".into());
+        s.secrets = vec![SecretMount {
+            name: "key".into(),
+            version: 2,
+            digest: "d".repeat(64),
+            target: "/run/secrets/key".into(),
+        }];
+        s.probe = Some(ProbeSpec {
+            http_path: Some("/ok".into()),
+            port: 8080,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            retries: 2,
+            start_period_ms: 0,
+        });
+        s.configs = vec![ConfigFile {
+            name: "conf".into(),
+            target: "/etc/app.conf".into(),
+            content: "x=1\n".into(),
+            mode: 0o444,
+            uid: 0,
+            gid: 0,
+        }];
+        s.networks = vec![NetworkAttach {
+            name: "default".into(),
+            external: false,
+            internal: false,
+            aliases: vec!["web".into()],
+        }];
+        s
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_representative_spec_is_pinned() {
+        assert_eq!(representative().fingerprint(), "0f03b5d92924d4f8439a62aa");
+        let mut minimal = spec("web", 1);
+        minimal.command = None;
+        assert_eq!(minimal.fingerprint(), "1270b11f3d57d74f3cfd9863");
+    }
+
     #[test]
     fn fingerprint_follows_the_spec() {
         let a = spec("web", 1);

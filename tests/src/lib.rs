@@ -13,6 +13,9 @@
 //! The binaries come from the workspace's target dir: run
 //! `cargo build --workspace --bins` before the tests (`scripts/test.sh` does).
 
+// Test support: a failed expectation here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod cluster;
 pub mod image;
 pub mod proxy;

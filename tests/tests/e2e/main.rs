@@ -1,6 +1,9 @@
 //! End-to-end tests: real coordinator and agent processes, real TLS, the
 //! real Docker Engine. One test binary for the crate (link time matters).
 
+// Test support: a failed expectation here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod api_cli;
 mod bootstrap;
 mod checks;
