@@ -21,8 +21,11 @@ use skiff_compose::placement::Constraint;
 
 use super::{
     Change, Constraints, Host, HostStatus, Mode, Placement, Plan, Resources, ScheduleError,
-    Service, Shortage, Slot, StopReason,
+    Service, Slot, StopReason,
 };
+
+mod unplaced;
+use unplaced::unplaced_error;
 
 type Ix = u32;
 
@@ -742,81 +745,6 @@ fn sort_key<'a>(cl: &Cluster<'_>, c: &Raw<'a>) -> (&'a str, Slot, u32, u8) {
         Raw::Start(s, slot, h) => (s, *slot, cl.rank(*h), 0),
         Raw::Stop(s, slot, h, _) => (s, *slot, cl.rank(*h), 1),
         Raw::Move(s, slot, from, _) => (s, *slot, cl.rank(*from), 2),
-    }
-}
-
-/// Why the remaining replicas of a service found no host.
-fn unplaced_error(
-    cl: &Cluster<'_>,
-    s: &Service,
-    el: &Eligible,
-    desired: u32,
-    unplaced: u32,
-    under_max: impl Fn(Ix) -> bool,
-) -> ScheduleError {
-    let constraints = Constraints(s.constraints.clone());
-    let service = s.name.clone();
-    if el.matching == 0 {
-        return ScheduleError::NoMatchingHost {
-            service,
-            constraints,
-            hosts: cl.known,
-        };
-    }
-    if el.up.is_empty() {
-        return ScheduleError::MatchingHostsDown {
-            service,
-            desired,
-            unplaced,
-            constraints,
-            matching: el.matching,
-        };
-    }
-    let open: Vec<Ix> = el.up.iter().copied().filter(|h| under_max(*h)).collect();
-    if open.is_empty() {
-        return ScheduleError::TooFewHosts {
-            service,
-            desired,
-            unplaced,
-            constraints,
-            up: el.up.len(),
-            max_per_host: s.max_per_host.unwrap_or(u32::MAX),
-        };
-    }
-    let need = s.reservations;
-    let most_cpu = open
-        .iter()
-        .map(|h| cl.free(*h).cpu_millis)
-        .max()
-        .unwrap_or(0);
-    let most_memory = open
-        .iter()
-        .map(|h| cl.free(*h).memory_bytes)
-        .max()
-        .unwrap_or(0);
-    let shortage = if most_memory < need.memory_bytes {
-        Shortage::Memory {
-            needed: need.memory_bytes,
-            largest_free: most_memory,
-        }
-    } else if most_cpu < need.cpu_millis {
-        Shortage::Cpu {
-            needed: need.cpu_millis,
-            largest_free: most_cpu,
-        }
-    } else {
-        Shortage::Both {
-            needed: need,
-            most_cpu,
-            most_memory,
-        }
-    };
-    ScheduleError::NoRoom {
-        service,
-        desired,
-        unplaced,
-        constraints,
-        shortage,
     }
 }
 
