@@ -11,9 +11,10 @@
 //! - [`plan`]: verifying, checking and storing signed host plans.
 //! - [`controller`]: the shape of a subsystem: a section of the plan, one
 //!   pure diff, observe and apply, reports.
-//! - [`supervisor`]: starts the controllers and routes sections to them.
+//! - [`supervisor`]: runs controllers and routes sections to them.
 //! - [`engine`]: the connection to the Docker Engine the controllers share.
-//! - The controllers, one folder each: [`containers`], [`networks`].
+//! - The controllers, one folder each, listed at the end of this file
+//!   ([`start_controllers`]): [`containers`], [`networks`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
 //!
 //! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
@@ -29,13 +30,11 @@ use skiff_shared::tasks::TaskTree;
 use tracing::{info, warn};
 
 pub mod config;
-pub mod containers;
 pub mod controller;
 pub mod engine;
 pub mod facts;
 pub mod identity;
 pub mod link;
-pub mod networks;
 pub mod plan;
 pub mod supervisor;
 
@@ -79,7 +78,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
         data_dir: PathBuf::from(&identity.dir),
         engine: engine::EngineHandle::connect(tree),
     };
-    let router = supervisor::start(tree, &host);
+    let router = start_controllers(tree, &host);
     // The last signed plan is enforced from the start, coordinator or not.
     match plan::stored(&identity, &router) {
         Ok(Some(accepted)) => {
@@ -94,4 +93,16 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
     link::run(identity, link::LinkOptions::default(), router, tree.child()).await?;
     info!("Agent stopped.");
     Ok(())
+}
+
+// The controllers: one folder each, and one line in `start_controllers`.
+pub mod containers;
+pub mod networks;
+
+/// Starts every controller in a subtree of `tree`.
+pub fn start_controllers(tree: &TaskTree, host: &supervisor::Host) -> supervisor::Router {
+    let mut s = supervisor::Supervisor::new(tree.child());
+    s.add(containers::Controller::new(host));
+    s.add(networks::Controller::new(host));
+    s.router()
 }

@@ -1,8 +1,8 @@
 //! The supervisor: starts every controller in its own subtree of the task
 //! tree, and gives the link a [`Router`] to reach them by section name.
 //!
-//! Adding a subsystem is one line in [`start`]; nothing else here, and
-//! nothing in the link, changes.
+//! The list of controllers is in the crate root (`lib.rs`); adding one
+//! changes nothing here, and nothing in the link.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,22 +26,16 @@ pub struct Host {
     pub engine: EngineHandle,
 }
 
-/// Starts the agent's controllers on `tree`.
-pub fn start(tree: &TaskTree, host: &Host) -> Router {
-    let mut s = Supervisor::new(tree.child());
-    s.add(crate::containers::Controller::new(host));
-    s.add(crate::networks::Controller::new(host));
-    s.router()
-}
-
-struct Supervisor {
+/// Starts controllers, each in a subtree of its own.
+pub struct Supervisor {
     tree: TaskTree,
     ports: BTreeMap<&'static str, Arc<dyn Port>>,
     reports: Arc<Reports>,
 }
 
 impl Supervisor {
-    fn new(tree: TaskTree) -> Self {
+    /// Controllers will run in subtrees of `tree`.
+    pub fn new(tree: TaskTree) -> Self {
         Self {
             tree,
             ports: BTreeMap::new(),
@@ -50,7 +44,7 @@ impl Supervisor {
     }
 
     /// Starts `controller` in a subtree of its own.
-    fn add<C: Controller>(&mut self, controller: C) {
+    pub fn add<C: Controller>(&mut self, controller: C) {
         let (desired_tx, desired) = watch::channel(None);
         let controller = Arc::new(controller);
         self.ports.insert(
@@ -68,7 +62,8 @@ impl Supervisor {
         self.tree.spawn(C::Kind::NAME, controller.run(cx));
     }
 
-    fn router(self) -> Router {
+    /// What the link uses to reach the controllers.
+    pub fn router(self) -> Router {
         Router {
             ports: Arc::new(self.ports),
             reports: self.reports,
@@ -82,6 +77,12 @@ impl Supervisor {
 pub struct Router {
     ports: Arc<BTreeMap<&'static str, Arc<dyn Port>>>,
     reports: Arc<Reports>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ports.keys()).finish()
+    }
 }
 
 impl std::fmt::Debug for Router {
