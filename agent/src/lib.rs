@@ -97,7 +97,6 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
 
 // The controllers: one folder each, and one line in `start_controllers`.
 pub mod containers;
-pub mod demo;
 pub mod networks;
 
 /// Starts every controller in a subtree of `tree`.
@@ -105,6 +104,5 @@ pub fn start_controllers(tree: &TaskTree, host: &supervisor::Host) -> supervisor
     let mut s = supervisor::Supervisor::new(tree.child());
     s.add(containers::Controller::new(host));
     s.add(networks::Controller::new(host));
-    s.add(demo::Controller::new(host));
     s.router()
 }

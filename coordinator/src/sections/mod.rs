@@ -15,7 +15,6 @@ use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
 pub mod containers;
-pub mod demo;
 pub mod networks;
 
 /// One section, typed.
@@ -133,7 +132,6 @@ impl Sections {
         let mut s = Self::empty();
         s.add(containers::ContainersFeature::new(h));
         s.add(networks::NetworksFeature);
-        s.add(demo::DemoFeature);
         s
     }
 

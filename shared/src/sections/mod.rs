@@ -11,7 +11,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod containers;
-pub mod demo;
 pub mod networks;
 
 /// One kind of section.
