@@ -356,23 +356,34 @@ where
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let payload = serde_json::to_vec(body).map_err(|e| e.to_string())?;
     let req = hyper::Request::post(path)
         .header(hyper::header::HOST, host)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(payload)))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+    let exchange = async move {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, bytes))
+    };
+    // The connection is driven here, beside the exchange, and closed with it.
+    let both = async {
+        tokio::select! {
+            r = exchange => r,
+            c = conn => Err(match c {
+                Ok(()) => "the connection closed before the answer".to_owned(),
+                Err(e) => e.to_string(),
+            }),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), both)
         .await
         .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, bytes))
 }
