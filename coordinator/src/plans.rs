@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use skiff_shared::plan::Section;
+use skiff_shared::plan::{HostPlan, Section};
 use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
@@ -24,6 +24,34 @@ pub struct NodePlan {
     pub containers: Vec<ContainerSpec>,
     /// Every section built from them, by name.
     pub sections: BTreeMap<String, Section>,
+}
+
+impl NodePlan {
+    /// The plan as sent to an agent with `capabilities`: only the sections
+    /// it announced it runs.
+    pub fn for_agent(
+        &self,
+        node_id: &str,
+        sections: &Sections,
+        capabilities: &[String],
+        issued_at_ms: u64,
+    ) -> HostPlan {
+        HostPlan {
+            node_id: node_id.to_owned(),
+            generation: self.generation,
+            issued_at_ms,
+            sections: self
+                .sections
+                .iter()
+                .filter(|(name, _)| {
+                    sections
+                        .get(name)
+                        .is_some_and(|s| capabilities.iter().any(|c| c == s.capability()))
+                })
+                .map(|(name, section)| (name.clone(), section.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Every node's latest plan.
@@ -207,5 +235,23 @@ mod tests {
         book.publish("n1", p3);
 
         assert!(book.next("n1", both).unwrap().is_none(), "nothing changed");
+    }
+
+    #[test]
+    fn an_agent_gets_only_the_sections_it_announced() {
+        let mut sections = Sections::empty();
+        sections.add(NetworksFeature);
+        let sections = Arc::new(sections);
+        let book = PlanBook::new(sections.clone());
+        let plan = book
+            .next("n1", vec![spec("web", "front")])
+            .unwrap()
+            .unwrap();
+        let caps = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let wire = plan.for_agent("n1", &sections, &caps(&["networks.v1"]), 7);
+        assert_eq!(wire.sections.keys().collect::<Vec<_>>(), ["networks"]);
+        assert_eq!((wire.node_id.as_str(), wire.generation), ("n1", 2));
+        let wire = plan.for_agent("n1", &sections, &caps(&["cert-renewal.v1"]), 7);
+        assert!(wire.sections.is_empty(), "no capability, no section");
     }
 }

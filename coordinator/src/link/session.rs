@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use skiff_shared::plan::HostPlan;
 use skiff_shared::protocol::{
     self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
     LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
@@ -310,18 +309,12 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         self.send_deliveries(ws, plan).await?;
-        let sections = self.link.plans.sections().clone();
-        let wire = HostPlan {
-            node_id: self.node_id.clone(),
-            generation: plan.generation,
-            issued_at_ms: skiff_shared::unix_millis(),
-            sections: plan
-                .sections
-                .iter()
-                .filter(|(name, _)| sections.get(name).is_some_and(|s| self.has(s.capability())))
-                .map(|(name, section)| (name.clone(), section.clone()))
-                .collect(),
-        };
+        let wire = plan.for_agent(
+            &self.node_id,
+            self.link.plans.sections(),
+            &self.capabilities,
+            skiff_shared::unix_millis(),
+        );
         let bytes = serde_json::to_vec(&wire)?;
         let signed = signing::sign(&self.link.identity.plan_key, &bytes);
         let id = self

@@ -13,7 +13,7 @@ use skiff_shared::protocol::{
     self, AgentMessage, CoordinatorMessage, Hello, LINK_PATH, PROTOCOL_VERSION,
 };
 use skiff_tests::cluster::{Agent, Coordinator, CoordinatorOptions, run_join};
-use skiff_tests::launch_cluster;
+use skiff_tests::{launch_cluster, wait_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -259,4 +259,46 @@ async fn malformed_and_oversized_messages_close_only_their_connection() {
         )
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn links_closed_for_cause_are_counted_and_shown() {
+    let cluster = launch_cluster(1, CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let coord = &cluster.coordinator;
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let raw = Agent::join(coord, &token, "raw", &[]).await.unwrap();
+    let counters = || async {
+        let view: skiff_api_types::ClusterView = coord
+            .client()
+            .call(Method::GET, "/cluster", None::<&()>)
+            .await
+            .unwrap();
+        view.link
+    };
+    let before = counters().await;
+    let mut ws = raw_link(&raw).await;
+    ws.send(Message::text("this is not an envelope"))
+        .await
+        .unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Invalid));
+    let mut ws = raw_link(&raw).await;
+    ws.send(Message::binary(vec![0u8; 16])).await.unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Unsupported));
+    assert!(
+        try_link(coord, None).await.is_err(),
+        "no certificate, no link"
+    );
+    wait_until(
+        "the refusals to be counted",
+        Duration::from_secs(10),
+        || async {
+            let now = counters().await;
+            now.malformed_total == before.malformed_total + 2
+                && now.tls_refused_total == before.tls_refused_total + 1
+        },
+    )
+    .await
+    .unwrap();
 }
