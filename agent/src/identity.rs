@@ -6,7 +6,10 @@
 //! - `ca.crt`: the cluster CA, pinned at join.
 //! - `plan-signing.pub`: the coordinator's plan-signing public key, pinned at join.
 //! - `node.toml`: node id, name and coordinator address.
-//! - `plan.json`: the last signed plan accepted, exactly as received.
+//! - `plan.json`: the last signed plan accepted, exactly as received (0600).
+//! - `plan-position.json`: where the last accepted plan stands (cluster,
+//!   epoch, generation, digest of its bytes), kept apart from `plan.json`
+//!   so that losing the plan does not lift the check against replays.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +68,10 @@ pub struct NodeFile {
     pub node_id: String,
     pub name: String,
     pub coordinator: String,
+    /// The cluster joined; plans for another are refused. Agents that
+    /// joined before it was kept take it from their first plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
 }
 
 /// The agent's loaded identity.
@@ -332,6 +339,7 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, IdentityError> {
         node_id: resp.node_id.clone(),
         name: opts.name.clone(),
         coordinator: opts.coordinator.clone(),
+        cluster_id: (!resp.cluster_id.is_empty()).then(|| resp.cluster_id.clone()),
     };
     // Last: its presence marks the join complete.
     w(

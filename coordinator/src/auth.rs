@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+/// The name of the admin token a new coordinator writes to its data dir.
+pub const INITIAL_TOKEN_NAME: &str = "initial-admin";
+
 /// A parsed API token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiTokenSecret {

@@ -20,10 +20,21 @@ pub const FIRST_GENERATION: u64 = 1;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodePlan {
     pub generation: u64,
+    /// When this generation was made (Unix ms): part of the signed bytes,
+    /// which must be the same each time a generation is sent.
+    pub issued_at_ms: u64,
     /// The containers the deploys decided for the node.
     pub containers: Vec<ContainerSpec>,
     /// Every section built from them, by name.
     pub sections: BTreeMap<String, Section>,
+}
+
+/// What every plan of this coordinator run carries besides its node's
+/// part: the cluster, and the epoch this start of the coordinator began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub cluster_id: String,
+    pub epoch: u64,
 }
 
 impl NodePlan {
@@ -32,14 +43,16 @@ impl NodePlan {
     pub fn for_agent(
         &self,
         node_id: &str,
+        stamp: &Stamp,
         sections: &Sections,
         capabilities: &[String],
-        issued_at_ms: u64,
     ) -> HostPlan {
         HostPlan {
+            cluster_id: stamp.cluster_id.clone(),
+            epoch: stamp.epoch,
             node_id: node_id.to_owned(),
             generation: self.generation,
-            issued_at_ms,
+            issued_at_ms: self.issued_at_ms,
             sections: self
                 .sections
                 .iter()
@@ -59,6 +72,13 @@ impl NodePlan {
 pub struct PlanBook {
     inner: Mutex<HashMap<String, watch::Sender<Arc<NodePlan>>>>,
     sections: Arc<Sections>,
+    /// Held by whoever makes a node's next plan (deploys, rollout steps,
+    /// removals, a new generation for an agent's new capabilities), so
+    /// two never make the same generation.
+    edits: tokio::sync::Mutex<()>,
+    /// The generation each node was last sent, and the capabilities it
+    /// was sent for (since this coordinator started).
+    sent: Mutex<HashMap<String, (u64, Vec<String>)>>,
 }
 
 impl PlanBook {
@@ -66,6 +86,42 @@ impl PlanBook {
         Self {
             inner: Mutex::default(),
             sections,
+            edits: tokio::sync::Mutex::new(()),
+            sent: Mutex::default(),
+        }
+    }
+
+    /// Waits for the right to make plans; hold it from reading a node's
+    /// plan to publishing the next.
+    pub async fn edit(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.edits.lock().await
+    }
+
+    /// Records that `node_id` is sent `generation` for an agent with
+    /// `capabilities`. False when that generation already went to it for
+    /// other capabilities: the agent would see other bytes under a
+    /// generation it has (and refuse them), so it needs a new generation
+    /// ([`PlanBook::renewed`]).
+    pub fn record_send(&self, node_id: &str, generation: u64, capabilities: &[String]) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+        match sent.get(node_id) {
+            Some((g, caps)) if *g == generation && caps.as_slice() != capabilities => false,
+            _ => {
+                sent.insert(node_id.to_owned(), (generation, capabilities.to_vec()));
+                true
+            }
+        }
+    }
+
+    /// The node's current plan at the next generation, unchanged otherwise.
+    /// Call it holding [`PlanBook::edit`].
+    pub fn renewed(&self, node_id: &str) -> NodePlan {
+        let current = self.get(node_id);
+        NodePlan {
+            generation: current.generation + 1,
+            issued_at_ms: skiff_shared::unix_millis(),
+            containers: current.containers.clone(),
+            sections: current.sections.clone(),
         }
     }
 
@@ -100,6 +156,7 @@ impl PlanBook {
             .collect();
         NodePlan {
             generation: FIRST_GENERATION,
+            issued_at_ms: skiff_shared::unix_millis(),
             containers: Vec::new(),
             sections,
         }
@@ -153,6 +210,7 @@ impl PlanBook {
         }
         Ok(Some(NodePlan {
             generation,
+            issued_at_ms: skiff_shared::unix_millis(),
             containers,
             sections,
         }))
@@ -185,6 +243,7 @@ impl PlanBook {
     pub fn restore(&self, row: crate::store::NodePlanRow) -> serde_json::Result<Option<NodePlan>> {
         let stored = NodePlan {
             generation: u64::try_from(row.generation).unwrap_or(FIRST_GENERATION),
+            issued_at_ms: skiff_shared::unix_millis(),
             containers: row.containers,
             sections: row.sections,
         };
@@ -248,10 +307,32 @@ mod tests {
             .unwrap()
             .unwrap();
         let caps = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let wire = plan.for_agent("n1", &sections, &caps(&["networks.v1"]), 7);
+        let stamp = Stamp {
+            cluster_id: "c1".into(),
+            epoch: 7,
+        };
+        let wire = plan.for_agent("n1", &stamp, &sections, &caps(&["networks.v1"]));
         assert_eq!(wire.sections.keys().collect::<Vec<_>>(), ["networks"]);
         assert_eq!((wire.node_id.as_str(), wire.generation), ("n1", 2));
-        let wire = plan.for_agent("n1", &sections, &caps(&["cert-renewal.v1"]), 7);
+        assert_eq!((wire.cluster_id.as_str(), wire.epoch), ("c1", 7));
+        let again = plan.for_agent("n1", &stamp, &sections, &caps(&["networks.v1"]));
+        assert_eq!(
+            serde_json::to_vec(&again).unwrap(),
+            serde_json::to_vec(&wire).unwrap(),
+            "a generation is the same bytes each time it is sent"
+        );
+        let wire = plan.for_agent("n1", &stamp, &sections, &caps(&["cert-renewal.v1"]));
         assert!(wire.sections.is_empty(), "no capability, no section");
+
+        assert!(book.record_send("n1", 2, &caps(&["networks.v1"])));
+        assert!(
+            book.record_send("n1", 2, &caps(&["networks.v1"])),
+            "the same again"
+        );
+        assert!(
+            !book.record_send("n1", 2, &caps(&["networks.v1", "dns.v1"])),
+            "other capabilities need a new generation"
+        );
+        assert!(book.record_send("n1", 3, &caps(&["networks.v1", "dns.v1"])));
     }
 }

@@ -29,6 +29,9 @@ use crate::store::sqlite::SqliteStore;
 
 /// How often last-seen times of connected nodes are written.
 const SEEN_FLUSH: Duration = Duration::from_secs(60);
+/// The first admin API token's file in the data dir (0600), removed when
+/// `skiff login` replaces the token.
+const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
 /// How long shutdown waits for tasks to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -94,7 +97,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
     let store = SqliteStore::open(&config.data_dir.join("skiff.db")).await?;
     if store.api_token_count().await? == 0 {
         let token = ApiTokenSecret::generate().map_err(|_| ServerError::Random)?;
-        let path = config.data_dir.join("initial-admin-token");
+        let path = config.data_dir.join(INITIAL_TOKEN_FILE);
         write_atomic(&path, format!("{token}\n").as_bytes(), PRIVATE).map_err(|source| {
             ServerError::Write {
                 path: path.clone(),
@@ -104,11 +107,14 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         store
             .insert_api_token(&ApiToken {
                 id: token.id.clone(),
-                name: "initial-admin".into(),
+                name: crate::auth::INITIAL_TOKEN_NAME.into(),
                 secret_hash: token.hash(),
-                role: "admin".into(),
+                role: skiff_api_types::ApiRole::Admin,
+                stacks: Vec::new(),
                 created_at: now_ms(),
+                expires_at: None,
                 revoked_at: None,
+                last_used_at: None,
             })
             .await?;
         info!(path = %path.display(), "First admin API token written (shown nowhere else).");
@@ -152,6 +158,12 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
                 .await?;
         }
     }
+    let epoch = next_epoch(store.as_ref()).await?;
+    info!(epoch, "Plans of this run carry a new epoch.");
+    let stamp = crate::plans::Stamp {
+        cluster_id: identity.cluster_id.clone(),
+        epoch,
+    };
     let identity = Arc::new(identity);
     let sessions = Arc::new(Sessions::new(revoked));
     let events = Arc::new(EventLog::default());
@@ -175,6 +187,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         agent_binary,
         heartbeat_interval: config.heartbeat_interval,
         cert_ttl: config.cert_ttl,
+        stamp,
     });
     let api = Api {
         store: store.clone(),
@@ -188,6 +201,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         metrics,
         join_token_ttl: config.join_token_ttl,
         tree: tree.clone(),
+        initial_token_file: config.data_dir.join(INITIAL_TOKEN_FILE),
     };
     Ok(Coordinator {
         tree: tree.clone(),
@@ -197,6 +211,22 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         link,
         api,
     })
+}
+
+/// The epoch of this start of the coordinator: later than the last one
+/// recorded and than the wall clock's seconds, so that a coordinator
+/// restored from a backup (whose recorded epoch and plan generations went
+/// back) still starts a later epoch than any its agents have seen.
+async fn next_epoch(store: &dyn Store) -> Result<u64, ServerError> {
+    let last = store
+        .meta("epoch")
+        .await?
+        .and_then(|e| e.parse::<u64>().ok())
+        .unwrap_or(0);
+    let now = skiff_shared::unix_millis() / 1000;
+    let epoch = (last + 1).max(now);
+    store.set_meta("epoch", &epoch.to_string()).await?;
+    Ok(epoch)
 }
 
 /// A prepared coordinator: its handles, wired, with nothing bound yet.

@@ -135,6 +135,9 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinResponse {
     pub node_id: String,
+    /// The cluster's id, which every plan carries.
+    #[serde(default)]
+    pub cluster_id: String,
     /// The agent's client certificate, PEM.
     pub cert_pem: String,
     /// The cluster CA certificate, PEM.

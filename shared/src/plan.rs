@@ -16,11 +16,26 @@ use serde::{Deserialize, Serialize};
 use crate::sections::SectionKind;
 
 /// The desired state of one host.
+///
+/// Plans are ordered by `(epoch, generation)`. An agent accepts a plan
+/// only if it is later than the last it accepted, or is that same plan
+/// byte for byte (sent again after a reconnect): an old signed plan
+/// replayed, or another plan under a generation already seen, is refused.
+/// A coordinator starts a new epoch each time it starts, later than any
+/// before it, so one restored from a backup (whose generations went back)
+/// is followed again.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HostPlan {
+    /// The cluster this plan belongs to.
+    #[serde(default)]
+    pub cluster_id: String,
+    /// The coordinator's epoch: it increases with every start.
+    #[serde(default)]
+    pub epoch: u64,
     /// The node this plan is for; an agent refuses a plan for another node.
     pub node_id: String,
-    /// Increases with every change of any section.
+    /// Increases with every change of any section, within an epoch and
+    /// across them.
     pub generation: u64,
     /// Coordinator wall clock when the plan was signed, Unix milliseconds.
     pub issued_at_ms: u64,
@@ -61,6 +76,11 @@ impl Section {
 }
 
 impl HostPlan {
+    /// Where the plan stands in the order plans are accepted in.
+    pub fn position(&self) -> (u64, u64) {
+        (self.epoch, self.generation)
+    }
+
     /// The section of kind `K`, parsed; `None` when the plan has none.
     ///
     /// # Errors

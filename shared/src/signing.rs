@@ -53,6 +53,16 @@ pub fn verify(key: &VerifyingKey, signed: &SignedPlan) -> Result<Vec<u8>, PlanEr
 
 /// Verifies, then parses, a plan meant for `node_id`.
 pub fn open(key: &VerifyingKey, signed: &SignedPlan, node_id: &str) -> Result<HostPlan, PlanError> {
+    open_with_bytes(key, signed, node_id).map(|(plan, _)| plan)
+}
+
+/// Verifies, then parses, a plan meant for `node_id`; also returns the
+/// exact bytes that were signed.
+pub fn open_with_bytes(
+    key: &VerifyingKey,
+    signed: &SignedPlan,
+    node_id: &str,
+) -> Result<(HostPlan, Vec<u8>), PlanError> {
     let bytes = verify(key, signed)?;
     let plan: HostPlan = serde_json::from_slice(&bytes)?;
     if plan.node_id != node_id {
@@ -61,7 +71,7 @@ pub fn open(key: &VerifyingKey, signed: &SignedPlan, node_id: &str) -> Result<Ho
             want: node_id.to_owned(),
         });
     }
-    Ok(plan)
+    Ok((plan, bytes))
 }
 
 /// Encodes a public key as sent at join: base64 of the 32 raw bytes.
@@ -91,6 +101,8 @@ mod tests {
 
     fn plan_bytes() -> Vec<u8> {
         serde_json::to_vec(&HostPlan {
+            cluster_id: "c1".into(),
+            epoch: 1,
             node_id: "n1".into(),
             generation: 4,
             issued_at_ms: 1,

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use skiff_api_types::{CreateJoinToken, CreatedJoinToken, NodeStatus, NodeView, TaskView};
+use skiff_api_types::{
+    ApiRole, CreateApiToken, CreateJoinToken, CreatedApiToken, CreatedJoinToken, NodeStatus,
+    NodeView, TaskView,
+};
 use skiff_cli::client::{Client, Method};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
@@ -89,6 +92,22 @@ impl Coordinator {
             child: None,
         };
         c.start().await?;
+        // The harness's own admin token: tests may replace the initial one
+        // (`skiff login` does) without the harness losing its way in.
+        let initial = std::fs::read_to_string(c.data_dir().join("initial-admin-token"))?;
+        let created: CreatedApiToken = Client::new(&c.api_url(), Some(initial.trim().to_owned()))?
+            .call(
+                Method::POST,
+                "/tokens/api",
+                Some(&CreateApiToken {
+                    name: Some("test harness".into()),
+                    role: ApiRole::Admin,
+                    stacks: Vec::new(),
+                    ttl: None,
+                }),
+            )
+            .await?;
+        std::fs::write(c.root.path().join("admin-token"), created.token)?;
         Ok(c)
     }
 
@@ -126,13 +145,10 @@ impl Coordinator {
             .spawn()?;
         self.child = Some(child);
         let client = Client::new(&format!("http://{}", self.api), None)?;
-        let token_path = self.data_dir().join("initial-admin-token");
         wait_until("the coordinator to answer", START_DEADLINE, || {
             let client = client.clone();
-            let token_path = token_path.clone();
             async move {
-                token_path.exists()
-                    && matches!(client.raw(Method::GET, "/healthz", None::<&()>).await, Ok((s, _)) if s.is_success())
+                matches!(client.raw(Method::GET, "/healthz", None::<&()>).await, Ok((s, _)) if s.is_success())
             }
         })
         .await
@@ -156,12 +172,20 @@ impl Coordinator {
             .ok()
     }
 
-    /// The first admin token.
+    /// An admin token (the harness's own, made at launch).
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir().join("initial-admin-token"))
+        std::fs::read_to_string(self.root.path().join("admin-token"))
             .unwrap_or_default()
             .trim()
             .to_owned()
+    }
+
+    /// The initial admin token the coordinator wrote to its data dir, while
+    /// it is there.
+    pub fn initial_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("initial-admin-token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
     }
 
     /// An API client with the admin token.

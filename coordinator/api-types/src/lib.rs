@@ -13,6 +13,8 @@
 //!   [`StackView`], [`ReleaseView`], [`TaskView`]), secrets
 //!   ([`SetSecret`], [`SecretView`]), registry credentials
 //!   ([`SetRegistry`], [`RegistryView`]) and the event log ([`Event`]).
+//! - [`access`]: API tokens, their roles and stack scopes, and the answer
+//!   to `skiff login`.
 //! - [`validate`]: checks of request fields that both sides run, the client
 //!   before it sends and the coordinator before it acts, so that one rule
 //!   gives one message.
@@ -28,7 +30,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod access;
 pub mod validate;
+
+pub use access::*;
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -30,9 +30,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True for an authentication failure.
+    /// True for a token that was refused, or may not do what was asked.
     pub fn is_unauthorized(&self) -> bool {
-        matches!(self, Self::Api { status: 401, .. })
+        matches!(
+            self,
+            Self::Api {
+                status: 401 | 403,
+                ..
+            }
+        )
     }
 }
 

@@ -12,7 +12,7 @@
 //!
 //! Exit codes: 0 success, 1 the coordinator refused the request, 2 bad
 //! usage or input, 3 the coordinator could not be reached, 4 the token was
-//! refused.
+//! refused or may not do what was asked (its role or stacks).
 //!
 //! Layout:
 //! - [`commands`]: the command line ([`Cli`]) and one module per command

@@ -1,13 +1,13 @@
 //! The event log, listed or followed as server-sent events.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json};
 use skiff_api_types::*;
 
-use super::{Api, ApiError};
+use super::{Api, ApiError, Caller};
 
 pub(super) fn routes() -> Router<Api> {
     Router::new().route("/events", get(events))
@@ -28,12 +28,17 @@ pub struct EventsQuery {
     responses((status = 200, body = [Event], description = "JSON, or with follow=true a text/event-stream whose data lines are events")))]
 pub(super) async fn events(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let axum::extract::Query(q) =
         query.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
     let (past, rx) = api.events.subscribe();
-    let wanted = move |e: &Event| q.stack.as_ref().is_none_or(|s| e.stack.as_ref() == Some(s));
+    // A token limited to stacks sees only their events.
+    let wanted = move |e: &Event| {
+        q.stack.as_ref().is_none_or(|s| e.stack.as_ref() == Some(s))
+            && (caller.stacks.is_empty() || e.stack.as_ref().is_some_and(|s| caller.covers(s)))
+    };
     let past: Vec<Event> = past.into_iter().filter(|e| wanted(e)).collect();
     if !q.follow {
         return Ok(Json(past).into_response());

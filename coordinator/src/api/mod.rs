@@ -11,17 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::get;
 use axum::{Json, Router};
 use skiff_api_types::*;
 use skiff_shared::tasks::TaskTree;
 use utoipa::OpenApi;
 
-use crate::auth::{ApiTokenSecret, same_digest};
 use crate::deploy::Deployer;
 use crate::events::EventLog;
 use crate::identity::Identity;
@@ -32,6 +29,8 @@ use crate::sections::Sections;
 use crate::sessions::Sessions;
 use crate::store::Store;
 
+mod access;
+mod api_tokens;
 mod error;
 mod events;
 mod nodes;
@@ -40,6 +39,7 @@ mod secrets;
 mod stacks;
 mod tokens;
 
+pub use access::{Caller, Need, need};
 pub use error::ApiError;
 
 /// What the API's handlers work with.
@@ -58,6 +58,9 @@ pub struct Api {
     pub join_token_ttl: Duration,
     /// Followers of the event stream end when it is cancelled.
     pub tree: TaskTree,
+    /// Where the initial admin token was written; removed when `skiff
+    /// login` replaces that token.
+    pub initial_token_file: std::path::PathBuf,
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -76,12 +79,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         secrets::remove_secret, stacks::list_stacks, stacks::get_stack, stacks::remove_stack,
         stacks::deploy_stack, stacks::stack_tasks, stacks::stack_releases, stacks::rollback_stack,
         stacks::scale_service, tokens::create_join_token, tokens::list_join_tokens,
-        tokens::revoke_join_token, registries::list_registries, registries::set_registry,
-        registries::remove_registry),
+        tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
+        api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
+        registries::set_registry, registries::remove_registry),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
-        SetRegistry, RegistryView, LinkCounters)),
+        SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
+        ApiTokenView, ApiTokenStatus, LoginView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -110,47 +115,23 @@ pub fn router(api: Api) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .merge(nodes::routes())
         .merge(tokens::routes())
+        .merge(api_tokens::routes())
         .merge(stacks::routes())
         .merge(secrets::routes())
         .merge(registries::routes())
         .merge(events::routes())
+        .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         })
-        .layer(middleware::from_fn_with_state(api.clone(), require_token));
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            access::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .nest("/api/v1", routes)
         .with_state(api)
-}
-
-/// Refuses any request without a valid, unrevoked API token.
-async fn require_token(State(api): State<Api>, req: Request, next: Next) -> Response {
-    let unauthorized = |message: &str| {
-        let mut r =
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        r
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(ApiTokenSecret::parse);
-    let Some(presented) = presented else {
-        return unauthorized("missing or malformed API token; pass --token or set SKIFF_TOKEN");
-    };
-    match api.store.api_token(&presented.id).await {
-        Ok(Some(t)) if t.revoked_at.is_none() && same_digest(&t.secret_hash, &presented.hash()) => {
-            next.run(req).await
-        }
-        Ok(_) => unauthorized("API token is unknown or revoked"),
-        Err(e) => ApiError::from(e).into_response(),
-    }
 }
 
 pub fn rfc3339_ms(ms: i64) -> String {

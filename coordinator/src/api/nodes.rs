@@ -5,14 +5,14 @@ use axum::Router;
 use axum::routing::{get, patch};
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use skiff_api_types::EventKind;
 use skiff_api_types::*;
 use skiff_shared::join::names;
 use tracing::info;
 
-use super::{Api, ApiError, ApiResult, json_body, rfc3339_ms};
+use super::{Api, ApiError, ApiResult, Caller, json_body, rfc3339_ms};
 use crate::now_ms;
 use crate::store::NodeRow;
 
@@ -179,6 +179,7 @@ pub(super) async fn label_node(
     responses((status = 200, body = NodeContainersView), (status = 404, body = ApiErrorBody)))]
 pub(super) async fn node_containers(
     State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<NodeContainersView> {
     let node = find_node(&api, &id).await?;
@@ -190,6 +191,13 @@ pub(super) async fn node_containers(
             o.error.clone(),
             o.containers
                 .iter()
+                // A token limited to stacks sees only their containers.
+                .filter(|c| {
+                    caller.stacks.is_empty()
+                        || c.name
+                            .split_once('.')
+                            .is_some_and(|(stack, _)| caller.covers(stack))
+                })
                 .map(|c| ContainerView {
                     name: c.name.clone(),
                     id: c.id.clone(),

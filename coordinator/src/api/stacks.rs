@@ -1,13 +1,13 @@
 //! Stacks: deploys, their replicas, releases, rollbacks, scaling, removal.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use skiff_api_types::*;
 use skiff_shared::workload::ContainerState;
 
-use super::{Api, ApiError, ApiResult, json_body, rfc3339_ms};
+use super::{Api, ApiError, ApiResult, Caller, json_body, rfc3339_ms};
 
 pub(super) fn routes() -> Router<Api> {
     Router::new()
@@ -117,10 +117,15 @@ pub(super) async fn stack_view(
 }
 
 #[utoipa::path(get, path = "/api/v1/stacks", responses((status = 200, body = [StackView])))]
-pub(super) async fn list_stacks(State(api): State<Api>) -> ApiResult<Vec<StackView>> {
+pub(super) async fn list_stacks(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Vec<StackView>> {
     let mut out = Vec::new();
     for s in api.store.stacks().await? {
-        out.push(stack_view(&api, s).await?);
+        if caller.covers(&s.name) {
+            out.push(stack_view(&api, s).await?);
+        }
     }
     Ok(Json(out))
 }

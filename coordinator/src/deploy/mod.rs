@@ -48,9 +48,6 @@ pub struct Deployer {
     pub sessions: Arc<Sessions>,
     pub events: Arc<EventLog>,
     pub rollouts: Arc<rollout::RolloutBook>,
-    /// Held while a deploy, a rollout step or a removal reads and rewrites
-    /// node plans.
-    lock: Arc<tokio::sync::Mutex<()>>,
     /// How long a silent host keeps its replicas.
     pub host_lost_grace: Duration,
     /// When this coordinator started (Unix ms): no host counts as lost
@@ -76,7 +73,6 @@ impl Deployer {
             sessions,
             events,
             rollouts: Arc::new(rollout::RolloutBook::new(tree.child())),
-            lock: Arc::default(),
             host_lost_grace,
             started_at_ms: now_ms(),
         }
@@ -214,7 +210,7 @@ pub async fn deploy_defs(
     dry_run: bool,
 ) -> Result<Outcome, DeployError> {
     // One deploy at a time: each reads and rewrites node plans.
-    let guard = d.lock.lock().await;
+    let guard = d.plans.edit().await;
     let hosts = hosts(d).await?;
     let releases = d.store.releases(name).await?;
     let revision = releases.first().map_or(1, |r| r.number + 1);
@@ -323,7 +319,7 @@ pub async fn edit_node_plan(
     node_id: &str,
     edit: impl FnOnce(&mut Vec<ContainerSpec>),
 ) -> Result<(), DeployError> {
-    let _guard = d.lock.lock().await;
+    let _guard = d.plans.edit().await;
     let current = d.plans.get(node_id);
     let mut containers = current.containers.clone();
     edit(&mut containers);

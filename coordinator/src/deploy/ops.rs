@@ -15,7 +15,7 @@ use crate::store::{ReleaseStatus, StoreError};
 
 /// Removes a stack: its containers leave every node's plan.
 pub async fn remove(d: &Deployer, name: &str) -> Result<usize, DeployError> {
-    let _guard = d.lock.lock().await;
+    let _guard = d.plans.edit().await;
     d.rollouts.cancel(name);
     if !d.store.remove_stack(name, now_ms()).await? {
         return Err(DeployError::NoStack(name.to_owned()));

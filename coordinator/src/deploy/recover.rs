@@ -26,7 +26,7 @@ pub async fn reschedule_lost(d: &Deployer) -> Result<usize, DeployError> {
     {
         return Ok(0);
     }
-    let _guard = d.lock.lock().await;
+    let _guard = d.plans.edit().await;
     let hosts = hosts(d).await?;
     let down: BTreeSet<&str> = hosts
         .iter()
@@ -91,7 +91,7 @@ pub async fn resume(d: &Deployer) -> Result<usize, DeployError> {
             continue;
         };
         let defs = defs_of(current)?;
-        let guard = d.lock.lock().await;
+        let guard = d.plans.edit().await;
         let hosts = hosts(d).await?;
         let revision = u64::try_from(current.number).unwrap_or(0);
         let mut t = place(&stack.name, &defs, &hosts, true, revision)?;

@@ -84,6 +84,7 @@ fn host(id: &str, containers: Vec<ContainerSpec>) -> (Host, Arc<NodePlan>) {
         },
         Arc::new(NodePlan {
             generation: 2,
+            issued_at_ms: 0,
             containers,
             sections: BTreeMap::new(),
         }),

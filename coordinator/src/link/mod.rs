@@ -54,6 +54,8 @@ pub struct Link {
     pub heartbeat_interval: Duration,
     /// Lifetime of the client certificates issued at join and renewal.
     pub cert_ttl: Duration,
+    /// The cluster and this run's epoch, carried by every plan.
+    pub stamp: crate::plans::Stamp,
 }
 
 /// The agent binary the coordinator serves to new servers.

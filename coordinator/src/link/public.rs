@@ -154,6 +154,7 @@ async fn join(
             info!(node = %node_id, name = %req.name, token = %req.token_id, %peer, "Node joined.");
             Json(JoinResponse {
                 node_id,
+                cluster_id: link.identity.cluster_id.clone(),
                 cert_pem: issued.cert_pem,
                 ca_pem: link.identity.ca.cert_pem.clone(),
                 plan_public_key: skiff_shared::signing::encode_public_key(

@@ -308,12 +308,30 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if !self
+            .link
+            .plans
+            .record_send(&self.node_id, plan.generation, &self.capabilities)
+        {
+            // This generation went to the node for other capabilities (the
+            // agent was upgraded): the same generation must be the same
+            // bytes, so it gets a new one, which comes back here.
+            let plans = &self.link.plans;
+            let _edit = plans.edit().await;
+            let renewed = plans.renewed(&self.node_id);
+            self.link
+                .store
+                .put_node_plan(&crate::plans::row(&self.node_id, &renewed), now_ms())
+                .await?;
+            plans.publish(&self.node_id, renewed);
+            return Ok(());
+        }
         self.send_deliveries(ws, plan).await?;
         let wire = plan.for_agent(
             &self.node_id,
+            &self.link.stamp,
             self.link.plans.sections(),
             &self.capabilities,
-            skiff_shared::unix_millis(),
         );
         let bytes = serde_json::to_vec(&wire)?;
         let signed = signing::sign(&self.link.identity.plan_key, &bytes);
@@ -637,6 +655,8 @@ enum SendError {
     Ws(#[from] WsError),
     #[error("encoding it failed: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Waits for the node's plan to change; never, for agents without plans.

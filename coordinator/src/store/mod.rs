@@ -34,9 +34,13 @@ pub struct ApiToken {
     pub id: String,
     pub name: String,
     pub secret_hash: String,
-    pub role: String,
+    pub role: skiff_api_types::ApiRole,
+    /// Empty: every stack.
+    pub stacks: Vec<String>,
     pub created_at: i64,
+    pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +227,11 @@ pub trait TokenStore: Send + Sync {
     async fn insert_api_token(&self, token: &ApiToken) -> Result<()>;
     async fn api_token(&self, id: &str) -> Result<Option<ApiToken>>;
     async fn api_token_count(&self) -> Result<i64>;
+    /// Every API token, revoked ones too, oldest first.
+    async fn api_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// Marks a token revoked; false if there is no such live token.
+    async fn revoke_api_token(&self, id: &str, now: i64) -> Result<bool>;
+    async fn api_token_used(&self, id: &str, now: i64) -> Result<()>;
     async fn insert_join_token(&self, token: &JoinTokenRow) -> Result<()>;
     async fn join_tokens(&self) -> Result<Vec<JoinTokenRow>>;
     /// Marks a token revoked; false if no such token.

@@ -60,6 +60,11 @@ fn migrator() -> Migrator {
             "plan sections",
             include_str!("../../migrations/0007_plan_sections.sql"),
         ),
+        m(
+            8,
+            "api token roles",
+            include_str!("../../migrations/0008_api_token_roles.sql"),
+        ),
     ])
 }
 
@@ -103,6 +108,25 @@ impl SqliteStore {
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(StoreError::Encode)
+}
+
+fn api_token_from_row(r: &SqliteRow) -> Result<ApiToken> {
+    let role: String = r.try_get("role")?;
+    let stacks: String = r.try_get("stacks")?;
+    Ok(ApiToken {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        secret_hash: r.try_get("secret_hash")?,
+        role: role
+            .parse()
+            .map_err(|e: String| StoreError::Corrupt(format!("API token role: {e}")))?,
+        stacks: serde_json::from_str(&stacks)
+            .map_err(|e| StoreError::Corrupt(format!("API token stacks: {e}")))?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+    })
 }
 
 fn node_from_row(r: &SqliteRow) -> Result<NodeRow> {
@@ -167,14 +191,16 @@ impl MetaStore for SqliteStore {
 impl TokenStore for SqliteStore {
     async fn insert_api_token(&self, t: &ApiToken) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, secret_hash, role, created_at, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_tokens (id, name, secret_hash, role, stacks, created_at, expires_at, revoked_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.name)
         .bind(&t.secret_hash)
-        .bind(&t.role)
+        .bind(t.role.as_str())
+        .bind(json(&t.stacks)?)
         .bind(t.created_at)
+        .bind(t.expires_at)
         .bind(t.revoked_at)
         .execute(&self.pool)
         .await?;
@@ -186,17 +212,33 @@ impl TokenStore for SqliteStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| {
-            Ok(ApiToken {
-                id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                secret_hash: r.try_get("secret_hash")?,
-                role: r.try_get("role")?,
-                created_at: r.try_get("created_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(api_token_from_row).transpose()
+    }
+
+    async fn api_tokens(&self) -> Result<Vec<ApiToken>> {
+        let rows = sqlx::query("SELECT * FROM api_tokens ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(api_token_from_row).collect()
+    }
+
+    async fn revoke_api_token(&self, id: &str, now: i64) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn api_token_used(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn api_token_count(&self) -> Result<i64> {

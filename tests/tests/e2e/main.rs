@@ -4,6 +4,7 @@
 // Test support: a failed expectation here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod api_cli;
 mod bootstrap;
 mod checks;
@@ -12,6 +13,7 @@ mod depends;
 mod harness;
 mod link;
 mod networks;
+mod plans;
 mod reconcile;
 mod registry;
 mod security;

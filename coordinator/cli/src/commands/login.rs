@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use skiff_api_types::ClusterView;
+use skiff_api_types::LoginView;
 
 use crate::Failure;
 use crate::client::{Client, Method};
@@ -40,21 +40,35 @@ pub(crate) async fn run(
             .ok_or_else(|| Failure::usage("login needs --token, SKIFF_TOKEN or --token-file"))?,
     };
     let client = Client::new(&url, Some(token.clone()))?;
-    let cluster: ClusterView = client.call(Method::GET, "/cluster", None::<&()>).await?;
     let path = config::path()
         .ok_or_else(|| Failure::usage("cannot find a config dir: set HOME or SKIFF_CONFIG"))?;
+    // The coordinator replaces its initial admin token at the first login.
+    let who: LoginView = client.call(Method::POST, "/login", None::<&()>).await?;
+    let rotated = who.rotated_token.is_some();
     config::save(
         &path,
         &CliConfig {
             url: Some(url.clone()),
-            token: Some(token),
+            token: Some(who.rotated_token.unwrap_or(token)),
         },
     )?;
+    let scope = if who.stacks.is_empty() {
+        String::new()
+    } else {
+        format!(", limited to {}", who.stacks.join(", "))
+    };
     let _ = writeln!(
         out,
-        "Logged in to cluster {} at {url}; saved to {}.",
-        cluster.cluster_id,
+        "Logged in to cluster {} at {url} as a {}{scope}; saved to {}.",
+        who.cluster_id,
+        who.role,
         path.display()
     );
+    if rotated {
+        let _ = writeln!(
+            out,
+            "The initial admin token was replaced by a new one, saved there; the old one is revoked and its file removed."
+        );
+    }
     Ok(())
 }

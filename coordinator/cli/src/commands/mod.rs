@@ -2,6 +2,7 @@
 //! group, each with its arguments and what it does:
 //! - [`login`]: `skiff login`, which checks a URL and token and saves them.
 //! - [`tokens`]: `skiff token`, join tokens.
+//! - [`api_tokens`]: `skiff api-token`, API tokens with roles.
 //! - [`nodes`]: `skiff node`, the cluster's servers.
 //! - [`deploy`]: `skiff deploy`, and following a release's progress until
 //!   it is rolled out (also after a rollback or a scale).
@@ -20,6 +21,7 @@ use crate::Failure;
 use crate::client::Client;
 use crate::config::{self, DEFAULT_URL};
 
+pub mod api_tokens;
 pub mod deploy;
 pub mod events;
 pub mod login;
@@ -53,6 +55,9 @@ pub enum Command {
     /// Join tokens for adding servers.
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// API tokens for people and automation: roles, stacks, lifetimes.
+    #[command(subcommand, name = "api-token")]
+    ApiToken(api_tokens::ApiTokenCommand),
     /// The cluster's servers.
     #[command(subcommand)]
     Node(nodes::NodeCommand),
@@ -112,6 +117,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(cmd) => {
             let client = Client::new(&url, token)?;
             tokens::run(&client, cmd, &mut out).await?;
+        }
+        Command::ApiToken(cmd) => {
+            let client = Client::new(&url, token)?;
+            api_tokens::run(&client, cmd, &mut out).await?;
         }
         Command::Node(cmd) => {
             let client = Client::new(&url, token)?;
