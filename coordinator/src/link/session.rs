@@ -1,6 +1,8 @@
 //! One agent's WebSocket session: hello and welcome, heartbeats both ways,
 //! the node's signed plan, certificate renewal, and a clean close with a
-//! logged reason when the agent misbehaves.
+//! logged reason when the agent misbehaves. A hello over
+//! [`MAX_HELLO_BYTES`] or outside the bounds of [`skiff_shared::bounds`]
+//! closes the link before anything of it is stored.
 
 use skiff_api_types::EventKind;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use skiff_shared::bounds::MAX_HELLO_BYTES;
 use skiff_shared::protocol::{
     self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
     LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
@@ -186,17 +189,35 @@ impl Session {
     {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
+                if text.len() > MAX_HELLO_BYTES {
+                    self.link.metrics.malformed.inc();
+                    let why = format!(
+                        "hello is {} bytes, over the {MAX_HELLO_BYTES} allowed",
+                        text.len()
+                    );
+                    self.finish(&mut ws, End::Closed(CloseCode::Size, why))
+                        .await;
+                    return;
+                }
                 match protocol::decode::<AgentMessage>(text.as_str()) {
                     Ok(env) => match env.body {
                         AgentMessage::Hello(h) => Some((env.id, h)),
                         _ => None,
                     },
                     Err(error) => {
+                        self.link.metrics.malformed.inc();
                         self.finish(&mut ws, End::Closed(CloseCode::Invalid, error.to_string()))
                             .await;
                         return;
                     }
                 }
+            }
+            Ok(Some(Err(WsError::Capacity(error)))) => {
+                self.link.metrics.oversized.inc();
+                let why = format!("hello too large: {error}");
+                self.finish(&mut ws, End::Closed(CloseCode::Size, why))
+                    .await;
+                return;
             }
             _ => None,
         };
@@ -208,6 +229,18 @@ impl Session {
             .await;
             return;
         };
+        if let Err(why) = hello.check() {
+            self.link.metrics.malformed.inc();
+            self.finish(
+                &mut ws,
+                End::Closed(
+                    CloseCode::Invalid,
+                    format!("hello is over its bounds: {why}"),
+                ),
+            )
+            .await;
+            return;
+        }
         if !hello.protocol_versions.contains(&PROTOCOL_VERSION) {
             let why = format!(
                 "no common protocol version: agent speaks {:?}, coordinator {PROTOCOL_VERSION}; upgrade the agent",
