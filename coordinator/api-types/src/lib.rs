@@ -201,6 +201,10 @@ pub struct LinkCounters {
     pub tls_refused_total: u64,
     /// Join requests refused.
     pub joins_refused_total: u64,
+    /// Certificate renewals refused over the link (a CSR for another key
+    /// than the node's, an unusable CSR, or renewing too often).
+    #[serde(default)]
+    pub renewals_refused_total: u64,
 }
 
 /// One container on a node, as its agent last reported it.

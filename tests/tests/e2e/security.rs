@@ -1,7 +1,7 @@
 //! What the agent port refuses: clients without a cluster certificate, a
 //! coordinator whose CA does not match the token, malformed and oversized
-//! messages (which close only their own connection), and hellos over their
-//! bounds.
+//! messages (which close only their own connection), hellos over their
+//! bounds, and certificate renewals for another key than the node's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -403,4 +403,111 @@ async fn send_fragmented(ws: &mut RawLink, message: Message) {
             return;
         }
     }
+}
+
+/// The next answer on a raw link, skipping heartbeats.
+async fn next_answer(ws: &mut RawLink) -> Result<CoordinatorMessage, Option<CloseCode>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no answer from the coordinator"),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let env: protocol::Envelope<CoordinatorMessage> =
+                    protocol::decode(t.as_str()).unwrap();
+                if !matches!(env.body, CoordinatorMessage::Heartbeat(_)) {
+                    return Ok(env.body);
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => return Err(frame.map(|f| f.code)),
+            Ok(None | Some(Err(_))) => return Err(None),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_is_only_for_the_nodes_own_key() {
+    let coord = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let raw = Agent::join(&coord, &token, "raw", &[]).await.unwrap();
+    let id = skiff_agent::identity::Identity::load(&raw.data_dir()).unwrap();
+    let expiry = coord
+        .node(&raw.node_id())
+        .await
+        .unwrap()
+        .certificate_expires_at;
+    let before = link_counters(&coord).await;
+    let foreign = || {
+        rcgen::CertificateParams::default()
+            .serialize_request(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let renew = |n: u64, csr_pem: String| {
+        Message::text(
+            protocol::encode(n, None, &AgentMessage::RenewCertificate { csr_pem }).unwrap(),
+        )
+    };
+
+    let mut ws = raw_link(&raw).await;
+    ws.send(renew(2, foreign())).await.unwrap();
+    match next_answer(&mut ws).await {
+        Ok(CoordinatorMessage::Ack(ack)) => {
+            assert!(!ack.ok);
+            let e = ack.error.unwrap_or_default();
+            assert!(e.contains("another key than the node's certificate"), "{e}");
+        }
+        other => panic!("a renewal for another key was not refused: {other:?}"),
+    }
+    assert_eq!(
+        coord
+            .node(&raw.node_id())
+            .await
+            .unwrap()
+            .certificate_expires_at,
+        expiry,
+        "no certificate was issued"
+    );
+
+    // The node's own key still renews, on the same link.
+    ws.send(renew(3, id.csr().unwrap())).await.unwrap();
+    match next_answer(&mut ws).await {
+        Ok(CoordinatorMessage::Certificate { cert_pem, .. }) => {
+            id.store_cert(&cert_pem)
+                .expect("a certificate for this node and key");
+        }
+        other => panic!("the node's own renewal was refused: {other:?}"),
+    }
+
+    // Enough refusals close the link.
+    ws.send(renew(4, foreign())).await.unwrap();
+    assert!(matches!(
+        next_answer(&mut ws).await,
+        Ok(CoordinatorMessage::Ack(_))
+    ));
+    ws.send(renew(5, foreign())).await.unwrap();
+    assert_eq!(
+        next_answer(&mut ws).await.unwrap_err(),
+        Some(CloseCode::Policy)
+    );
+    let log = coord.log();
+    assert!(log.contains("Certificate renewal refused."), "{log}");
+    assert!(
+        log.contains("3 renewal requests refused on this link"),
+        "{log}"
+    );
+    wait_until(
+        "the refusals to be counted",
+        Duration::from_secs(10),
+        || async {
+            link_counters(&coord).await.renewals_refused_total == before.renewals_refused_total + 3
+        },
+    )
+    .await
+    .unwrap();
+    // The node reconnects with its renewed certificate.
+    let _ws = raw_link(&raw).await;
 }
