@@ -91,7 +91,12 @@ async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
     })
     .await
     .unwrap();
-    let token = coord.create_token(1, Some("1h")).await.unwrap().token;
+    // The token grants the label the host asks for below.
+    let token = coord
+        .create_token_granting(1, Some("1h"), &["role=edge"])
+        .await
+        .unwrap()
+        .token;
     let install = format!("curl -fsSLk https://{}/install.sh | sh -s --", coord.agent);
 
     // Bad input: a clear error, a non-zero exit, nothing installed.
