@@ -1,15 +1,18 @@
 //! Joining safely: the token is checked before the certificate request is
-//! read, and labels come from the token.
+//! read, labels come from the token, and `skiff-agent join` is bounded in
+//! time and in the size of the answer it reads.
 
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use skiff_api_types::{JoinTokenView, NodeStatus};
 use skiff_cli::client::Method;
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinToken};
 use skiff_tests::cluster::{Coordinator, CoordinatorOptions, run_join};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::api_cli::skiff;
 
@@ -209,4 +212,120 @@ async fn a_node_gets_the_labels_its_token_grants_and_no_other() {
             "{name}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_against_a_server_that_never_answers_ends_with_a_clear_error() {
+    // Accepts connections and holds them, saying nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let token = JoinToken::generate([7u8; 32]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_join(
+        &addr.to_string(),
+        &token.to_string(),
+        &dir.path().join("d"),
+        "n1",
+        &[],
+    )
+    .await
+    .expect("skiff-agent join ended by its own deadline");
+    silent.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the TLS handshake did not finish within"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(!dir.path().join("d").join("node.toml").exists());
+}
+
+/// A TLS server with its own CA that answers every request with an
+/// endless chunked body; returns its address and a token pinned to its CA.
+async fn endless_server() -> (std::net::SocketAddr, JoinToken, tokio::task::JoinHandle<()>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::default();
+    leaf.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let chain: Vec<CertificateDer<'static>> = vec![leaf.der().clone(), ca.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let mut config = rustls::ServerConfig::builder_with_provider(skiff_shared::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // The request's head, then an answer that never ends.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if tls.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = format!("4000\r\n{}\r\n", "x".repeat(0x4000));
+                while tls.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let mut token = JoinToken::generate([0u8; 32]).unwrap();
+    token.ca_fingerprint = skiff_shared::tls::fingerprint(ca.der());
+    (addr, token, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn join_against_an_endless_answer_ends_with_a_clear_error() {
+    let (addr, token, server) = endless_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_join(
+        &addr.to_string(),
+        &token.to_string(),
+        &dir.path().join("d"),
+        "n1",
+        &[],
+    )
+    .await
+    .expect("skiff-agent join ended by its own deadline");
+    server.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("its answer is larger than 1 MiB"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(!dir.path().join("d").join("node.toml").exists());
 }
