@@ -1,13 +1,25 @@
 #!/bin/sh
 # Skiff installer: joins this server to a Skiff cluster and runs the agent.
 # The coordinator serves it at https://COORDINATOR:7443/install.sh with its
-# own address filled in:
+# own address filled in. Fetch it over TLS checked against the cluster CA,
+# after checking that CA against the fingerprint in the join token, and
+# hand it the token on stdin (README.md, "Installing on servers"):
 #
-#   curl -fsSLk https://COORDINATOR:7443/install.sh | sudo sh -s -- --token TOKEN [options]
-#   (without curl: wget -qO- --no-check-certificate URL | sudo sh -s -- ...)
+#   COORD=COORDINATOR:7443
+#   curl -fsSk "https://$COORD/v1/ca.crt" -o skiff-ca.crt &&
+#   if [ "$(sed '/-----/d' skiff-ca.crt | base64 -d | sha256sum | cut -c1-64)" = "$(printf '%s' "$SKIFF_JOIN_TOKEN" | cut -d- -f3)" ]; then
+#     curl -fsS --cacert skiff-ca.crt "https://$COORD/install.sh" -o skiff-install.sh &&
+#     printf '%s\n' "$SKIFF_JOIN_TOKEN" | sudo sh skiff-install.sh --token-stdin
+#   else echo "STOP: the CA at $COORD does not match the join token" >&2; false; fi
+#
+# The token: from the environment (SKIFF_JOIN_TOKEN) or stdin
+# (--token-stdin, when the script runs from a file); never put it on a
+# command line, where every user of the host can read it (ps). --token
+# still works, with a warning.
 #
 # Options:
-#   --token TOKEN            join token from 'skiff token create' (or set SKIFF_JOIN_TOKEN)
+#   --token-stdin            read the join token from the first line of stdin
+#   --token TOKEN            the join token on the command line (visible in ps; prefer the above)
 #   --name NAME              node name (default: this host's name)
 #   --label KEY=VALUE        node label; repeat for more
 #   --data-dir DIR           agent data dir (default /var/lib/skiff/agent)
@@ -25,18 +37,15 @@
 # --start-without-systemd) or prints how to. Rerunning it is safe: the node
 # stays the same and one agent runs; a changed binary or config restarts it.
 #
-# Why 'curl -k' for the first fetch is acceptable: the coordinator's
+# Why 'curl -k' for the CA alone is acceptable: the coordinator's
 # certificate comes from the cluster's own CA, which this server cannot know
 # yet. The join token carries the SHA-256 fingerprint of that CA (the 64 hex
-# digits after SKIFF-1-). This script fetches the CA and checks it against
-# that fingerprint before it downloads anything else; every later download
-# uses that CA (curl --cacert) and so is authenticated, and the agent pins
-# the same CA before it sends the token's secret. What -k leaves open is the
-# script itself: on a network you do not trust, check the CA by hand first
-# and fetch the script with it:
-#   curl -fsSk https://COORDINATOR:7443/v1/ca.crt -o skiff-ca.crt
-#   sed '/-----/d' skiff-ca.crt | base64 -d | sha256sum   # must equal the token's fingerprint
-#   curl -fsSL --cacert skiff-ca.crt https://COORDINATOR:7443/install.sh | sudo sh -s -- --token TOKEN
+# digits after SKIFF-1-), and the CA is used only once its digest matched.
+# This script checks the CA again the same way before it downloads anything
+# else; every later download uses that CA (curl --cacert) and so is
+# authenticated, and the agent pins the same CA before it sends the token's
+# secret. (Piping an unverified script, 'curl -k .../install.sh | sh', would
+# run whatever answered; do not.)
 #
 # Exit codes: 0 done; 1 install or start failed; 2 invalid arguments (nothing
 # changed); 3 this host lacks something (root, OS, architecture, Docker,
@@ -70,14 +79,18 @@ die() {
 
 usage() {
     cat >&2 <<'EOF'
-usage: sh -s -- --token TOKEN [--name NAME] [--label KEY=VALUE ...] [--data-dir DIR]
-                [--coordinator HOST:PORT] [--no-start] [--start-without-systemd]
+usage: SKIFF_JOIN_TOKEN=... sh skiff-install.sh [options]
+       printf '%s\n' "$SKIFF_JOIN_TOKEN" | sh skiff-install.sh --token-stdin [options]
+options: [--name NAME] [--label KEY=VALUE ...] [--data-dir DIR]
+         [--coordinator HOST:PORT] [--no-start] [--start-without-systemd]
 EOF
 }
 
 # ---------------------------------------------------------------- arguments
 
 TOKEN=${SKIFF_JOIN_TOKEN:-}
+TOKEN_ARG=0
+TOKEN_STDIN=0
 NAME=
 LABELS=
 DATA_DIR=/var/lib/skiff/agent
@@ -120,6 +133,7 @@ parse_args() {
                 set_option "$flag" "$value"
                 shift
                 ;;
+            --token-stdin) TOKEN_STDIN=1; shift ;;
             --no-start) NO_START=1; shift ;;
             --start-without-systemd) START_WITHOUT_SYSTEMD=1; shift ;;
             -h|--help) usage; exit 0 ;;
@@ -133,7 +147,7 @@ parse_args() {
 
 set_option() {
     case $1 in
-        --token) TOKEN=$2 ;;
+        --token) TOKEN=$2; TOKEN_ARG=1 ;;
         --name) NAME=$2 ;;
         # Newline-separated: label values cannot contain control characters.
         --label) LABELS="$LABELS$2
@@ -152,11 +166,34 @@ is_hex() {
 
 # The same rules as the agent (shared/src/join.rs), checked before anything
 # changes on this host.
+# The token from stdin, for --token-stdin: its first line. On a terminal,
+# asked for without echo.
+read_token_stdin() {
+    [ "$TOKEN_ARG" = 0 ] ||
+        die 2 "--token and --token-stdin both give the token; pass it one way (stdin or SKIFF_JOIN_TOKEN, not the command line)"
+    if [ -t 0 ]; then
+        printf 'Join token (from skiff token create): ' >&2
+        stty -echo 2>/dev/null || true
+        IFS= read -r TOKEN || true
+        stty echo 2>/dev/null || true
+        printf '\n' >&2
+    else
+        IFS= read -r TOKEN || true
+    fi
+    [ -n "$TOKEN" ] ||
+        die 2 "--token-stdin: no token on stdin; pipe it in, e.g. printf '%s\\n' \"\$SKIFF_JOIN_TOKEN\" | sh skiff-install.sh --token-stdin (the script must run from a file, not from a pipe)"
+}
+
 check_token() {
+    if [ "$TOKEN_STDIN" = 1 ]; then
+        read_token_stdin
+    elif [ "$TOKEN_ARG" = 1 ]; then
+        say "warning: --token puts the join token on the command line, where every user of this host can read it (ps); pass it in SKIFF_JOIN_TOKEN or on stdin with --token-stdin"
+    fi
     # Tolerate the whitespace and CR that copy and paste bring along.
     TOKEN=$(printf '%s' "$TOKEN" | tr -d ' \t\r\n')
     [ -n "$TOKEN" ] ||
-        die 2 "missing --token: pass --token TOKEN with a join token from 'skiff token create' on the coordinator"
+        die 2 "missing join token: set SKIFF_JOIN_TOKEN, or pipe it in with --token-stdin, with a join token from 'skiff token create' on the coordinator"
     case $TOKEN in
         SKIFF-1-*) ;;
         *) die 2 "invalid --token: a join token starts with SKIFF-1-; copy the whole output of 'skiff token create'" ;;

@@ -52,7 +52,8 @@ export SKIFF_TOKEN
 if [ ! -f /var/lib/skiff/agent/node.toml ]; then
   echo "==> Joining this machine as a node"
   join_token=$("$bin/skiff" token create --ttl 10m)
-  "$bin/skiff-agent" join --coordinator 127.0.0.1:7443 --token "$join_token"
+  # In the environment, not on the command line (ps shows command lines).
+  SKIFF_JOIN_TOKEN=$join_token "$bin/skiff-agent" join --coordinator 127.0.0.1:7443
 fi
 if ! running "$agent_pid"; then
   echo "==> Starting the agent (log: $run/agent.log)"

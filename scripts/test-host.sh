@@ -1,5 +1,5 @@
 #!/bin/sh
-# Tier-2 test hosts: a container from skiff-test/host:1 (scripts/test-host-image.sh)
+# Tier-2 test hosts: a container from skiff-test/host:2 (scripts/test-host-image.sh)
 # that runs its own Docker Engine and so stands in for a real server.
 #
 # Usage:
@@ -15,14 +15,14 @@
 # It builds the image first if it is absent (minutes; see test-host-image.sh).
 #
 # Environment:
-#   SKIFF_TEST_HOST_IMAGE    image (default skiff-test/host:1)
+#   SKIFF_TEST_HOST_IMAGE    image (default skiff-test/host:2)
 #   SKIFF_TEST_HOST_TIMEOUT  seconds to wait for the inner dockerd (default 90)
 #
 # Exit codes: 0 ok, 1 failed, 2 bad usage.
 
 set -eu
 
-IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:1}
+IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:2}
 TIMEOUT=${SKIFF_TEST_HOST_TIMEOUT:-90}
 HERE=$(cd "$(dirname "$0")" && pwd)
 

@@ -10,7 +10,9 @@ use tracing::debug;
 /// How long to wait for the Docker Engine before reporting it unavailable.
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Collects the host's facts. Never fails: what cannot be read is left empty.
+/// Collects the host's facts, fitted into the bounds the coordinator
+/// accepts ([`skiff_shared::bounds`]). Never fails: what cannot be read is
+/// left empty.
 pub async fn collect() -> HostFacts {
     let mut facts = tokio::task::spawn_blocking(host).await.unwrap_or_default();
     match tokio::time::timeout(DOCKER_TIMEOUT, docker_version()).await {
@@ -21,7 +23,7 @@ pub async fn collect() -> HostFacts {
         Ok(Err(error)) => debug!(error = %error, "Docker Engine did not answer."),
         Err(_) => debug!("Docker Engine did not answer in time."),
     }
-    facts
+    facts.fit()
 }
 
 fn host() -> HostFacts {

@@ -10,6 +10,12 @@
 //! - `plan-position.json`: where the last accepted plan stands (cluster,
 //!   epoch, generation, digest of its bytes), kept apart from `plan.json`
 //!   so that losing the plan does not lift the check against replays.
+//!
+//! The join exchange is bounded: the TCP connection, the TLS handshake and
+//! the request with its whole answer each have a deadline, and the answer
+//! is read up to [`MAX_JOIN_ANSWER_BYTES`]; a coordinator (or anything else
+//! at that address) that stalls or floods ends the join with a one-line
+//! error.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::VerifyingKey;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair};
@@ -53,6 +59,8 @@ pub enum IdentityError {
     OtherCluster { dir: PathBuf, have: String },
     #[error("cannot connect to the coordinator at {addr}: {message}")]
     Connect { addr: String, message: String },
+    #[error("the join request to the coordinator at {addr} failed: {message}")]
+    Exchange { addr: String, message: String },
     #[error("the coordinator refused the join: {message}")]
     Refused { message: String },
     #[error("the coordinator's answer is invalid: {0}")]
@@ -60,6 +68,15 @@ pub enum IdentityError {
     #[error("{0}")]
     Input(String),
 }
+
+/// Time to open the TCP connection at join.
+pub const JOIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the TLS handshake at join.
+pub const JOIN_TLS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for the join request and the whole answer.
+pub const JOIN_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest join answer read (a real one is a few KiB).
+pub const MAX_JOIN_ANSWER_BYTES: usize = 1 << 20;
 
 /// What is stored in `node.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,25 +292,36 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, IdentityError> {
     let csr_pem = csr_for(&key)?;
     let facts = crate::facts::collect().await;
 
+    let addr = &opts.coordinator;
     let connect_err = |message: String| IdentityError::Connect {
-        addr: opts.coordinator.clone(),
+        addr: addr.clone(),
         message,
     };
     let (mut config, verifier) =
         join_client_config(opts.token.ca_fingerprint).map_err(|e| connect_err(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio::net::TcpStream::connect(&opts.coordinator),
+    let tcp = tokio::time::timeout(JOIN_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            connect_err(format!(
+                "no TCP connection within {}s; check the address and that the agent port is reachable from this host",
+                JOIN_CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| connect_err(e.to_string()))?;
+    // The secret is sent only over a connection whose CA matched the token.
+    let tls = tokio::time::timeout(
+        JOIN_TLS_TIMEOUT,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp),
     )
     .await
-    .map_err(|_| connect_err("timed out".into()))?
-    .map_err(|e| connect_err(e.to_string()))?;
-    // The secret is sent only over a connection whose CA matched the token.
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
+    .map_err(|_| {
+        connect_err(format!(
+            "the TLS handshake did not finish within {}s; is {addr} a Skiff coordinator's agent port?",
+            JOIN_TLS_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|e| connect_err(format!("TLS handshake failed: {e}")))?;
     let ca = verifier
         .ca()
         .ok_or_else(|| connect_err("TLS handshake did not pin the CA".into()))?;
@@ -306,9 +334,12 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, IdentityError> {
         labels: opts.labels.clone(),
         facts,
     };
-    let (status, body) = post_json(tls, &opts.coordinator, JOIN_PATH, &request)
+    let (status, body) = post_json(tls, addr, JOIN_PATH, &request)
         .await
-        .map_err(|e| connect_err(format!("join request failed: {e}")))?;
+        .map_err(|message| IdentityError::Exchange {
+            addr: addr.clone(),
+            message,
+        })?;
     if !status.is_success() {
         let message = serde_json::from_slice::<ErrorBody>(&body)
             .map(|e| e.message)
@@ -352,6 +383,8 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, IdentityError> {
     })
 }
 
+/// Posts `body` as JSON on `stream` and reads the answer, the whole within
+/// [`JOIN_EXCHANGE_TIMEOUT`] and at most [`MAX_JOIN_ANSWER_BYTES`] of it.
 async fn post_json<S>(
     stream: S,
     host: &str,
@@ -373,11 +406,26 @@ where
     let exchange = async move {
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
+        let too_large = || {
+            format!(
+                "its answer is larger than {} MiB; is {host} a Skiff coordinator's agent port?",
+                MAX_JOIN_ANSWER_BYTES >> 20
+            )
+        };
+        // A declared length over the cap is refused before reading any of it.
+        if hyper::body::Body::size_hint(resp.body()).lower() > MAX_JOIN_ANSWER_BYTES as u64 {
+            return Err(too_large());
+        }
+        let bytes = Limited::new(resp.into_body(), MAX_JOIN_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    too_large()
+                } else {
+                    e.to_string()
+                }
+            })?
             .to_bytes();
         Ok((status, bytes))
     };
@@ -391,7 +439,12 @@ where
             }),
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), both)
+    tokio::time::timeout(JOIN_EXCHANGE_TIMEOUT, both)
         .await
-        .map_err(|_| "timed out".to_owned())?
+        .map_err(|_| {
+            format!(
+                "no complete answer within {}s; is {host} a Skiff coordinator's agent port?",
+                JOIN_EXCHANGE_TIMEOUT.as_secs()
+            )
+        })?
 }

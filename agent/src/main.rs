@@ -2,8 +2,10 @@
 //! handler, then join or run ([`skiff_agent::run`]).
 //!
 //! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config or
-//! token, 3 the coordinator could not be reached, 4 this node was removed
-//! from the cluster (systemd does not restart it), 5 the join was refused.
+//! token, 3 the coordinator could not be reached at join (no connection,
+//! no TLS handshake or no complete answer within the deadlines, or an
+//! answer over 1 MiB), 4 this node was removed from the cluster (systemd
+//! does not restart it), 5 the join was refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -129,7 +131,7 @@ async fn join(
             println!("Already joined this cluster as node {node_id}; nothing to do.");
             ExitCode::SUCCESS
         }
-        Err(e @ IdentityError::Connect { .. }) => fail(3, e),
+        Err(e @ (IdentityError::Connect { .. } | IdentityError::Exchange { .. })) => fail(3, e),
         Err(e @ IdentityError::Refused { .. }) => fail(5, e),
         Err(e @ (IdentityError::Input(_) | IdentityError::OtherCluster { .. })) => fail(2, e),
         Err(e) => fail(1, e),

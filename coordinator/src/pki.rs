@@ -21,6 +21,10 @@ pub enum PkiError {
     Random,
     #[error("invalid subject alternative name {name:?}: {reason}")]
     San { name: String, reason: String },
+    #[error(
+        "certificate signing request is for another key than the node's certificate; renewal keeps the node's key"
+    )]
+    OtherKey,
 }
 
 /// The cluster CA.
@@ -131,6 +135,33 @@ impl Ca {
         ttl: Duration,
     ) -> Result<Issued, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Csr)?;
+        self.issue_client_for(&csr, node_id, ttl)
+    }
+
+    /// Renews a client certificate: like [`Ca::issue_client`], but only for
+    /// a CSR whose public key is `current_key` (the raw public key of the
+    /// certificate the node holds, see [`cert_public_key`]). The CSR's
+    /// signature is checked first, so it proves the key is held.
+    pub fn renew_client(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        ttl: Duration,
+        current_key: &[u8],
+    ) -> Result<Issued, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::Csr)?;
+        if rcgen::PublicKeyData::der_bytes(&csr.public_key) != current_key {
+            return Err(PkiError::OtherKey);
+        }
+        self.issue_client_for(&csr, node_id, ttl)
+    }
+
+    fn issue_client_for(
+        &self,
+        csr: &CertificateSigningRequestParams,
+        node_id: &str,
+        ttl: Duration,
+    ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, node_id);
@@ -202,6 +233,13 @@ fn san(name: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(dns))
 }
 
+/// The raw public key (the subjectPublicKey bits) of a certificate, as
+/// [`Ca::renew_client`] compares it.
+pub fn cert_public_key(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
+}
+
 /// Reads the common name and expiry of a certificate.
 pub fn cert_subject(der: &[u8]) -> Option<(String, SystemTime)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -241,6 +279,44 @@ mod tests {
             ca.issue_client("garbage", "n", Duration::from_secs(1))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn renewal_is_only_for_the_key_of_the_current_certificate() {
+        let (ca, _) = Ca::generate("c1").unwrap();
+        let csr_of = |key: &KeyPair| {
+            CertificateParams::default()
+                .serialize_request(key)
+                .unwrap()
+                .pem()
+                .unwrap()
+        };
+        let node_key = KeyPair::generate().unwrap();
+        let issued = ca
+            .issue_client(&csr_of(&node_key), "n-1", Duration::from_secs(60))
+            .unwrap();
+        let der = skiff_shared::tls::certs_from_pem(&issued.cert_pem, "t")
+            .unwrap()
+            .remove(0);
+        let current = cert_public_key(&der).unwrap();
+
+        let renewed = ca
+            .renew_client(&csr_of(&node_key), "n-1", Duration::from_secs(60), &current)
+            .unwrap();
+        let der = skiff_shared::tls::certs_from_pem(&renewed.cert_pem, "t")
+            .unwrap()
+            .remove(0);
+        assert_eq!(cert_public_key(&der).unwrap(), current, "same key");
+
+        let other = KeyPair::generate().unwrap();
+        assert!(matches!(
+            ca.renew_client(&csr_of(&other), "n-1", Duration::from_secs(60), &current),
+            Err(PkiError::OtherKey)
+        ));
+        assert!(matches!(
+            ca.renew_client("garbage", "n-1", Duration::from_secs(60), &current),
+            Err(PkiError::Csr(_))
+        ));
     }
 
     #[test]

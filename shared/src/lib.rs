@@ -3,6 +3,9 @@
 //! Layout:
 //! - [`protocol`]: the agent link's versioned JSON envelope and the messages
 //!   each side may send, with the size limits both sides enforce.
+//! - [`bounds`]: the size and shape bounds of what an agent says about
+//!   itself (hello, host facts, reports): checked by the coordinator,
+//!   fitted to by the agent.
 //! - [`join`]: the join token format and the join request and response.
 //! - [`plan`]: the host plan, one section per agent subsystem, each with
 //!   its own generation.
@@ -27,6 +30,7 @@
 //! only the coordinator uses.
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod files;
 pub mod join;
 pub mod plan;

@@ -204,6 +204,23 @@ impl Coordinator {
         uses: u32,
         ttl: Option<&str>,
     ) -> anyhow::Result<CreatedJoinToken> {
+        self.create_token_granting(uses, ttl, &[]).await
+    }
+
+    /// Creates a join token that grants `labels` (`key=value`).
+    pub async fn create_token_granting(
+        &self,
+        uses: u32,
+        ttl: Option<&str>,
+        labels: &[&str],
+    ) -> anyhow::Result<CreatedJoinToken> {
+        let mut granted = BTreeMap::new();
+        for l in labels {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("label {l:?} is not key=value"))?;
+            granted.insert(k.to_owned(), v.to_owned());
+        }
         Ok(self
             .client()
             .call(
@@ -212,6 +229,7 @@ impl Coordinator {
                 Some(&CreateJoinToken {
                     ttl: ttl.map(String::from),
                     uses: Some(uses),
+                    labels: (!granted.is_empty()).then_some(granted),
                 }),
             )
             .await?)
@@ -402,11 +420,11 @@ pub struct Cluster {
 /// and waits until all are connected.
 pub async fn launch_cluster(n: usize, opts: CoordinatorOptions) -> anyhow::Result<Cluster> {
     let coordinator = Coordinator::launch(opts).await?;
+    let run_label = format!("test={}", coordinator.api.port());
     let token = coordinator
-        .create_token(u32::try_from(n.max(1))?, None)
+        .create_token_granting(u32::try_from(n.max(1))?, None, &[&run_label])
         .await?
         .token;
-    let run_label = format!("test={}", coordinator.api.port());
     let mut agents = Vec::new();
     for i in 0..n {
         let mut a = Agent::join(&coordinator, &token, &format!("node-{i}"), &[&run_label]).await?;

@@ -154,12 +154,16 @@ impl Reconcile for Reconciler {
                     .collect();
                 prober.sync(&mut containers, &specs);
                 let images = self.engine.images().await.unwrap_or_default();
-                reporter.send(&ObservedState {
-                    plan_generation: desired.generation,
-                    containers,
-                    error,
-                    images,
-                });
+                // Fitted into the bounds the coordinator accepts.
+                reporter.send(
+                    &ObservedState {
+                        plan_generation: desired.generation,
+                        containers,
+                        error,
+                        images,
+                    }
+                    .fit(),
+                );
             }
             Err(error) => debug!(error = %error, "Cannot read container status."),
         }

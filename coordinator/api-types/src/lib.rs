@@ -120,6 +120,11 @@ pub struct CreateJoinToken {
     pub ttl: Option<String>,
     /// How many nodes may join with it (default 1).
     pub uses: Option<u32>,
+    /// Node labels the token grants: every node that joins with it gets
+    /// them, and a joining host may ask for no label that is not among
+    /// them (default: none; labels are then set with `skiff node label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// A join token, shown in full only in this answer.
@@ -130,6 +135,9 @@ pub struct CreatedJoinToken {
     pub token: String,
     pub expires_at: String,
     pub uses_allowed: i64,
+    /// The node labels the token grants.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +171,9 @@ pub struct JoinTokenView {
     pub expires_at: String,
     pub uses: i64,
     pub uses_allowed: i64,
+    /// The node labels the token grants.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Changes to a node's labels.
@@ -201,6 +212,10 @@ pub struct LinkCounters {
     pub tls_refused_total: u64,
     /// Join requests refused.
     pub joins_refused_total: u64,
+    /// Certificate renewals refused over the link (a CSR for another key
+    /// than the node's, an unusable CSR, or renewing too often).
+    #[serde(default)]
+    pub renewals_refused_total: u64,
 }
 
 /// One container on a node, as its agent last reported it.

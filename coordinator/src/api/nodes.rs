@@ -37,6 +37,7 @@ pub(super) async fn cluster(State(api): State<Api>) -> ApiResult<ClusterView> {
             oversized_total: api.metrics.oversized.get(),
             tls_refused_total: api.metrics.tls_refused.get(),
             joins_refused_total: api.metrics.joins_refused.get(),
+            renewals_refused_total: api.metrics.renewals_refused.get(),
         },
     }))
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use skiff_api_types::*;
-use skiff_shared::join::JoinToken;
+use skiff_shared::join::{JoinToken, names};
 use tracing::info;
 
 use super::{Api, ApiError, ApiResult, json_body, rfc3339_ms};
@@ -41,8 +41,12 @@ fn token_view(t: JoinTokenRow, now: i64) -> JoinTokenView {
         expires_at: rfc3339_ms(t.expires_at),
         uses: t.uses,
         uses_allowed: t.uses_allowed,
+        labels: t.labels,
     }
 }
+
+/// Most labels one join token may grant.
+const MAX_GRANTED_LABELS: usize = 64;
 
 #[utoipa::path(post, path = "/api/v1/tokens/join", request_body = CreateJoinToken,
     responses((status = 200, body = CreatedJoinToken), (status = 400, body = ApiErrorBody)))]
@@ -73,6 +77,19 @@ pub(super) async fn create_join_token(
             "uses must be between 1 and 100000",
         ));
     }
+    let labels = req.labels.unwrap_or_default();
+    if labels.len() > MAX_GRANTED_LABELS {
+        return Err(ApiError::bad_request(
+            "invalid_label",
+            format!(
+                "a join token grants at most {MAX_GRANTED_LABELS} labels, not {}",
+                labels.len()
+            ),
+        ));
+    }
+    for (k, v) in &labels {
+        names::check_label(k, v).map_err(|m| ApiError::bad_request("invalid_label", m))?;
+    }
     let token = JoinToken::generate(api.identity.ca.fingerprint()).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,14 +108,16 @@ pub(super) async fn create_join_token(
             uses_allowed: i64::from(uses),
             uses: 0,
             revoked_at: None,
+            labels: labels.clone(),
         })
         .await?;
-    info!(token = %token.id, uses, ttl = ?ttl, "Join token created.");
+    info!(token = %token.id, uses, ttl = ?ttl, labels = labels.len(), "Join token created.");
     Ok(Json(CreatedJoinToken {
         id: token.id.clone(),
         token: token.to_string(),
         expires_at: rfc3339_ms(expires_at),
         uses_allowed: i64::from(uses),
+        labels,
     }))
 }
 

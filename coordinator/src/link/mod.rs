@@ -35,6 +35,7 @@ use crate::sessions::Sessions;
 use crate::store::Store;
 
 pub mod public;
+pub mod renewal;
 pub mod session;
 
 /// Time a client has to finish the TLS handshake.
@@ -89,6 +90,9 @@ pub struct LinkMetrics {
     pub tls_refused: Counter,
     /// Join requests refused.
     pub joins_refused: Counter,
+    /// Certificate renewals refused (a CSR for another key than the
+    /// node's, an unusable CSR, or renewing too often).
+    pub renewals_refused: Counter,
 }
 
 /// The two TLS configurations of the agent port.

@@ -2,7 +2,10 @@
 //! certificate: what a server needs before it belongs to the cluster.
 //!
 //! - `POST /v1/join`: join with a token and a CSR; answers with the node's
-//!   certificate, the CA and the plan-signing public key.
+//!   certificate, the CA and the plan-signing public key. The token is
+//!   checked first: for a token that cannot be redeemed (and for a bad
+//!   name) the CSR is not even parsed. The node gets the labels its token
+//!   grants, and may ask for no other.
 //! - `GET /install.sh`: the bootstrap script, with this coordinator's
 //!   address filled in.
 //! - `GET /download/skiff-agent-linux-<arch>` and `.sha256`: the agent binary.
@@ -10,6 +13,7 @@
 //!   fingerprint in their token).
 //! - `GET /healthz`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +109,27 @@ async fn join(
             return refuse(StatusCode::BAD_REQUEST, "invalid_label", message);
         }
     }
+    let now = now_ms();
+    let secret_hash = JoinToken::secret_hash(&req.secret);
+    // The token before anything else: for one that cannot be redeemed,
+    // nothing more of the request is read and nothing is signed.
+    let token = match link
+        .store
+        .check_join_token(&req.token_id, &secret_hash, &req.name, now)
+        .await
+    {
+        Ok(Ok(token)) => token,
+        Ok(Err(refusal)) => {
+            return refuse(StatusCode::FORBIDDEN, "join_refused", refusal.to_string());
+        }
+        Err(e) => return store_unavailable(&e),
+    };
+    if let Err(message) = check_asked_labels(&token.labels, &req.labels, &req.name) {
+        return refuse(StatusCode::FORBIDDEN, "label_not_granted", message);
+    }
+    if let Err(message) = req.facts.check() {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_facts", message);
+    }
     let node_id = match skiff_shared::random_bytes::<10>() {
         Ok(b) => hex::encode(b),
         Err(_) => {
@@ -123,7 +148,6 @@ async fn join(
         Ok(i) => i,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, "invalid_csr", e.to_string()),
     };
-    let now = now_ms();
     let not_after = issued
         .not_after
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,7 +156,7 @@ async fn join(
     let node = NodeRow {
         id: node_id.clone(),
         name: req.name.clone(),
-        labels: req.labels.clone(),
+        labels: token.labels,
         facts: req.facts.clone(),
         agent_version: String::new(),
         remote_addr: Some(peer.ip().to_string()),
@@ -144,7 +168,7 @@ async fn join(
         plan_error: None,
         removed_at: None,
     };
-    let secret_hash = JoinToken::secret_hash(&req.secret);
+    // The same checks again, atomically with the use and the insertion.
     match link
         .store
         .redeem_join_token(&req.token_id, &secret_hash, now, &node)
@@ -164,15 +188,42 @@ async fn join(
             .into_response()
         }
         Ok(Err(refusal)) => refuse(StatusCode::FORBIDDEN, "join_refused", refusal.to_string()),
-        Err(e) => {
-            warn!(error = %e, "Join failed on the store.");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "coordinator store is unavailable; retry",
-            )
-        }
+        Err(e) => store_unavailable(&e),
     }
+}
+
+fn store_unavailable(e: &crate::store::StoreError) -> Response {
+    warn!(error = %e, "Join failed on the store.");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "coordinator store is unavailable; retry",
+    )
+}
+
+/// Checks that every label a joining host asks for is granted by its
+/// token, with the same value; the message names the first one that is
+/// not, and the two ways to get it.
+fn check_asked_labels(
+    granted: &BTreeMap<String, String>,
+    asked: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<(), String> {
+    for (k, v) in asked {
+        if granted.get(k) == Some(v) {
+            continue;
+        }
+        let grants = match granted.get(k) {
+            Some(g) => format!(" (it grants {k}={g})"),
+            None => String::new(),
+        };
+        return Err(format!(
+            "label {k}={v} is not granted by this join token{grants}: join with a token made by \
+             `skiff token create --label {k}={v}`, or join without --label {k}={v} and have an \
+             admin run `skiff node label {name} {k}={v}`"
+        ));
+    }
+    Ok(())
 }
 
 /// Accepts only what a host[:port] can look like, so nothing else reaches the script.
@@ -259,5 +310,33 @@ async fn download(
                 "agent binary cannot be read",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_may_ask_only_for_labels_its_token_grants() {
+        let granted = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
+        let ask = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(check_asked_labels(&granted, &ask(&[]), "n"), Ok(()));
+        assert_eq!(
+            check_asked_labels(&granted, &ask(&[("zone", "eu")]), "n"),
+            Ok(())
+        );
+        let m = check_asked_labels(&granted, &ask(&[("zone", "us")]), "web-1").unwrap_err();
+        assert!(m.starts_with("label zone=us is not granted"), "{m}");
+        assert!(m.contains("(it grants zone=eu)"), "{m}");
+        assert!(m.contains("skiff token create --label zone=us"), "{m}");
+        assert!(m.contains("skiff node label web-1 zone=us"), "{m}");
+        let m = check_asked_labels(&BTreeMap::new(), &ask(&[("role", "edge")]), "n").unwrap_err();
+        assert!(!m.contains("it grants"), "{m}");
     }
 }

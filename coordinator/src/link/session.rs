@@ -1,6 +1,8 @@
 //! One agent's WebSocket session: hello and welcome, heartbeats both ways,
 //! the node's signed plan, certificate renewal, and a clean close with a
-//! logged reason when the agent misbehaves.
+//! logged reason when the agent misbehaves. A hello over
+//! [`MAX_HELLO_BYTES`] or outside the bounds of [`skiff_shared::bounds`]
+//! closes the link before anything of it is stored.
 
 use skiff_api_types::EventKind;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use skiff_shared::bounds::MAX_HELLO_BYTES;
 use skiff_shared::protocol::{
     self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
     LINK_PATH, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::Link;
+use super::renewal::{Decision, Renewals};
 use crate::now_ms;
 use crate::plans::NodePlan;
 use crate::sessions::SessionInfo;
@@ -64,6 +68,11 @@ pub async fn accept(
         .cloned();
     let Some((node_id, _not_after)) = cert.as_deref().and_then(crate::pki::cert_subject) else {
         warn!("Agent certificate names no node; closing.");
+        return;
+    };
+    // Renewals on this connection are for this key only.
+    let Some(key) = cert.as_deref().and_then(crate::pki::cert_public_key) else {
+        warn!(node = %node_id, "Agent certificate has no readable public key; closing.");
         return;
     };
     // Why the node behind this certificate may not open a session, if it may not.
@@ -115,7 +124,8 @@ pub async fn accept(
         return;
     }
     let span = info_span!("session", node = %node_id);
-    Session::new(link, node_id, peer, tree)
+    let renewals = Renewals::new(key, link.cert_ttl);
+    Session::new(link, node_id, peer, tree, renewals)
         .run(ws)
         .instrument(span)
         .await;
@@ -136,6 +146,8 @@ struct Session {
     /// The deliveries last sent on this connection, by section: sent again
     /// only when they change.
     sent: std::collections::HashMap<&'static str, Vec<serde_json::Value>>,
+    /// Certificate renewals on this connection.
+    renewals: Renewals,
 }
 
 /// How a session ended, for the log.
@@ -145,7 +157,13 @@ enum End {
 }
 
 impl Session {
-    fn new(link: Arc<Link>, node_id: String, peer: SocketAddr, tree: TaskTree) -> Self {
+    fn new(
+        link: Arc<Link>,
+        node_id: String,
+        peer: SocketAddr,
+        tree: TaskTree,
+        renewals: Renewals,
+    ) -> Self {
         Self {
             link,
             tree,
@@ -156,6 +174,7 @@ impl Session {
             pending_plan: None,
             capabilities: Vec::new(),
             sent: std::collections::HashMap::new(),
+            renewals,
         }
     }
 
@@ -186,17 +205,35 @@ impl Session {
     {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
             Ok(Some(Ok(Message::Text(text)))) => {
+                if text.len() > MAX_HELLO_BYTES {
+                    self.link.metrics.malformed.inc();
+                    let why = format!(
+                        "hello is {} bytes, over the {MAX_HELLO_BYTES} allowed",
+                        text.len()
+                    );
+                    self.finish(&mut ws, End::Closed(CloseCode::Size, why))
+                        .await;
+                    return;
+                }
                 match protocol::decode::<AgentMessage>(text.as_str()) {
                     Ok(env) => match env.body {
                         AgentMessage::Hello(h) => Some((env.id, h)),
                         _ => None,
                     },
                     Err(error) => {
+                        self.link.metrics.malformed.inc();
                         self.finish(&mut ws, End::Closed(CloseCode::Invalid, error.to_string()))
                             .await;
                         return;
                     }
                 }
+            }
+            Ok(Some(Err(WsError::Capacity(error)))) => {
+                self.link.metrics.oversized.inc();
+                let why = format!("hello too large: {error}");
+                self.finish(&mut ws, End::Closed(CloseCode::Size, why))
+                    .await;
+                return;
             }
             _ => None,
         };
@@ -208,6 +245,18 @@ impl Session {
             .await;
             return;
         };
+        if let Err(why) = hello.check() {
+            self.link.metrics.malformed.inc();
+            self.finish(
+                &mut ws,
+                End::Closed(
+                    CloseCode::Invalid,
+                    format!("hello is over its bounds: {why}"),
+                ),
+            )
+            .await;
+            return;
+        }
         if !hello.protocol_versions.contains(&PROTOCOL_VERSION) {
             let why = format!(
                 "no common protocol version: agent speaks {:?}, coordinator {PROTOCOL_VERSION}; upgrade the agent",
@@ -521,7 +570,7 @@ impl Session {
                 })
             }
             AgentMessage::RenewCertificate { csr_pem } => {
-                let reply = self.renew(&csr_pem).await;
+                let reply = self.renew(&csr_pem).await?;
                 self.send(ws, Some(env.id), &reply)
                     .await
                     .map(|_| ())
@@ -552,15 +601,19 @@ impl Session {
         }
     }
 
-    async fn renew(&self, csr_pem: &str) -> CoordinatorMessage {
+    /// Answers a renewal request: a certificate for the node's own key, or
+    /// a refusal that is logged and counted; too many refusals close the link.
+    async fn renew(&mut self, csr_pem: &str) -> Result<CoordinatorMessage, End> {
         let ttl = self.link.cert_ttl;
-        match self
-            .link
-            .identity
-            .ca
-            .issue_client(csr_pem, &self.node_id, ttl)
-        {
-            Ok(issued) => {
+        let decision = self.renewals.decide(
+            &self.link.identity.ca,
+            &self.node_id,
+            csr_pem,
+            ttl,
+            tokio::time::Instant::now(),
+        );
+        match decision {
+            Decision::Issue(issued) => {
                 let not_after_ms = issued
                     .not_after
                     .duration_since(std::time::UNIX_EPOCH)
@@ -579,14 +632,20 @@ impl Session {
                     warn!(error = %error, "Recording the renewed certificate failed.");
                 }
                 info!(serial = %issued.serial_hex, "Agent certificate renewed.");
-                CoordinatorMessage::Certificate {
+                Ok(CoordinatorMessage::Certificate {
                     cert_pem: issued.cert_pem,
                     not_after_ms,
-                }
+                })
             }
-            Err(error) => {
-                warn!(error = %error, "Agent sent an unusable renewal request.");
-                CoordinatorMessage::Ack(Ack::err(error.to_string()))
+            Decision::Refuse(why) => {
+                self.link.metrics.renewals_refused.inc();
+                warn!(reason = %why, "Certificate renewal refused.");
+                Ok(CoordinatorMessage::Ack(Ack::err(why)))
+            }
+            Decision::Close(why) => {
+                self.link.metrics.renewals_refused.inc();
+                warn!(reason = %why, "Certificate renewal refused.");
+                Err(End::Closed(CloseCode::Policy, why))
             }
         }
     }

@@ -60,8 +60,8 @@ pub trait AnySection: Send + Sync {
         node_id: &str,
         containers: &[ContainerSpec],
     ) -> serde_json::Result<Vec<serde_json::Value>>;
-    /// Parses and takes a report; an error means the agent sent something
-    /// that is not one.
+    /// Parses, checks against its bounds and takes a report; an error means
+    /// the agent sent something that is not one, and nothing of it is kept.
     fn report(&self, node_id: &str, body: serde_json::Value) -> Result<(), String>;
 }
 
@@ -100,6 +100,8 @@ impl<S: Section> AnySection for S {
     fn report(&self, node_id: &str, body: serde_json::Value) -> Result<(), String> {
         let report = serde_json::from_value(body)
             .map_err(|e| format!("a {} report is invalid: {e}", S::Kind::NAME))?;
+        S::Kind::check_report(&report)
+            .map_err(|e| format!("a {} report is over its bounds: {e}", S::Kind::NAME))?;
         Section::report(self, node_id, report);
         Ok(())
     }

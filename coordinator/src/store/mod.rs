@@ -52,6 +52,29 @@ pub struct JoinTokenRow {
     pub uses_allowed: i64,
     pub uses: i64,
     pub revoked_at: Option<i64>,
+    /// The node labels the token grants: a node that joins with it gets
+    /// them, and may ask for no other.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl JoinTokenRow {
+    /// Why this token cannot be redeemed at `now` with a secret hashing to
+    /// `secret_hash`, if it cannot.
+    pub fn refusal(&self, secret_hash: &str, now: i64) -> Option<JoinRefusal> {
+        if !crate::auth::same_digest(&self.secret_hash, secret_hash) {
+            return Some(JoinRefusal::Unknown);
+        }
+        if self.revoked_at.is_some() {
+            return Some(JoinRefusal::Revoked);
+        }
+        if self.expires_at <= now {
+            return Some(JoinRefusal::Expired);
+        }
+        if self.uses >= self.uses_allowed {
+            return Some(JoinRefusal::UsedUp);
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +259,16 @@ pub trait TokenStore: Send + Sync {
     async fn join_tokens(&self) -> Result<Vec<JoinTokenRow>>;
     /// Marks a token revoked; false if no such token.
     async fn revoke_join_token(&self, id: &str, now: i64) -> Result<bool>;
+    /// Checks, without using it, that the token can be redeemed now with
+    /// this secret and that no live node is called `name`: what a join
+    /// checks before it looks at the CSR. Returns the token.
+    async fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<std::result::Result<JoinTokenRow, JoinRefusal>>;
     /// In one transaction: checks the token (secret, expiry, uses, revocation),
     /// uses it once and inserts `node`.
     async fn redeem_join_token(

@@ -65,6 +65,11 @@ fn migrator() -> Migrator {
             "api token roles",
             include_str!("../../migrations/0008_api_token_roles.sql"),
         ),
+        m(
+            11,
+            "join token labels",
+            include_str!("../../migrations/0011_join_token_labels.sql"),
+        ),
     ])
 }
 
@@ -152,7 +157,10 @@ fn node_from_row(r: &SqliteRow) -> Result<NodeRow> {
 }
 
 fn join_token_from_row(r: &SqliteRow) -> Result<JoinTokenRow> {
+    let labels: String = r.try_get("labels")?;
     Ok(JoinTokenRow {
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::Corrupt(format!("join token labels: {e}")))?,
         id: r.try_get("id")?,
         secret_hash: r.try_get("secret_hash")?,
         created_at: r.try_get("created_at")?,
@@ -249,8 +257,8 @@ impl TokenStore for SqliteStore {
 
     async fn insert_join_token(&self, t: &JoinTokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, uses_allowed, uses, revoked_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO join_tokens (id, secret_hash, created_at, expires_at, uses_allowed, uses, revoked_at, labels) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&t.id)
         .bind(&t.secret_hash)
@@ -259,6 +267,7 @@ impl TokenStore for SqliteStore {
         .bind(t.uses_allowed)
         .bind(t.uses)
         .bind(t.revoked_at)
+        .bind(json(&t.labels)?)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -281,6 +290,35 @@ impl TokenStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        name: &str,
+        now: i64,
+    ) -> Result<std::result::Result<JoinTokenRow, JoinRefusal>> {
+        let row = sqlx::query("SELECT * FROM join_tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Err(JoinRefusal::Unknown));
+        };
+        let token = join_token_from_row(&row)?;
+        if let Some(refusal) = token.refusal(secret_hash, now) {
+            return Ok(Err(refusal));
+        }
+        let taken: Option<String> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE name = ? AND removed_at IS NULL")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        if taken.is_some() {
+            return Ok(Err(JoinRefusal::NameTaken));
+        }
+        Ok(Ok(token))
+    }
+
     async fn redeem_join_token(
         &self,
         id: &str,
@@ -297,17 +335,8 @@ impl TokenStore for SqliteStore {
             return Ok(Err(JoinRefusal::Unknown));
         };
         let token = join_token_from_row(&row)?;
-        if !crate::auth::same_digest(&token.secret_hash, secret_hash) {
-            return Ok(Err(JoinRefusal::Unknown));
-        }
-        if token.revoked_at.is_some() {
-            return Ok(Err(JoinRefusal::Revoked));
-        }
-        if token.expires_at <= now {
-            return Ok(Err(JoinRefusal::Expired));
-        }
-        if token.uses >= token.uses_allowed {
-            return Ok(Err(JoinRefusal::UsedUp));
+        if let Some(refusal) = token.refusal(secret_hash, now) {
+            return Ok(Err(refusal));
         }
         let taken: Option<String> =
             sqlx::query_scalar("SELECT id FROM nodes WHERE name = ? AND removed_at IS NULL")
@@ -807,5 +836,59 @@ mod tests {
         assert_eq!(stored.len(), 1);
         assert_eq!(stored[0].generation, 3);
         assert_eq!(stored[0].sections, plan.sections);
+    }
+
+    #[tokio::test]
+    async fn a_join_token_is_checked_without_being_used_and_keeps_its_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("skiff.db"))
+            .await
+            .unwrap();
+        let labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned())]);
+        store
+            .insert_join_token(&JoinTokenRow {
+                id: "t1".into(),
+                secret_hash: "h".repeat(64),
+                created_at: 1,
+                expires_at: 1_000,
+                uses_allowed: 1,
+                uses: 0,
+                revoked_at: None,
+                labels: labels.clone(),
+            })
+            .await
+            .unwrap();
+        let good = "h".repeat(64);
+        assert_eq!(
+            store
+                .check_join_token("t1", &"x".repeat(64), "n1", 2)
+                .await
+                .unwrap()
+                .unwrap_err(),
+            JoinRefusal::Unknown
+        );
+        assert_eq!(
+            store
+                .check_join_token("nope", &good, "n1", 2)
+                .await
+                .unwrap()
+                .unwrap_err(),
+            JoinRefusal::Unknown
+        );
+        assert_eq!(
+            store
+                .check_join_token("t1", &good, "n1", 1_000)
+                .await
+                .unwrap()
+                .unwrap_err(),
+            JoinRefusal::Expired
+        );
+        let token = store
+            .check_join_token("t1", &good, "n1", 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.labels, labels);
+        assert_eq!(store.join_tokens().await.unwrap()[0].uses, 0, "not used");
     }
 }

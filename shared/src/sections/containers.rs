@@ -19,6 +19,10 @@ impl SectionKind for Containers {
     type Desired = ContainersSection;
     type Report = ObservedState;
     type Delivery = ContainersDelivery;
+
+    fn check_report(report: &ObservedState) -> Result<(), String> {
+        report.check()
+    }
 }
 
 /// The containers a host should run: exactly these, and no other container

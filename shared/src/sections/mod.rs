@@ -27,6 +27,16 @@ pub trait SectionKind: Send + Sync + 'static {
     /// Values delivered apart from the signed plan, just before it (secret
     /// values, credentials): never stored in the plan, never logged.
     type Delivery: Serialize + DeserializeOwned + std::fmt::Debug + Send;
+
+    /// Checks the size and shape of a report the coordinator received
+    /// (lengths of lists and strings, see [`crate::bounds`]); a report that
+    /// fails is refused whole and its link closed. None by default.
+    ///
+    /// # Errors
+    /// What is over which bound.
+    fn check_report(_report: &Self::Report) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// For sections that take no deliveries or send no reports: no value of it

@@ -83,7 +83,8 @@ async fn every_api_route_but_healthz_needs_a_valid_token() {
     assert_eq!(status.as_u16(), 400, "{}", String::from_utf8_lossy(&body));
 }
 
-async fn skiff(coord: &Coordinator, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs the `skiff` CLI against `coord` with its admin token and `env`.
+pub(crate) async fn skiff(coord: &Coordinator, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(target_bin("skiff"));
     cmd.args(args)
         .env("SKIFF_URL", coord.api_url())

@@ -1,6 +1,8 @@
 //! The install path on a fresh server: a tier-2 host (a Debian container
 //! with its own Docker Engine and no systemd, see scripts/test-host.sh)
-//! fetches the install script from the coordinator and joins.
+//! runs the install snippet of README.md exactly, with the join token in
+//! its environment: it checks the CA against the token, fetches the
+//! install script with that CA, and joins.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -54,6 +56,65 @@ impl Host {
         run(tokio::process::Command::new("docker").args(["exec", &self.name, "sh", "-c", shell]))
             .await
     }
+
+    /// Runs `shell` with `SKIFF_JOIN_TOKEN` in its environment (passed by
+    /// name, so the value is on no command line here either).
+    async fn exec_with_token(&self, shell: &str, token: &str) -> Output {
+        run(tokio::process::Command::new("docker")
+            .env("SKIFF_JOIN_TOKEN", token)
+            .args([
+                "exec",
+                "-e",
+                "SKIFF_JOIN_TOKEN",
+                &self.name,
+                "sh",
+                "-c",
+                shell,
+            ]))
+        .await
+    }
+}
+
+/// The install snippet of README.md ("Installing on servers"), exactly,
+/// with `coordinator` in place of the example address and `options` after
+/// `--token-stdin`, as the README says to add them.
+fn install_snippet(coordinator: &str, options: &str) -> String {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("<!-- install-snippet")
+        .expect("the snippet's marker");
+    let end = readme[start..]
+        .find("<!-- /install-snippet -->")
+        .expect("the snippet's end marker");
+    let block = &readme[start..start + end];
+    let fence = block
+        .lines()
+        .find(|l| l.trim_start().starts_with("```sh"))
+        .expect("a sh code block");
+    let indent = fence.len() - fence.trim_start().len();
+    let code: Vec<&str> = block
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("```sh"))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("```"))
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect();
+    let code = code.join("\n");
+    assert!(code.contains("COORD=coord.example.com:7443"), "{code}");
+    assert_eq!(code.matches("--token-stdin").count(), 1, "{code}");
+    assert!(
+        code.lines()
+            .filter(|l| l.contains("curl") && l.contains("install.sh"))
+            .all(|l| l.contains("--cacert") && !l.contains(" -k")),
+        "the script is fetched only over TLS checked against the CA: {code}"
+    );
+    code.replace(
+        "COORD=coord.example.com:7443",
+        &format!("COORD={coordinator}"),
+    )
+    .replace("--token-stdin", &format!("--token-stdin {options}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,21 +152,29 @@ async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
     })
     .await
     .unwrap();
-    let token = coord.create_token(1, Some("1h")).await.unwrap().token;
-    let install = format!("curl -fsSLk https://{}/install.sh | sh -s --", coord.agent);
+    let token = coord
+        .create_token_granting(1, Some("1h"), &["role=edge"])
+        .await
+        .unwrap()
+        .token;
+    let addr = coord.agent.to_string();
 
-    // Bad input: a clear error, a non-zero exit, nothing installed.
-    for (args, named) in [
-        ("--token nope", "token"),
-        (
-            &format!("--token {token} --frobnicate") as &str,
-            "--frobnicate",
-        ),
-    ] {
-        let out = host.exec(&format!("{install} {args}")).await;
-        assert!(!out.status.success(), "{args}: {}", text(&out));
-        assert!(text(&out).contains(named), "{args}: {}", text(&out));
-    }
+    // Bad input: a clear error, a non-zero exit, nothing installed. A token
+    // of another cluster stops the snippet before the script is fetched.
+    let mut other: skiff_shared::join::JoinToken = token.parse().unwrap();
+    other.ca_fingerprint = [9u8; 32];
+    let out = host
+        .exec_with_token(&install_snippet(&addr, ""), &other.to_string())
+        .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("STOP: the CA at"), "{}", text(&out));
+    let out = host.exec("test ! -e skiff-install.sh").await;
+    assert!(out.status.success(), "the script was not fetched");
+    let out = host
+        .exec_with_token(&install_snippet(&addr, "--frobnicate"), &token)
+        .await;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("--frobnicate"), "{}", text(&out));
     let out = host
         .exec("test ! -e /usr/local/bin/skiff-agent && test ! -e /etc/skiff/agent.toml")
         .await;
@@ -117,11 +186,17 @@ async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
 
     // The real thing. The host has no running systemd: the script says so
     // and, as asked, starts the agent without it.
-    let good = format!(
-        "{install} --token {token} --name t2-host --label role=edge --start-without-systemd"
+    let good = install_snippet(
+        &addr,
+        "--name t2-host --label role=edge --start-without-systemd",
     );
-    let out = host.exec(&good).await;
+    let out = host.exec_with_token(&good, &token).await;
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !text(&out).contains("warning: --token"),
+        "the token was not on a command line: {}",
+        text(&out)
+    );
     assert!(
         text(&out).to_lowercase().contains("systemd"),
         "{}",
@@ -146,7 +221,7 @@ async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600");
 
     // Idempotent: again changes nothing and leaves one agent running.
-    let out = host.exec(&good).await;
+    let out = host.exec_with_token(&good, &token).await;
     assert!(out.status.success(), "{}", text(&out));
     let count = host.exec("pgrep -c -x skiff-agent").await;
     assert_eq!(

@@ -11,6 +11,7 @@ mod checks;
 mod configs;
 mod depends;
 mod harness;
+mod joins;
 mod link;
 mod networks;
 mod plans;

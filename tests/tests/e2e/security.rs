@@ -1,6 +1,7 @@
 //! What the agent port refuses: clients without a cluster certificate, a
 //! coordinator whose CA does not match the token, malformed and oversized
-//! messages (which close only their own connection).
+//! messages (which close only their own connection), hellos over their
+//! bounds, and certificate renewals for another key than the node's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,24 +144,12 @@ async fn wrong_ca_fingerprint_is_refused_before_the_secret_is_sent() {
     assert!(!dir.path().join("d").join("node.toml").exists());
 }
 
+type RawLink =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// Opens a raw link as the node whose data dir is `dir`, and says hello.
-async fn raw_link(
-    agent: &Agent,
-) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let id = skiff_agent::identity::Identity::load(&agent.data_dir()).unwrap();
-    let (chain, key) = id.client_cert().unwrap();
-    let config = skiff_shared::tls::link_client_config(id.ca.clone(), chain, key).unwrap();
-    let tcp = tokio::net::TcpStream::connect(agent.proxy.addr())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("wss://{}{LINK_PATH}", agent.proxy.addr()), tls)
-            .await
-            .unwrap();
+async fn raw_link(agent: &Agent) -> RawLink {
+    let mut ws = raw_connect(agent).await;
     let hello = AgentMessage::Hello(Box::new(Hello {
         protocol_versions: vec![PROTOCOL_VERSION],
         agent_version: "raw".into(),
@@ -178,6 +167,25 @@ async fn raw_link(
         }
         other => panic!("expected welcome, got {other:?}"),
     }
+    ws
+}
+
+/// Opens a raw link as the node whose data dir is `dir`, saying nothing yet.
+async fn raw_connect(agent: &Agent) -> RawLink {
+    let id = skiff_agent::identity::Identity::load(&agent.data_dir()).unwrap();
+    let (chain, key) = id.client_cert().unwrap();
+    let config = skiff_shared::tls::link_client_config(id.ca.clone(), chain, key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(agent.proxy.addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (ws, _) =
+        tokio_tungstenite::client_async(format!("wss://{}{LINK_PATH}", agent.proxy.addr()), tls)
+            .await
+            .unwrap();
     ws
 }
 
@@ -301,4 +309,205 @@ async fn links_closed_for_cause_are_counted_and_shown() {
     )
     .await
     .unwrap();
+}
+
+async fn link_counters(coord: &Coordinator) -> skiff_api_types::LinkCounters {
+    let view: skiff_api_types::ClusterView = coord
+        .client()
+        .call(Method::GET, "/cluster", None::<&()>)
+        .await
+        .unwrap();
+    view.link
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hellos_over_their_bounds_close_the_link_and_nothing_is_stored() {
+    let coord = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let raw = Agent::join(&coord, &token, "raw", &[]).await.unwrap();
+    let joined = coord.node(&raw.node_id()).await.unwrap();
+    let before = link_counters(&coord).await;
+    let hello = |facts: skiff_shared::protocol::HostFacts| {
+        let body = AgentMessage::Hello(Box::new(Hello {
+            protocol_versions: vec![PROTOCOL_VERSION],
+            agent_version: "oversized".into(),
+            capabilities: vec![],
+            facts,
+            plan_generation: None,
+        }));
+        Message::text(protocol::encode(1, None, &body).unwrap())
+    };
+
+    // 7.6 MB of host facts: under the link's message limit, far over a hello's.
+    let mut ws = raw_connect(&raw).await;
+    let huge = skiff_shared::protocol::HostFacts {
+        hostname: "huge-host".into(),
+        extra: [("pad".to_owned(), "x".repeat(7_600_000))].into(),
+        ..Default::default()
+    };
+    send_fragmented(&mut ws, hello(huge)).await;
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Size));
+
+    // Small, but with more addresses than a host has.
+    let mut ws = raw_connect(&raw).await;
+    let many = skiff_shared::protocol::HostFacts {
+        hostname: "many-host".into(),
+        addresses: vec!["10.0.0.1".into(); 2000],
+        ..Default::default()
+    };
+    ws.send(hello(many)).await.unwrap();
+    assert_eq!(closed_with(&mut ws).await, Some(CloseCode::Invalid));
+
+    let log = coord.log();
+    assert!(log.contains("over the 65536 allowed"), "{log}");
+    assert!(
+        log.contains("hello is over its bounds: host facts: addresses has 2000 entries"),
+        "{log}"
+    );
+    wait_until(
+        "the refusals to be counted",
+        Duration::from_secs(10),
+        || async { link_counters(&coord).await.malformed_total == before.malformed_total + 2 },
+    )
+    .await
+    .unwrap();
+    // Nothing of either hello was stored.
+    let node = coord.node(&raw.node_id()).await.unwrap();
+    assert_eq!(node.agent_version, joined.agent_version);
+    assert_eq!(node.host.hostname, joined.host.hostname);
+    assert_eq!(node.connected_since, None);
+    // A hello within bounds still opens the link.
+    let _ws = raw_link(&raw).await;
+}
+
+/// Sends a text message in fragments of 512 KiB, each under the link's
+/// frame limit, as a client that wants a large message through would.
+async fn send_fragmented(ws: &mut RawLink, message: Message) {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let Message::Text(text) = message else {
+        panic!("a text message")
+    };
+    let bytes = text.as_bytes();
+    let chunks: Vec<&[u8]> = bytes.chunks(512 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(chunk.to_vec(), opcode, i + 1 == chunks.len());
+        if ws.send(Message::Frame(frame)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The next answer on a raw link, skipping heartbeats.
+async fn next_answer(ws: &mut RawLink) -> Result<CoordinatorMessage, Option<CloseCode>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => panic!("no answer from the coordinator"),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let env: protocol::Envelope<CoordinatorMessage> =
+                    protocol::decode(t.as_str()).unwrap();
+                if !matches!(env.body, CoordinatorMessage::Heartbeat(_)) {
+                    return Ok(env.body);
+                }
+            }
+            Ok(Some(Ok(Message::Close(frame)))) => return Err(frame.map(|f| f.code)),
+            Ok(None | Some(Err(_))) => return Err(None),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewal_is_only_for_the_nodes_own_key() {
+    let coord = Coordinator::launch(CoordinatorOptions::default())
+        .await
+        .unwrap();
+    let token = coord.create_token(1, None).await.unwrap().token;
+    let raw = Agent::join(&coord, &token, "raw", &[]).await.unwrap();
+    let id = skiff_agent::identity::Identity::load(&raw.data_dir()).unwrap();
+    let expiry = coord
+        .node(&raw.node_id())
+        .await
+        .unwrap()
+        .certificate_expires_at;
+    let before = link_counters(&coord).await;
+    let foreign = || {
+        rcgen::CertificateParams::default()
+            .serialize_request(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let renew = |n: u64, csr_pem: String| {
+        Message::text(
+            protocol::encode(n, None, &AgentMessage::RenewCertificate { csr_pem }).unwrap(),
+        )
+    };
+
+    let mut ws = raw_link(&raw).await;
+    ws.send(renew(2, foreign())).await.unwrap();
+    match next_answer(&mut ws).await {
+        Ok(CoordinatorMessage::Ack(ack)) => {
+            assert!(!ack.ok);
+            let e = ack.error.unwrap_or_default();
+            assert!(e.contains("another key than the node's certificate"), "{e}");
+        }
+        other => panic!("a renewal for another key was not refused: {other:?}"),
+    }
+    assert_eq!(
+        coord
+            .node(&raw.node_id())
+            .await
+            .unwrap()
+            .certificate_expires_at,
+        expiry,
+        "no certificate was issued"
+    );
+
+    // The node's own key still renews, on the same link.
+    ws.send(renew(3, id.csr().unwrap())).await.unwrap();
+    match next_answer(&mut ws).await {
+        Ok(CoordinatorMessage::Certificate { cert_pem, .. }) => {
+            id.store_cert(&cert_pem)
+                .expect("a certificate for this node and key");
+        }
+        other => panic!("the node's own renewal was refused: {other:?}"),
+    }
+
+    // Enough refusals close the link.
+    ws.send(renew(4, foreign())).await.unwrap();
+    assert!(matches!(
+        next_answer(&mut ws).await,
+        Ok(CoordinatorMessage::Ack(_))
+    ));
+    ws.send(renew(5, foreign())).await.unwrap();
+    assert_eq!(
+        next_answer(&mut ws).await.unwrap_err(),
+        Some(CloseCode::Policy)
+    );
+    let log = coord.log();
+    assert!(log.contains("Certificate renewal refused."), "{log}");
+    assert!(
+        log.contains("3 renewal requests refused on this link"),
+        "{log}"
+    );
+    wait_until(
+        "the refusals to be counted",
+        Duration::from_secs(10),
+        || async {
+            link_counters(&coord).await.renewals_refused_total == before.renewals_refused_total + 3
+        },
+    )
+    .await
+    .unwrap();
+    // The node reconnects with its renewed certificate.
+    let _ws = raw_link(&raw).await;
 }

@@ -1,14 +1,16 @@
 //! `skiff token`: join tokens for adding servers.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use clap::Subcommand;
 use skiff_api_types::{CreateJoinToken, CreatedJoinToken, JoinTokenView};
+use skiff_shared::join::names;
 
 use super::path_segment;
 use crate::Failure;
 use crate::client::{Client, Method};
-use crate::output::{print_json, table};
+use crate::output::{labels_text, print_json, table};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -20,6 +22,10 @@ pub enum TokenCommand {
         /// How many servers may join with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// A node label key=value the token grants; repeat for more. Nodes
+        /// that join with it get these labels, and may ask for no other.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     /// List join tokens (never their secrets).
     Ls {
@@ -36,11 +42,17 @@ pub(crate) async fn run(
     out: &mut impl Write,
 ) -> Result<(), Failure> {
     match cmd {
-        TokenCommand::Create { ttl, uses } => {
+        TokenCommand::Create { ttl, uses, labels } => {
             if let Some(t) = &ttl {
                 humantime::parse_duration(t).map_err(|e| {
                     Failure::usage(format!("invalid --ttl {t:?} ({e}); write e.g. 30m, 24h"))
                 })?;
+            }
+            let mut granted = BTreeMap::new();
+            for l in &labels {
+                let (k, v) = names::parse_label(l)
+                    .map_err(|e| Failure::usage(format!("invalid --label: {e}")))?;
+                granted.insert(k, v);
             }
             let created: CreatedJoinToken = client
                 .call(
@@ -49,6 +61,7 @@ pub(crate) async fn run(
                     Some(&CreateJoinToken {
                         ttl,
                         uses: Some(uses),
+                        labels: (!granted.is_empty()).then_some(granted),
                     }),
                 )
                 .await?;
@@ -70,10 +83,15 @@ pub(crate) async fn run(
                             format!("{}/{}", t.uses, t.uses_allowed),
                             t.expires_at.clone(),
                             t.created_at.clone(),
+                            labels_text(&t.labels),
                         ]
                     })
                     .collect();
-                table(out, &["ID", "STATUS", "USES", "EXPIRES", "CREATED"], rows);
+                table(
+                    out,
+                    &["ID", "STATUS", "USES", "EXPIRES", "CREATED", "LABELS"],
+                    rows,
+                );
             }
         }
         TokenCommand::Revoke { id } => {

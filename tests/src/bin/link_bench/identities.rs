@@ -359,6 +359,8 @@ pub(crate) async fn identities(
                 Some(&CreateJoinToken {
                     ttl: Some("2h".into()),
                     uses: Some(uses),
+                    // The label every simulated agent asks for at join.
+                    labels: Some(BTreeMap::from([("bench".to_owned(), "link".to_owned())])),
                 }),
             )
             .await
