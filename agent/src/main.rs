@@ -1,9 +1,10 @@
 //! `skiff-agent`: parse flags, load config, set up logging and the signal
 //! handler, then join or run ([`skiff_agent::run`]).
 //!
-//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config or
-//! token, 3 the coordinator could not be reached, 4 this node was removed
-//! from the cluster (systemd does not restart it), 5 the join was refused.
+//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config,
+//! token or `SKIFF_LOG`, 3 the coordinator could not be reached, 4 this
+//! node was removed from the cluster (systemd does not restart it), 5 the
+//! join was refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,14 +63,9 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = skiff_shared::logging::init() {
+        return fail(2, e);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
