@@ -18,14 +18,15 @@ use skiff_agent::link::LinkError;
 use skiff_shared::join::{JoinToken, names};
 use skiff_shared::tasks::TaskTree;
 
-#[derive(Debug, Parser)]
+// No `Debug` here or on `Command`: `join` holds the join token's secret.
+#[derive(Parser)]
 #[command(name = "skiff-agent", version, about = "The Skiff agent.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Join a cluster with a token from `skiff token create`.
     Join {

@@ -117,14 +117,25 @@ pub struct CreateJoinToken {
     pub uses: Option<u32>,
 }
 
-/// A join token, shown in full only in this answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A join token, shown in full only in this answer (`Debug` leaves it out).
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedJoinToken {
     pub id: String,
     pub token: String,
     pub expires_at: String,
     pub uses_allowed: i64,
+}
+
+impl std::fmt::Debug for CreatedJoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedJoinToken")
+            .field("id", &self.id)
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("uses_allowed", &self.uses_allowed)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -363,12 +374,18 @@ impl TaskView {
     }
 }
 
-/// Set a secret: its value, base64.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Set a secret: its value, base64 (`Debug` leaves it out).
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetSecret {
     pub value: String,
+}
+
+impl std::fmt::Debug for SetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetSecret { value: \"<redacted>\" }")
+    }
 }
 
 /// A secret as listed: never its value.
@@ -468,4 +485,41 @@ pub struct Event {
     pub stack: Option<String>,
     pub node: Option<String>,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_secrets_out() {
+        let secret = "hunter2-correct-horse";
+        let shown = [
+            format!(
+                "{:?}",
+                SetSecret {
+                    value: secret.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                SetRegistry {
+                    username: "bot".into(),
+                    password: secret.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                CreatedJoinToken {
+                    id: "0123456789abcdef".into(),
+                    token: secret.into(),
+                    expires_at: String::new(),
+                    uses_allowed: 1,
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(s.contains("<redacted>") && !s.contains(secret), "{s}");
+        }
+    }
 }
