@@ -21,6 +21,11 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create or restrict the database file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
     #[error("a value cannot be encoded for the store: {0}")]

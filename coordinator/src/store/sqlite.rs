@@ -75,7 +75,25 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
+    /// The file is 0600 whatever the umask; SQLite gives its `-wal` and
+    /// `-shm` files the database's mode.
     pub async fn open(path: &Path) -> Result<Self> {
+        skiff_shared::files::create_private_file(path).map_err(|e| StoreError::File {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        for sidecar in ["-wal", "-shm"] {
+            // Kept from a start under an earlier release, with the umask's mode.
+            let mut name = path.as_os_str().to_owned();
+            name.push(sidecar);
+            let sidecar = std::path::PathBuf::from(name);
+            skiff_shared::files::restrict(&sidecar, skiff_shared::files::PRIVATE).map_err(|e| {
+                StoreError::File {
+                    path: sidecar.clone(),
+                    source: e,
+                }
+            })?;
+        }
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)

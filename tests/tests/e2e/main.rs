@@ -10,6 +10,7 @@ mod checks;
 mod configs;
 mod depends;
 mod harness;
+mod leaks;
 mod link;
 mod networks;
 mod reconcile;
