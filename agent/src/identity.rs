@@ -5,11 +5,15 @@
 //! - `node.crt`: its client certificate, replaced atomically on renewal.
 //! - `ca.crt`: the cluster CA, pinned at join.
 //! - `plan-signing.pub`: the coordinator's plan-signing public key, pinned at join.
-//! - `node.toml`: node id, name and coordinator address.
-//! - `plan.json`: the last signed plan accepted, exactly as received (0600).
-//! - `plan-position.json`: where the last accepted plan stands (cluster,
-//!   epoch, generation, digest of its bytes), kept apart from `plan.json`
-//!   so that losing the plan does not lift the check against replays.
+//! - `node.toml` (0600): node id, name and coordinator address.
+//! - `plan.json` (0600): the last signed plan accepted, exactly as received.
+//! - `plan-position.json` (0600): where the last accepted plan stands
+//!   (cluster, epoch, generation, digest of its bytes), kept apart from
+//!   `plan.json` so that losing the plan does not lift the check against
+//!   replays.
+//!
+//! Certificates and the public key are 0644, everything else 0600, set
+//! exactly whatever the umask.
 //!
 //! The join exchange is bounded: the TCP connection, the TLS handshake and
 //! the request with its whole answer each have a deadline, and the answer
@@ -128,6 +132,8 @@ impl Identity {
         if !node_path.exists() {
             return Err(IdentityError::NotJoined { path: node_path });
         }
+        // Earlier releases wrote it 0644.
+        skiff_shared::files::restrict(&node_path, PRIVATE).map_err(io(&node_path))?;
         let node: NodeFile =
             toml::from_str(&read(&node_path)?).map_err(|e| IdentityError::Corrupt {
                 what: "node file",
@@ -376,7 +382,7 @@ pub async fn join(opts: &JoinOptions) -> Result<Joined, IdentityError> {
     w(
         "node.toml",
         &toml::to_string(&node).map_err(|e| IdentityError::Protocol(e.to_string()))?,
-        PUBLIC,
+        PRIVATE,
     )?;
     Ok(Joined::New {
         node_id: resp.node_id,

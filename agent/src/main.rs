@@ -1,11 +1,11 @@
 //! `skiff-agent`: parse flags, load config, set up logging and the signal
 //! handler, then join or run ([`skiff_agent::run`]).
 //!
-//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config or
-//! token, 3 the coordinator could not be reached at join (no connection,
-//! no TLS handshake or no complete answer within the deadlines, or an
-//! answer over 1 MiB), 4 this node was removed from the cluster (systemd
-//! does not restart it), 5 the join was refused.
+//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config,
+//! token or `SKIFF_LOG`, 3 the coordinator could not be reached at join (no
+//! connection, no TLS handshake or no complete answer within the deadlines,
+//! or an answer over 1 MiB), 4 this node was removed from the cluster
+//! (systemd does not restart it), 5 the join was refused.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,14 +19,15 @@ use skiff_agent::link::LinkError;
 use skiff_shared::join::{JoinToken, names};
 use skiff_shared::tasks::TaskTree;
 
-#[derive(Debug, Parser)]
+// No `Debug` here or on `Command`: `join` holds the join token's secret.
+#[derive(Parser)]
 #[command(name = "skiff-agent", version, about = "The Skiff agent.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Join a cluster with a token from `skiff token create`.
     Join {
@@ -64,14 +65,9 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = skiff_shared::logging::init() {
+        return fail(2, e);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return fail(1, format!("cannot start the runtime: {e}")),

@@ -185,9 +185,12 @@ pub fn last_position(dir: &Path) -> Option<Position> {
 /// The stored plan, re-verified (a file edited on disk is not trusted)
 /// and checked by the controllers, ready to publish.
 pub fn stored(identity: &Identity, router: &Router) -> Result<Option<Accepted>, AcceptError> {
-    let Ok(bytes) = std::fs::read(identity.dir.join(FILE)) else {
+    let path = identity.dir.join(FILE);
+    let Ok(bytes) = std::fs::read(&path) else {
         return Ok(None);
     };
+    // Earlier releases wrote it 0644.
+    skiff_shared::files::restrict(&path, PRIVATE).map_err(AcceptError::Store)?;
     let signed: SignedPlan =
         serde_json::from_slice(&bytes).map_err(|e| AcceptError::Invalid(PlanError::Payload(e)))?;
     let plan = signing::open(&identity.plan_key, &signed, &identity.node.node_id)?;

@@ -1,13 +1,17 @@
 //! The coordinator's data dir and the cluster identity kept in it.
 //!
 //! Layout of the data dir (mode 0700):
-//! - `cluster-id`: written last at first start; its presence means the dir is complete.
+//! - `cluster-id` (0600): written last at first start; its presence means the dir is complete.
 //! - `ca.crt`, `ca.key` (0600): the cluster CA.
 //! - `server.crt`, `server.key` (0600): the agent endpoint's certificate,
 //!   re-issued at every start so its names follow `--advertise`.
 //! - `plan-signing.key` (0600): the ed25519 plan-signing key (PKCS#8 PEM).
 //! - `initial-admin-token` (0600): the first admin API token, written once.
-//! - `skiff.db`: the SQLite store.
+//! - `secrets.key` (0600): seals stack secrets and registry passwords.
+//! - `skiff.db` (0600, and so its `-wal` and `-shm`): the SQLite store.
+//!
+//! Certificates are 0644, everything else 0600, set exactly whatever the
+//! umask.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,6 +115,8 @@ impl Identity {
             write(&key_path, &pem, PRIVATE)?;
             (cluster_id, ca, plan_key)
         } else {
+            // Earlier releases wrote it 0644.
+            skiff_shared::files::restrict(&id_path, PRIVATE).map_err(io(&id_path))?;
             let cluster_id = read(&id_path)?.trim().to_owned();
             let ca = Ca::load(&read(&dir.join("ca.crt"))?, &read(&dir.join("ca.key"))?)?;
             let key_path = dir.join("plan-signing.key");
@@ -128,7 +134,7 @@ impl Identity {
         write(&dir.join("server.crt"), &server.cert_pem, PUBLIC)?;
         if created {
             // Last: its presence marks the data dir as complete.
-            write(&id_path, &cluster_id, PUBLIC)?;
+            write(&id_path, &cluster_id, PRIVATE)?;
         }
         Ok((
             Self {

@@ -1,8 +1,8 @@
 //! `skiff-coordinator`: parse flags, load and validate config, set up
 //! logging, prepare the data dir, bind, serve until SIGINT or SIGTERM.
 //!
-//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags or config,
-//! 3 a port could not be bound.
+//! Exit codes: 0 clean stop, 1 runtime failure, 2 invalid flags, config or
+//! `SKIFF_LOG`, 3 a port could not be bound.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,14 +45,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(e) = skiff_shared::logging::init() {
+        eprintln!("skiff-coordinator: {e}");
+        return ExitCode::from(2);
+    }
     let Command::Serve {
         data_dir,
         api_listen,

@@ -142,6 +142,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         }
     };
     let secret_key = Arc::new(crate::secrets::SecretKey::load_or_create(&config.data_dir)?);
+    crate::secrets::complete_versions(&store, &secret_key).await?;
     let store: Arc<dyn Store> = Arc::new(store);
     let observed = Arc::new(ObservedBook::default());
     let sections = Arc::new(Sections::new(&SectionHandles {

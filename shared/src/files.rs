@@ -1,14 +1,16 @@
 //! Crash-safe file writes: write a temporary file beside the target, fsync
-//! it, rename it into place and fsync the directory.
+//! it, rename it into place and fsync the directory. Every file is created
+//! with an exact mode, whatever the process's umask.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Permission bits for files holding secrets: readable by the owner only.
+/// Permission bits for files holding secrets, plans or state: readable by
+/// the owner only.
 pub const PRIVATE: u32 = 0o600;
-/// Permission bits for ordinary state files.
+/// Permission bits for public material only: certificates, public keys.
 pub const PUBLIC: u32 = 0o644;
 
 /// Atomically replaces `path` with `contents`, created with `mode`.
@@ -50,6 +52,27 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
+/// Sets `path` to mode `mode` if it exists: a file an earlier release
+/// wrote with a looser mode, or one a library created.
+pub fn restrict(path: &Path, mode: u32) -> io::Result<()> {
+    match fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates `path` empty with mode 0600 if it is missing, and sets an
+/// existing one to 0600; for files a library then opens (a database).
+pub fn create_private_file(path: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(PRIVATE)
+        .open(path)?
+        // The mode given to open() is filtered by the umask; set it exactly.
+        .set_permissions(fs::Permissions::from_mode(PRIVATE))
+}
+
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -88,5 +111,28 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_files_are_created_private_and_old_ones_restricted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let db = dir.path().join("skiff.db");
+        create_private_file(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        fs::write(&db, b"kept").unwrap();
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
+        create_private_file(&db).unwrap();
+        assert_eq!(
+            (mode(&db), fs::read(&db).unwrap()),
+            (0o600, b"kept".to_vec())
+        );
+
+        let old = dir.path().join("node.toml");
+        fs::write(&old, b"x").unwrap();
+        fs::set_permissions(&old, fs::Permissions::from_mode(0o644)).unwrap();
+        restrict(&old, PRIVATE).unwrap();
+        assert_eq!(mode(&old), 0o600);
+        restrict(&dir.path().join("missing"), PRIVATE).unwrap();
     }
 }

@@ -118,7 +118,8 @@ impl fmt::Display for JoinToken {
 pub const JOIN_PATH: &str = "/v1/join";
 
 /// What a new agent sends to join, over TLS to a CA it has pinned.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` leaves out the token's secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub token_id: String,
@@ -129,6 +130,17 @@ pub struct JoinRequest {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub facts: HostFacts,
+}
+
+impl fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token_id", &self.token_id)
+            .field("secret", &"<redacted>")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The coordinator's answer to a successful join.
@@ -222,6 +234,19 @@ mod tests {
         assert!(s.starts_with("SKIFF-1-0707"));
         assert_eq!(s.parse::<JoinToken>().unwrap(), t);
         assert!(!format!("{t:?}").contains(&t.secret));
+        let request = JoinRequest {
+            token_id: t.id.clone(),
+            secret: t.secret.clone(),
+            csr_pem: String::new(),
+            name: "web-1".into(),
+            labels: BTreeMap::new(),
+            facts: HostFacts::default(),
+        };
+        let shown = format!("{request:?}");
+        assert!(
+            shown.contains("web-1") && !shown.contains(&t.secret),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! - [`tls`]: certificate fingerprints, the CA-pinning verifier used at join,
 //!   and the rustls configurations of the link (TLS 1.3 only, ring backend).
 //! - [`files`]: crash-safe writes of state and key material.
+//! - [`logging`] (feature `logging`): the daemons' logging setup, with
+//!   the link's, TLS and HTTP libraries capped at `info` whatever
+//!   `SKIFF_LOG` says.
 //! - [`registry`]: the registry host of an image reference (as Docker
 //!   decides it), the check of a registry host, and the registry
 //!   credentials delivered to agents.
@@ -33,6 +36,8 @@
 pub mod bounds;
 pub mod files;
 pub mod join;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod plan;
 pub mod protocol;
 pub mod registry;

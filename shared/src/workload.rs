@@ -60,9 +60,9 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
-    /// Secrets mounted as files. The plan carries only their digests; the
-    /// values come in a separate message and the agent checks them against
-    /// the digests.
+    /// Secrets mounted as files. The plan carries only each version's
+    /// random id and a check value; the values come in a separate message
+    /// and the agent mounts one only if it matches its check.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretMount>,
     /// A check the agent runs against the container's address.
@@ -130,21 +130,148 @@ pub struct ProbeSpec {
 }
 
 /// A secret mounted into a container as a read-only file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Nothing here is a plain hash of the value: the file on the host (the
+/// mount source `docker inspect` shows) is named by the version's random
+/// [`id`](Self::id), and the [`check`](Self::check) is keyed with it, so
+/// a weak value cannot be guessed offline from either. `Debug` shows
+/// the file name only: with the id, the check value would let a reader of
+/// a log test guesses.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretMount {
     pub name: String,
     pub version: u64,
-    /// SHA-256 of the value, hex: names the file the agent stores it in.
+    /// Only in plans made before versions had ids: the SHA-256 of the
+    /// value, hex, which named the file. Read, never written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+    /// The version's random id, 32 lowercase hex digits ([`secret_id`]):
+    /// the name of the file the agent stores the value in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// [`secret_check`] of the value: the agent mounts a delivered value
+    /// only if it matches. Left out of the container's fingerprint, which
+    /// is shown on the host (the id already changes with the value).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub check: String,
     /// Absolute path in the container.
     pub target: String,
 }
 
-/// A secret's value as delivered to an agent. `Debug` shows the digest
-/// only: the value never reaches a log.
+impl std::fmt::Debug for SecretMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretMount")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("file", &self.file_name())
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hex digits in a secret version's id (128 random bits).
+pub const SECRET_ID_HEX: usize = 32;
+
+/// A new random secret version id: 128 bits, lowercase hex.
+///
+/// # Errors
+/// Fails only when the system random source is unavailable.
+pub fn secret_id() -> Result<String, ring::error::Unspecified> {
+    Ok(hex::encode(crate::random_bytes::<{ SECRET_ID_HEX / 2 }>()?))
+}
+
+/// The check value of a secret version: HMAC-SHA256 of `value` keyed with
+/// the version's `id` (its text), lowercase hex.
+pub fn secret_check(id: &str, value: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, id.as_bytes());
+    hex::encode(ring::hmac::sign(&key, value))
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Why a secret mount in a plan cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretMountError {
+    #[error(
+        "secret {name} (version {version}) has no valid id and check value; the coordinator must plan it again"
+    )]
+    Malformed { name: String, version: u64 },
+    #[error(
+        "the delivered value of secret {name} (version {version}) does not match the check value in the signed plan; it was not mounted"
+    )]
+    Mismatch { name: String, version: u64 },
+}
+
+impl SecretMount {
+    /// The name of the file the value is kept in on the host: the id, or
+    /// the digest of a mount planned before ids.
+    pub fn file_name(&self) -> &str {
+        if self.id.is_empty() {
+            &self.digest
+        } else {
+            &self.id
+        }
+    }
+
+    /// Checks the mount's shape: an id (32 hex digits) with a check value
+    /// (64), or for a mount planned before ids, a digest (64). The file
+    /// name is then safe to join to a directory.
+    ///
+    /// # Errors
+    /// [`SecretMountError::Malformed`] naming the secret.
+    pub fn validate(&self) -> Result<(), SecretMountError> {
+        let keyed = is_lower_hex(&self.id, SECRET_ID_HEX) && is_lower_hex(&self.check, 64);
+        let legacy = self.id.is_empty() && self.check.is_empty() && is_lower_hex(&self.digest, 64);
+        if keyed || legacy {
+            Ok(())
+        } else {
+            Err(SecretMountError::Malformed {
+                name: self.name.clone(),
+                version: self.version,
+            })
+        }
+    }
+
+    /// Checks a delivered value against the mount: its check value (in
+    /// constant time), or the digest of a mount planned before ids.
+    ///
+    /// # Errors
+    /// [`SecretMountError::Mismatch`] (or `Malformed`) naming the secret.
+    pub fn verify(&self, value: &[u8]) -> Result<(), SecretMountError> {
+        self.validate()?;
+        let matches = if self.id.is_empty() {
+            hex::encode(crate::sha256(value)) == self.digest
+        } else {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.id.as_bytes());
+            hex::decode(&self.check).is_ok_and(|tag| ring::hmac::verify(&key, value, &tag).is_ok())
+        };
+        if matches {
+            Ok(())
+        } else {
+            Err(SecretMountError::Mismatch {
+                name: self.name.clone(),
+                version: self.version,
+            })
+        }
+    }
+}
+
+/// Whether `name` can name a delivered secret's file: a version id, or
+/// the digest of a version planned before ids.
+pub fn is_secret_file_name(name: &str) -> bool {
+    is_lower_hex(name, SECRET_ID_HEX) || is_lower_hex(name, 64)
+}
+
+/// A secret's value as delivered to an agent. `Debug` shows the id only:
+/// the value never reaches a log.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretValue {
-    pub digest: String,
+    /// The mount's [`SecretMount::file_name`]. (Coordinators before ids
+    /// sent the digest as `digest`.)
+    #[serde(alias = "digest")]
+    pub id: String,
     /// Base64 of the value.
     pub value: String,
 }
@@ -152,7 +279,7 @@ pub struct SecretValue {
 impl std::fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretValue")
-            .field("digest", &self.digest)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -253,9 +380,17 @@ impl ContainerSpec {
     /// is canonical. A field added with `skip_serializing_if` at its
     /// default keeps every existing fingerprint (a golden test pins one):
     /// otherwise an agent upgrade would restart every container it runs.
+    ///
+    /// Secrets' check values are left out: the fingerprint is a label on
+    /// the container, and a check value in it would let anyone who can
+    /// inspect the container test guesses of the value. Their ids, which
+    /// change with every version, are in.
     pub fn fingerprint(&self) -> String {
         let mut canonical = self.clone();
         canonical.revision = 0;
+        for s in &mut canonical.secrets {
+            s.check.clear();
+        }
         let bytes = match serde_json::to_vec(&canonical) {
             Ok(json) => json,
             // Unreachable for these types (every map has string keys); the
@@ -472,10 +607,14 @@ mod tests {
         s.stop_grace_ms = Some(5000);
         s.user = Some("1000".into());
         s.working_dir = Some("/srv".into());
+        // As planned before secret versions had ids: an agent upgrade
+        // keeps such containers too.
         s.secrets = vec![SecretMount {
             name: "key".into(),
             version: 2,
             digest: "d".repeat(64),
+            id: String::new(),
+            check: String::new(),
             target: "/run/secrets/key".into(),
         }];
         s.probe = Some(ProbeSpec {
@@ -509,6 +648,98 @@ mod tests {
         let mut minimal = spec("web", 1);
         minimal.command = None;
         assert_eq!(minimal.fingerprint(), "1270b11f3d57d74f3cfd9863");
+    }
+
+    fn keyed_mount(value: &[u8]) -> SecretMount {
+        let id = secret_id().unwrap();
+        SecretMount {
+            name: "db".into(),
+            version: 3,
+            digest: String::new(),
+            check: secret_check(&id, value),
+            id,
+            target: "/run/secrets/db".into(),
+        }
+    }
+
+    #[test]
+    fn secret_mounts_carry_a_random_id_and_a_keyed_check_not_a_hash() {
+        let value = b"hunter2";
+        let m = keyed_mount(value);
+        assert_eq!(m.id.len(), SECRET_ID_HEX);
+        assert_ne!(m.id, keyed_mount(value).id, "random per version");
+        assert_ne!(m.check, keyed_mount(value).check, "keyed with the id");
+        assert_eq!(m.file_name(), m.id);
+        m.verify(value).unwrap();
+        assert_eq!(
+            m.verify(b"hunter3"),
+            Err(SecretMountError::Mismatch {
+                name: "db".into(),
+                version: 3
+            })
+        );
+        let shown = format!("{m:?}");
+        assert!(
+            shown.contains(&m.id) && !shown.contains(&m.check),
+            "{shown}"
+        );
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("digest"), "{json}");
+        assert!(!json.contains(&hex::encode(crate::sha256(value))), "{json}");
+        assert_eq!(serde_json::from_str::<SecretMount>(&json).unwrap(), m);
+
+        // Plans made before ids still verify, by digest.
+        let legacy = SecretMount {
+            digest: hex::encode(crate::sha256(value)),
+            id: String::new(),
+            check: String::new(),
+            ..m.clone()
+        };
+        assert_eq!(legacy.file_name(), legacy.digest);
+        legacy.verify(value).unwrap();
+        assert!(legacy.verify(b"other").is_err());
+
+        // Nothing else names a file.
+        for (id, check) in [
+            ("../../etc/passwd", m.check.as_str()),
+            (&m.id[..31], m.check.as_str()),
+            (&m.id.to_uppercase(), m.check.as_str()),
+            (m.id.as_str(), ""),
+        ] {
+            let bad = SecretMount {
+                id: id.to_owned(),
+                check: check.to_owned(),
+                ..m.clone()
+            };
+            assert!(bad.validate().is_err(), "{id} {check}");
+            assert!(bad.verify(value).is_err());
+        }
+        assert!(is_secret_file_name(&m.id) && is_secret_file_name(&legacy.digest));
+        assert!(!is_secret_file_name("..") && !is_secret_file_name(".tmp"));
+    }
+
+    #[test]
+    fn a_secret_check_is_not_in_the_fingerprint_but_its_id_is() {
+        let mut a = spec("web", 1);
+        a.secrets = vec![keyed_mount(b"one")];
+        let mut other_check = a.clone();
+        other_check.secrets[0].check = secret_check(&a.secrets[0].id, b"two");
+        assert_eq!(a.fingerprint(), other_check.fingerprint());
+        let mut other_version = a.clone();
+        other_version.secrets[0].id = secret_id().unwrap();
+        assert_ne!(a.fingerprint(), other_version.fingerprint());
+    }
+
+    #[test]
+    fn delivered_values_read_the_old_field_and_never_show_the_value() {
+        let v: SecretValue =
+            serde_json::from_str(r#"{"digest":"ab","value":"aHVudGVyMg=="}"#).unwrap();
+        assert_eq!(v.id, "ab");
+        let shown = format!("{v:?}");
+        assert!(
+            shown.contains("ab") && !shown.contains("aHVudGVyMg"),
+            "{shown}"
+        );
     }
 
     #[test]

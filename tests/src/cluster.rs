@@ -30,6 +30,39 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// How the harness starts a daemon process, beyond its flags.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Environment variables set after the harness's own: `SKIFF_LOG`
+    /// here replaces the harness's default.
+    pub env: Vec<(String, String)>,
+    /// The file mode creation mask the process starts with (set by a shell
+    /// that then execs the binary); `None` keeps the test's own.
+    pub umask: Option<u32>,
+}
+
+impl ProcessOptions {
+    /// A command that runs `program` with these options; `log_filter` is
+    /// the harness's default `SKIFF_LOG`.
+    fn command(&self, program: &Path, log_filter: &str) -> Command {
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(program);
+                sh
+            }
+            None => Command::new(program),
+        };
+        cmd.env("SKIFF_LOG", log_filter);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+}
+
 /// Coordinator settings for a test, written to its config file.
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -40,6 +73,8 @@ pub struct CoordinatorOptions {
     pub advertise: Vec<String>,
     /// How long a silent node is given before its replicas move.
     pub host_lost_grace: Duration,
+    /// The coordinator process's environment and umask.
+    pub process: ProcessOptions,
 }
 
 impl Default for CoordinatorOptions {
@@ -51,6 +86,7 @@ impl Default for CoordinatorOptions {
             agent_ip: "127.0.0.1".into(),
             advertise: Vec::new(),
             host_lost_grace: Duration::from_secs(60),
+            process: ProcessOptions::default(),
         }
     }
 }
@@ -61,6 +97,7 @@ pub struct Coordinator {
     pub root: TempDir,
     pub api: SocketAddr,
     pub agent: SocketAddr,
+    process: ProcessOptions,
     child: Option<Child>,
 }
 
@@ -89,6 +126,7 @@ impl Coordinator {
             root,
             api,
             agent,
+            process: opts.process,
             child: None,
         };
         c.start().await?;
@@ -134,10 +172,14 @@ impl Coordinator {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(target_bin("skiff-coordinator"))
+        let child = self
+            .process
+            .command(
+                &target_bin("skiff-coordinator"),
+                "info,skiff_coordinator=debug",
+            )
             .args(["serve", "--config"])
             .arg(self.config_path())
-            .env("SKIFF_LOG", "info,skiff_coordinator=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -280,6 +322,8 @@ pub struct Agent {
     pub name: String,
     pub root: TempDir,
     pub proxy: Proxy,
+    /// The agent process's environment and umask (for `join` and `run`).
+    pub process: ProcessOptions,
     child: Option<Child>,
 }
 
@@ -291,7 +335,26 @@ pub async fn run_join(
     name: &str,
     labels: &[&str],
 ) -> anyhow::Result<Output> {
-    let mut cmd = Command::new(target_bin("skiff-agent"));
+    run_join_with(
+        coordinator,
+        token,
+        data_dir,
+        name,
+        labels,
+        &ProcessOptions::default(),
+    )
+    .await
+}
+
+async fn run_join_with(
+    coordinator: &str,
+    token: &str,
+    data_dir: &Path,
+    name: &str,
+    labels: &[&str],
+    process: &ProcessOptions,
+) -> anyhow::Result<Output> {
+    let mut cmd = process.command(&target_bin("skiff-agent"), "info,skiff_agent=debug");
     cmd.args([
         "join",
         "--coordinator",
@@ -319,16 +382,28 @@ impl Agent {
         name: &str,
         labels: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::join_with(coordinator, token, name, labels, ProcessOptions::default()).await
+    }
+
+    /// [`Agent::join`], with `process` for the join and every later start.
+    pub async fn join_with(
+        coordinator: &Coordinator,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+        process: ProcessOptions,
+    ) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new()
             .prefix(&format!("skiff-agent-{name}-"))
             .tempdir()?;
         let proxy = Proxy::start(coordinator.agent).await?;
-        let out = run_join(
+        let out = run_join_with(
             &proxy.addr().to_string(),
             token,
             &root.path().join("data"),
             name,
             labels,
+            &process,
         )
         .await?;
         anyhow::ensure!(
@@ -341,6 +416,7 @@ impl Agent {
             name: name.to_owned(),
             root,
             proxy,
+            process,
             child: None,
         })
     }
@@ -372,11 +448,12 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(target_bin("skiff-agent"))
+        let child = self
+            .process
+            .command(&target_bin("skiff-agent"), "info,skiff_agent=debug")
             .arg("run")
             .arg("--data-dir")
             .arg(self.data_dir())
-            .env("SKIFF_LOG", "info,skiff_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -419,6 +496,15 @@ pub struct Cluster {
 /// `test=<unique>` so agents of parallel tests on one engine stay apart,
 /// and waits until all are connected.
 pub async fn launch_cluster(n: usize, opts: CoordinatorOptions) -> anyhow::Result<Cluster> {
+    launch_cluster_with(n, opts, ProcessOptions::default()).await
+}
+
+/// [`launch_cluster`], with `agent_process` for every agent.
+pub async fn launch_cluster_with(
+    n: usize,
+    opts: CoordinatorOptions,
+    agent_process: ProcessOptions,
+) -> anyhow::Result<Cluster> {
     let coordinator = Coordinator::launch(opts).await?;
     let run_label = format!("test={}", coordinator.api.port());
     let token = coordinator
@@ -427,7 +513,14 @@ pub async fn launch_cluster(n: usize, opts: CoordinatorOptions) -> anyhow::Resul
         .token;
     let mut agents = Vec::new();
     for i in 0..n {
-        let mut a = Agent::join(&coordinator, &token, &format!("node-{i}"), &[&run_label]).await?;
+        let mut a = Agent::join_with(
+            &coordinator,
+            &token,
+            &format!("node-{i}"),
+            &[&run_label],
+            agent_process.clone(),
+        )
+        .await?;
         a.start()?;
         agents.push(a);
     }

@@ -21,7 +21,10 @@ pub mod image;
 pub mod proxy;
 pub mod wait;
 
-pub use cluster::{Agent, Cluster, Coordinator, CoordinatorOptions, launch_cluster};
+pub use cluster::{
+    Agent, Cluster, Coordinator, CoordinatorOptions, ProcessOptions, launch_cluster,
+    launch_cluster_with,
+};
 pub use wait::{wait_for, wait_until};
 
 use std::path::PathBuf;

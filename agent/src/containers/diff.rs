@@ -41,7 +41,7 @@ pub struct Host {
     pub containers: Vec<Observed>,
     /// The names of the networks on the engine.
     pub networks: BTreeSet<String>,
-    /// The digests of the delivered secret files.
+    /// The names of the delivered secret files (version ids).
     pub secrets: BTreeSet<String>,
 }
 
@@ -62,8 +62,8 @@ pub enum Action {
         network: String,
         external: bool,
     },
-    /// Remove a delivered secret no desired container mounts.
-    DropSecret { digest: String },
+    /// Remove a delivered secret no desired container mounts, by file name.
+    DropSecret { file: String },
 }
 
 /// Decides what to do so that exactly the desired containers exist.
@@ -154,13 +154,13 @@ pub fn diff(desired: &[ContainerSpec], host: &Host) -> Vec<Action> {
         .partition(|a| matches!(a, Action::Create { .. }));
     let mounted: BTreeSet<&str> = desired
         .iter()
-        .flat_map(|c| c.secrets.iter().map(|s| s.digest.as_str()))
+        .flat_map(|c| c.secrets.iter().map(|s| s.file_name()))
         .collect();
     let drops = host
         .secrets
         .iter()
-        .filter(|d| !mounted.contains(d.as_str()))
-        .map(|d| Action::DropSecret { digest: d.clone() });
+        .filter(|f| !mounted.contains(f.as_str()))
+        .map(|f| Action::DropSecret { file: f.clone() });
     removals.extend(starts);
     removals.extend(creates);
     removals.extend(waits);
@@ -347,22 +347,32 @@ mod tests {
         web.secrets = vec![SecretMount {
             name: "key".into(),
             version: 1,
+            digest: String::new(),
+            id: "i1".into(),
+            check: "c1".into(),
+            target: "/run/secrets/key".into(),
+        }];
+        // A mount planned before ids keeps its file, named by digest.
+        let mut old = spec("old", 1, "img:1");
+        old.secrets = vec![SecretMount {
+            name: "key".into(),
+            version: 1,
             digest: "d1".into(),
+            id: String::new(),
+            check: String::new(),
             target: "/run/secrets/key".into(),
         }];
         let mut host = host_with(vec![]);
-        host.secrets = ["d1".to_owned(), "d0".to_owned()].into();
+        host.secrets = ["i1", "d1", "i0"].map(String::from).into();
         assert_eq!(
-            diff(std::slice::from_ref(&web), &host),
-            vec![
+            diff(&[web.clone(), old], &host)[1..],
+            [
                 Action::Wait {
                     name: "shop.web.1".into(),
                     network: "skiff.shop.front.n1".into(),
                     external: false
                 },
-                Action::DropSecret {
-                    digest: "d0".into()
-                },
+                Action::DropSecret { file: "i0".into() },
             ]
         );
         host.networks.insert("skiff.shop.front.n1".into());

@@ -43,11 +43,16 @@ pub enum ApplyError {
     Image { image: String, reason: String },
     #[error("network {network}: {reason}")]
     Network { network: String, reason: String },
-    #[error("{container}: secret {secret} (version {version}) has not been delivered to this host")]
+    /// A secret not delivered, or delivered with a value the plan does not name.
+    #[error("{container}: {source}")]
     Secret {
         container: String,
-        secret: String,
-        version: u64,
+        source: super::secrets::MountError,
+    },
+    #[error("cannot remove unused secret {file}: {source}")]
+    DropSecret {
+        file: String,
+        source: std::io::Error,
     },
 }
 
@@ -91,22 +96,25 @@ impl Engine {
         self
     }
 
-    /// The host path of each secret a spec mounts; fails naming the first
-    /// one that was not delivered.
+    /// The host path and target of each secret a spec mounts, each value
+    /// checked against the plan; fails naming the first one that was not
+    /// delivered or does not match.
     fn secret_files(&self, spec: &ContainerSpec) -> Result<Vec<(PathBuf, String)>, ApplyError> {
         spec.secrets
             .iter()
             .map(|s| {
-                let path = self
-                    .secrets_dir
-                    .as_ref()
-                    .map(|d| d.join(&s.digest))
-                    .filter(|p| p.is_file());
-                path.map(|p| (p, s.target.clone()))
-                    .ok_or_else(|| ApplyError::Secret {
-                        container: spec.name(),
-                        secret: s.name.clone(),
+                let source = match &self.secrets_dir {
+                    Some(dir) => super::secrets::source(dir, s),
+                    None => Err(super::secrets::MountError::NotDelivered {
+                        name: s.name.clone(),
                         version: s.version,
+                    }),
+                };
+                source
+                    .map(|p| (p, s.target.clone()))
+                    .map_err(|source| ApplyError::Secret {
+                        container: spec.name(),
+                        source,
                     })
             })
             .collect()
@@ -371,11 +379,13 @@ impl Engine {
                 debug!(container = %name, network = %network, "Waiting for the network.");
                 Ok(())
             }
-            Action::DropSecret { digest } => match &self.secrets_dir {
-                Some(dir) => super::secrets::remove(dir, digest).map_err(|e| ApplyError::Docker {
-                    what: "removing an unused secret".into(),
-                    source: bollard::errors::Error::IOError { err: e },
-                }),
+            Action::DropSecret { file } => match &self.secrets_dir {
+                Some(dir) => {
+                    super::secrets::remove(dir, file).map_err(|source| ApplyError::DropSecret {
+                        file: file.clone(),
+                        source,
+                    })
+                }
                 None => Ok(()),
             },
             Action::Create { spec } => {

@@ -63,7 +63,8 @@ impl crate::controller::Controller for Controller {
     type Kind = Containers;
 
     fn check(&self, desired: &ContainersSection) -> Result<(), String> {
-        check_unique(desired)
+        check_unique(desired)?;
+        check_secret_mounts(desired)
     }
 
     fn deliver(&self, delivery: ContainersDelivery) -> Result<(), String> {
@@ -106,6 +107,18 @@ fn check_unique(section: &ContainersSection) -> Result<(), String> {
     for c in &section.containers {
         if !keys.insert(c.key()) {
             return Err(format!("plan lists container {} more than once", c.key()));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a section with a secret mount that has no valid id and check
+/// value (or digest, if planned before ids): its file name must be safe.
+fn check_secret_mounts(section: &ContainersSection) -> Result<(), String> {
+    for c in &section.containers {
+        for s in &c.secrets {
+            s.validate()
+                .map_err(|e| format!("container {}: {e}", c.key()))?;
         }
     }
     Ok(())
@@ -212,5 +225,19 @@ mod tests {
             check_unique(&section),
             Err("plan lists container s.web.1@2 more than once".into())
         );
+    }
+
+    #[test]
+    fn a_section_with_a_malformed_secret_mount_is_refused() {
+        let spec: skiff_shared::workload::ContainerSpec = serde_json::from_str(
+            r#"{"stack":"s","service":"web","slot":1,"revision":2,"image":"x",
+                "secrets":[{"name":"db","version":1,"id":"../../node.key","check":"00","target":"/run/secrets/db"}]}"#,
+        )
+        .unwrap();
+        let section = ContainersSection {
+            containers: vec![spec],
+        };
+        let e = check_secret_mounts(&section).unwrap_err();
+        assert!(e.contains("s.web.1@2") && e.contains("secret db"), "{e}");
     }
 }

@@ -127,8 +127,8 @@ pub struct CreateJoinToken {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-/// A join token, shown in full only in this answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A join token, shown in full only in this answer (`Debug` leaves it out).
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedJoinToken {
     pub id: String,
@@ -138,6 +138,17 @@ pub struct CreatedJoinToken {
     /// The node labels the token grants.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CreatedJoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedJoinToken")
+            .field("id", &self.id)
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("uses_allowed", &self.uses_allowed)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,12 +394,18 @@ impl TaskView {
     }
 }
 
-/// Set a secret: its value, base64.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Set a secret: its value, base64 (`Debug` leaves it out).
+#[derive(Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetSecret {
     pub value: String,
+}
+
+impl std::fmt::Debug for SetSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetSecret { value: \"<redacted>\" }")
+    }
 }
 
 /// A secret as listed: never its value.
@@ -488,4 +505,42 @@ pub struct Event {
     pub stack: Option<String>,
     pub node: Option<String>,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_secrets_out() {
+        let secret = "hunter2-correct-horse";
+        let shown = [
+            format!(
+                "{:?}",
+                SetSecret {
+                    value: secret.into()
+                }
+            ),
+            format!(
+                "{:?}",
+                SetRegistry {
+                    username: "bot".into(),
+                    password: secret.into(),
+                }
+            ),
+            format!(
+                "{:?}",
+                CreatedJoinToken {
+                    id: "0123456789abcdef".into(),
+                    token: secret.into(),
+                    expires_at: String::new(),
+                    uses_allowed: 1,
+                    labels: Default::default(),
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(s.contains("<redacted>") && !s.contains(secret), "{s}");
+        }
+    }
 }

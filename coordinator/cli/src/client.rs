@@ -42,13 +42,23 @@ impl ClientError {
     }
 }
 
-/// A client bound to one coordinator and one token.
-#[derive(Debug, Clone)]
+/// A client bound to one coordinator and one token (`Debug` leaves the
+/// token out).
+#[derive(Clone)]
 pub struct Client {
     url: String,
     authority: String,
     base_path: String,
     token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -250,6 +260,26 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_leaves_tokens_out() {
+        let token = "skiff_0123456789abcdef_0123456789abcdef0123456789abcdef01234567";
+        let c = Client::new("http://127.0.0.1:7070", Some(token.into())).unwrap();
+        let saved = crate::config::CliConfig {
+            url: None,
+            token: Some(token.into()),
+        };
+        let cli = <crate::commands::Cli as clap::Parser>::try_parse_from([
+            "skiff", "--token", token, "node", "ls",
+        ])
+        .unwrap();
+        for shown in [format!("{c:?}"), format!("{saved:?}"), format!("{cli:?}")] {
+            assert!(
+                shown.contains("<redacted>") && !shown.contains(token),
+                "{shown}"
+            );
+        }
+    }
 
     #[test]
     fn urls() {

@@ -12,12 +12,21 @@ use crate::Failure;
 /// names one.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
-/// What `skiff login` saves.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// What `skiff login` saves (`Debug` leaves the token out).
+#[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CliConfig {
     pub url: Option<String>,
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for CliConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CliConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Where the config is, or None when neither `SKIFF_CONFIG`,

@@ -50,15 +50,14 @@ pub(super) async fn set_secret(
             "a secret may hold at most 512 KiB",
         ));
     }
-    let digest = hex::encode(skiff_shared::sha256(&value));
     let key = &api.secret_key;
     let seal = |version: i64| {
-        key.seal(&crate::secrets::context(&name, &secret, version), &value)
+        key.new_version(&crate::secrets::context(&name, &secret, version), &value)
             .ok()
     };
     let row = api
         .store
-        .put_secret(&name, &secret, &digest, &seal, now_ms())
+        .put_secret(&name, &secret, &key.mac(&value), &seal, now_ms())
         .await?
         .ok_or_else(|| {
             ApiError::new(

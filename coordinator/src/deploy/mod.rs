@@ -186,16 +186,38 @@ pub async fn deploy(
     dry_run: bool,
 ) -> Result<Outcome, DeployError> {
     check_stack_name(name)?;
-    let secrets: BTreeMap<String, (u64, String)> = d
+    let secrets: BTreeMap<String, resolve::SecretVersion> = d
         .store
         .secrets(name)
         .await?
         .into_iter()
-        .map(|s| (s.name, (u64::try_from(s.version).unwrap_or(0), s.digest)))
+        .map(|s| (s.name.clone(), s.into()))
         .collect();
     let (defs, warnings) = resolve::resolve(name, stack, &secrets)
         .map_err(|errors| DeployError::Invalid(errors.iter().map(ToString::to_string).collect()))?;
     deploy_defs(d, name, defs, compose, warnings, dry_run).await
+}
+
+/// Gives the secret mounts of a release made before secret versions had
+/// ids (a rollback to it, a scale of it) their version's id and check
+/// value ([`resolve::key_secret_mounts`]).
+async fn key_secret_mounts(
+    d: &Deployer,
+    name: &str,
+    defs: &mut [ServiceDef],
+) -> Result<(), DeployError> {
+    let mut versions = BTreeMap::new();
+    for (secret, version) in resolve::unkeyed_secret_mounts(defs) {
+        let stored = d
+            .store
+            .secret_version(name, &secret, i64::try_from(version).unwrap_or(i64::MAX))
+            .await?;
+        if let Some(row) = stored {
+            versions.insert((secret, version), row.into());
+        }
+    }
+    resolve::key_secret_mounts(name, defs, &versions)
+        .map_err(|errors| DeployError::Invalid(errors.iter().map(ToString::to_string).collect()))
 }
 
 /// Deploys resolved services as a new release of `name`: scale changes
@@ -209,6 +231,8 @@ pub async fn deploy_defs(
     warnings: Vec<String>,
     dry_run: bool,
 ) -> Result<Outcome, DeployError> {
+    let mut defs = defs;
+    key_secret_mounts(d, name, &mut defs).await?;
     // One deploy at a time: each reads and rewrites node plans.
     let guard = d.plans.edit().await;
     let hosts = hosts(d).await?;

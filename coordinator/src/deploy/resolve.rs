@@ -3,7 +3,7 @@
 //! container spec every replica is created from. Pure: no I/O.
 
 use skiff_compose::stack::FailureAction;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -75,14 +75,101 @@ fn policy(c: &UpdateConfig) -> UpdatePolicy {
     }
 }
 
+/// A stored secret version as deploys see it: its id and check value,
+/// never its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretVersion {
+    pub version: u64,
+    pub id: String,
+    /// None for a version stored before ids that could not be opened.
+    pub check: Option<String>,
+}
+
+impl From<crate::store::SecretRow> for SecretVersion {
+    fn from(r: crate::store::SecretRow) -> Self {
+        Self {
+            version: u64::try_from(r.version).unwrap_or(0),
+            id: r.id,
+            check: r.check,
+        }
+    }
+}
+
+/// The mount of version `v` of secret `name` at `target`, or why there is none.
+fn secret_mount(
+    stack_name: &str,
+    name: &str,
+    v: &SecretVersion,
+    target: String,
+) -> Result<SecretMount, String> {
+    let Some(check) = v.check.clone() else {
+        return Err(format!(
+            "secret {name:?} (version {}) was stored by an earlier release and cannot be opened with this coordinator's secrets.key; set it again with `skiff secret set {stack_name} {name}`",
+            v.version
+        ));
+    };
+    Ok(SecretMount {
+        name: name.to_owned(),
+        version: v.version,
+        digest: String::new(),
+        id: v.id.clone(),
+        check,
+        target,
+    })
+}
+
+/// The secret versions (name, version) that `defs` mount as planned
+/// before versions had ids, by digest (releases made before).
+pub fn unkeyed_secret_mounts(defs: &[ServiceDef]) -> BTreeSet<(String, u64)> {
+    defs.iter()
+        .flat_map(|d| &d.template.secrets)
+        .filter(|m| m.id.is_empty())
+        .map(|m| (m.name.clone(), m.version))
+        .collect()
+}
+
+/// Gives mounts planned before ids their version's id and check value
+/// from `versions` (by name and version), so a release restored from
+/// before ids plans no digests. Its containers are replaced once.
+pub fn key_secret_mounts(
+    stack_name: &str,
+    defs: &mut [ServiceDef],
+    versions: &BTreeMap<(String, u64), SecretVersion>,
+) -> Result<(), Vec<ResolveError>> {
+    let mut errors = Vec::new();
+    for d in defs.iter_mut() {
+        for m in d.template.secrets.iter_mut().filter(|m| m.id.is_empty()) {
+            let keyed = match versions.get(&(m.name.clone(), m.version)) {
+                Some(v) => secret_mount(stack_name, &m.name, v, m.target.clone()),
+                None => Err(format!(
+                    "secret {:?} (version {}) is no longer stored; set it with `skiff secret set {stack_name} {}` and deploy the stack",
+                    m.name, m.version, m.name
+                )),
+            };
+            match keyed {
+                Ok(k) => *m = k,
+                Err(message) => errors.push(ResolveError {
+                    service: d.name.clone(),
+                    message,
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Resolves every service of `stack`, deployed as `stack_name`. Returns
 /// all problems, not just the first; warnings are things that deploy but
 /// are not acted on yet.
-/// `secrets` are the stack's secrets as stored: name to (version, digest).
+/// `secrets` are the stack's secrets as stored: the latest version of each, by name.
 pub fn resolve(
     stack_name: &str,
     stack: &Stack,
-    secrets: &BTreeMap<String, (u64, String)>,
+    secrets: &BTreeMap<String, SecretVersion>,
 ) -> Result<(Vec<ServiceDef>, Vec<String>), Vec<ResolveError>> {
     let mut defs = Vec::new();
     let mut errors = Vec::new();
@@ -101,17 +188,16 @@ pub fn resolve(
         });
         let mut mounts_secret = Vec::new();
         for grant in &svc.secrets {
+            let target = if grant.target.starts_with('/') {
+                grant.target.clone()
+            } else {
+                format!("/run/secrets/{}", grant.target)
+            };
             match secrets.get(&grant.source) {
-                Some((version, digest)) => mounts_secret.push(SecretMount {
-                    name: grant.source.clone(),
-                    version: *version,
-                    digest: digest.clone(),
-                    target: if grant.target.starts_with('/') {
-                        grant.target.clone()
-                    } else {
-                        format!("/run/secrets/{}", grant.target)
-                    },
-                }),
+                Some(v) => match secret_mount(stack_name, &grant.source, v, target) {
+                    Ok(m) => mounts_secret.push(m),
+                    Err(message) => errors.push(err(message)),
+                },
                 None => errors.push(err(format!(
                     "secret {:?} is not set for stack {stack_name}; run `skiff secret set {stack_name} {}`",
                     grant.source, grant.source
@@ -584,5 +670,62 @@ mod tests {
         }
         let text = resolve("s", &stack, &BTreeMap::new()).unwrap_err()[0].to_string();
         assert!(text.contains("is not a file path"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_mounted_by_id_and_releases_from_before_ids_are_keyed() {
+        let stack = parse(
+            "services:\n  web:\n    image: x\n    secrets: [db, {source: api, target: /etc/api.key}]\nsecrets:\n  db: {external: true}\n  api: {external: true}\n",
+        );
+        let version = |v: u64, id: &str, check: Option<&str>| SecretVersion {
+            version: v,
+            id: id.into(),
+            check: check.map(String::from),
+        };
+        let mut secrets = BTreeMap::from([
+            ("db".to_owned(), version(2, "i2", Some("c2"))),
+            ("api".to_owned(), version(1, "j1", Some("k1"))),
+        ]);
+        let (mut defs, _) = resolve("s", &stack, &secrets).unwrap();
+        let mounts = &defs[0].template.secrets;
+        assert_eq!(
+            (
+                mounts[0].id.as_str(),
+                mounts[0].check.as_str(),
+                mounts[0].digest.as_str()
+            ),
+            ("i2", "c2", "")
+        );
+        assert_eq!(mounts[0].target, "/run/secrets/db");
+        assert_eq!(
+            (mounts[1].id.as_str(), mounts[1].target.as_str()),
+            ("j1", "/etc/api.key")
+        );
+
+        // A version stored before ids that could not be opened: refused, naming the fix.
+        secrets.insert("db".into(), version(1, "i1", None));
+        let e = resolve("s", &stack, &secrets).unwrap_err()[0].to_string();
+        assert!(
+            e.contains("service web") && e.contains("skiff secret set s db"),
+            "{e}"
+        );
+
+        // A release made before ids mounts by digest; it is keyed.
+        let digest = "d".repeat(64);
+        defs[0].template.secrets[0].id.clear();
+        defs[0].template.secrets[0].check.clear();
+        defs[0].template.secrets[0].digest = digest;
+        assert_eq!(unkeyed_secret_mounts(&defs), [("db".to_owned(), 2)].into());
+        let versions = BTreeMap::from([(("db".to_owned(), 2), version(2, "i2", Some("c2")))]);
+        key_secret_mounts("s", &mut defs, &versions).unwrap();
+        let m = &defs[0].template.secrets[0];
+        assert_eq!(
+            (m.id.as_str(), m.check.as_str(), m.digest.as_str()),
+            ("i2", "c2", "")
+        );
+        assert!(unkeyed_secret_mounts(&defs).is_empty());
+        defs[0].template.secrets[0].id.clear();
+        let e = key_secret_mounts("s", &mut defs, &BTreeMap::new()).unwrap_err();
+        assert!(e[0].to_string().contains("no longer stored"), "{e:?}");
     }
 }

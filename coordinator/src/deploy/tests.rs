@@ -383,3 +383,53 @@ async fn a_batch_that_turns_unhealthy_rolls_the_stack_back_by_itself() {
     let stack = find_stack(&sim.d, "shop").await.unwrap();
     assert_eq!(stack.current_release, 1, "the stack is back on release 1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_from_before_secret_ids_is_planned_with_ids() {
+    let sim = Sim::new(&["a"]);
+    let id = "0123456789abcdef0123456789abcdef";
+    let seal = |_| {
+        Some(crate::store::NewSecretVersion {
+            id: id.into(),
+            check: "c".repeat(64),
+            sealed: "sealed".into(),
+        })
+    };
+    sim.d
+        .store
+        .put_secret("shop", "db", "mac", &seal, 1)
+        .await
+        .unwrap();
+    let legacy = |version| skiff_shared::workload::SecretMount {
+        name: "db".into(),
+        version,
+        digest: "d".repeat(64),
+        id: String::new(),
+        check: String::new(),
+        target: "/run/secrets/db".into(),
+    };
+    // As a rollback to a release recorded before ids would restore it.
+    let mut old = web("app:1", 1, "");
+    old[0].template.secrets = vec![legacy(1)];
+    deploy_defs(&sim.d, "shop", old.clone(), "", vec![], false)
+        .await
+        .unwrap();
+    let planned = &sim.d.plans.get("a").containers[0].secrets[0];
+    assert_eq!(
+        (planned.id.as_str(), planned.digest.as_str()),
+        (id, ""),
+        "{planned:?}"
+    );
+    let recorded = &sim.d.store.releases("shop").await.unwrap()[0].services;
+    assert!(!recorded.contains(&"d".repeat(64)), "{recorded}");
+
+    old[0].template.secrets = vec![legacy(7)];
+    let e = deploy_defs(&sim.d, "shop", old, "", vec![], false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("secret \"db\" (version 7) is no longer stored"),
+        "{e}"
+    );
+}

@@ -32,13 +32,14 @@ impl ContainersFeature {
         }
     }
 
-    /// Opens the secrets the containers mount; one that cannot be opened
-    /// is left out (the agent then reports the container as not startable).
+    /// Opens the secrets the containers mount, each under the name of its
+    /// file on the host (the version's id); one that cannot be opened is
+    /// left out (the agent then reports the container as not startable).
     async fn secret_values(&self, containers: &[ContainerSpec]) -> Vec<SecretValue> {
         let mut out: Vec<SecretValue> = Vec::new();
         for c in containers {
             for m in &c.secrets {
-                if out.iter().any(|v| v.digest == m.digest) {
+                if out.iter().any(|v| v.id == m.file_name()) {
                     continue;
                 }
                 let version = i64::try_from(m.version).unwrap_or(0);
@@ -58,7 +59,7 @@ impl ContainersFeature {
                     &sealed,
                 ) {
                     Ok(value) => out.push(SecretValue {
-                        digest: m.digest.clone(),
+                        id: m.file_name().to_owned(),
                         value: base64::engine::general_purpose::STANDARD.encode(value),
                     }),
                     Err(error) => {

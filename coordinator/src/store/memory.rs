@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
 use super::{
-    NodePlanRow, NodeRow, NodeStore, PlanStore, ReleaseRow, ReleaseStatus, Result, SecretRow,
-    SecretStore, StackRow, StackStore,
+    IncompleteSecret, NewSecretVersion, NodePlanRow, NodeRow, NodeStore, PlanStore, ReleaseRow,
+    ReleaseStatus, Result, SecretRow, SecretStore, StackRow, StackStore,
 };
 
 #[derive(Debug, Default)]
@@ -25,12 +25,34 @@ struct Data {
 }
 
 /// One version of a secret.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Secret {
-    digest: String,
+    id: String,
+    mac: Option<String>,
+    check: Option<String>,
     sealed: String,
     created_at: i64,
     removed_at: Option<i64>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Secret {
+    fn row(&self, name: &str, version: i64, created_at: i64) -> SecretRow {
+        SecretRow {
+            name: name.to_owned(),
+            version,
+            id: self.id.clone(),
+            check: self.check.clone(),
+            created_at,
+        }
+    }
 }
 
 /// The store in memory.
@@ -253,8 +275,8 @@ impl SecretStore for MemoryStore {
         &self,
         stack: &str,
         name: &str,
-        digest: &str,
-        seal: &(dyn Fn(i64) -> Option<String> + Sync),
+        mac: &str,
+        seal: &(dyn Fn(i64) -> Option<NewSecretVersion> + Sync),
         now: i64,
     ) -> Result<Option<SecretRow>> {
         let mut data = self.lock();
@@ -263,36 +285,29 @@ impl SecretStore for MemoryStore {
             .iter()
             .filter(|((s, n, _), _)| s == stack && n == name)
             .max_by_key(|((_, _, v), _)| *v)
-            .map(|((_, _, v), s)| (*v, s.digest.clone(), s.removed_at));
-        if let Some((version, d, None)) = &latest
-            && d == digest
+            .map(|((_, _, v), s)| (*v, s.clone()));
+        if let Some((version, s)) = &latest
+            && s.removed_at.is_none()
+            && s.mac.as_deref() == Some(mac)
         {
-            return Ok(Some(SecretRow {
-                name: name.to_owned(),
-                version: *version,
-                digest: d.clone(),
-                created_at: now,
-            }));
+            return Ok(Some(s.row(name, *version, now)));
         }
-        let version = latest.map_or(1, |(v, _, _)| v + 1);
-        let Some(sealed) = seal(version) else {
+        let version = latest.map_or(1, |(v, _)| v + 1);
+        let Some(new) = seal(version) else {
             return Ok(None);
         };
-        data.secrets.insert(
-            (stack.to_owned(), name.to_owned(), version),
-            Secret {
-                digest: digest.to_owned(),
-                sealed,
-                created_at: now,
-                removed_at: None,
-            },
-        );
-        Ok(Some(SecretRow {
-            name: name.to_owned(),
-            version,
-            digest: digest.to_owned(),
+        let secret = Secret {
+            id: new.id,
+            mac: Some(mac.to_owned()),
+            check: Some(new.check),
+            sealed: new.sealed,
             created_at: now,
-        }))
+            removed_at: None,
+        };
+        let row = secret.row(name, version, now);
+        data.secrets
+            .insert((stack.to_owned(), name.to_owned(), version), secret);
+        Ok(Some(row))
     }
 
     async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>> {
@@ -306,13 +321,21 @@ impl SecretStore for MemoryStore {
         Ok(latest
             .into_iter()
             .filter(|(_, (_, s))| s.removed_at.is_none())
-            .map(|(name, (version, s))| SecretRow {
-                name: name.to_owned(),
-                version,
-                digest: s.digest.clone(),
-                created_at: s.created_at,
-            })
+            .map(|(name, (version, s))| s.row(name, version, s.created_at))
             .collect())
+    }
+
+    async fn secret_version(
+        &self,
+        stack: &str,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<SecretRow>> {
+        Ok(self
+            .lock()
+            .secrets
+            .get(&(stack.to_owned(), name.to_owned(), version))
+            .map(|s| s.row(name, version, s.created_at)))
     }
 
     async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>> {
@@ -332,5 +355,31 @@ impl SecretStore for MemoryStore {
             }
         }
         Ok(removed)
+    }
+
+    async fn incomplete_secrets(&self) -> Result<Vec<IncompleteSecret>> {
+        Ok(self
+            .lock()
+            .secrets
+            .iter()
+            .filter(|(_, s)| s.mac.is_none() || s.check.is_none())
+            .map(|((stack, name, version), s)| IncompleteSecret {
+                stack: stack.clone(),
+                name: name.clone(),
+                version: *version,
+                id: s.id.clone(),
+                sealed: s.sealed.clone(),
+            })
+            .collect())
+    }
+
+    async fn complete_secret(&self, id: &str, mac: &str, check: &str) -> Result<()> {
+        for secret in self.lock().secrets.values_mut() {
+            if secret.id == id {
+                secret.mac = Some(mac.to_owned());
+                secret.check = Some(check.to_owned());
+            }
+        }
+        Ok(())
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! Times are Unix milliseconds. Token secrets are stored as SHA-256 only;
 //! stack secrets and registry passwords only sealed (see [`crate::secrets`]).
+//! A secret version is known by a random id, never by a plain hash of
+//! its value.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +23,11 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create or restrict the database file {path}: {source}")]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
     #[error("a value cannot be encoded for the store: {0}")]
@@ -164,13 +171,60 @@ impl ReleaseStatus {
     }
 }
 
-/// A secret's latest version (never its value).
-#[derive(Debug, Clone)]
+/// A version of a secret (never its value). `Debug` leaves the check
+/// value out: with the id beside it, it would let a reader test guesses.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecretRow {
     pub name: String,
     pub version: i64,
-    pub digest: String,
+    /// Random, 32 hex digits: what hosts and plans know it by.
+    pub id: String,
+    /// [`skiff_shared::workload::secret_check`] of the value, once known:
+    /// versions stored before ids get theirs at the first start that can
+    /// open them ([`crate::secrets::complete_versions`]).
+    pub check: Option<String>,
     pub created_at: i64,
+}
+
+impl std::fmt::Debug for SecretRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretRow")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new secret version as stored: made by [`crate::secrets::SecretKey::new_version`].
+#[derive(Clone)]
+pub struct NewSecretVersion {
+    /// Random, 32 hex digits.
+    pub id: String,
+    /// The value's check value, keyed with `id`.
+    pub check: String,
+    /// The value, sealed.
+    pub sealed: String,
+}
+
+impl std::fmt::Debug for NewSecretVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSecretVersion")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored secret version that has no MAC or check value yet (stored
+/// before versions had ids): what is needed to compute them.
+#[derive(Debug, Clone)]
+pub struct IncompleteSecret {
+    pub stack: String,
+    pub name: String,
+    pub version: i64,
+    pub id: String,
+    pub sealed: String,
 }
 
 /// A registry's credentials as listed: never the password.
@@ -340,24 +394,37 @@ pub trait StackStore: Send + Sync {
     async fn remove_stack(&self, stack: &str, now: i64) -> Result<bool>;
 }
 
-/// Stack secrets, sealed.
+/// Stack secrets, sealed, each version with a random id.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
-    /// Stores a new version of a secret, sealed by `seal(version)`, unless
-    /// the latest version already has `digest`. `None` when sealing failed.
+    /// Stores a new version of a secret, made by `seal(version)`, unless
+    /// the latest live version has the same value: the same `mac` (an HMAC
+    /// keyed with the coordinator's own key, [`crate::secrets::SecretKey::mac`]).
+    /// `None` when sealing failed.
     async fn put_secret(
         &self,
         stack: &str,
         name: &str,
-        digest: &str,
-        seal: &(dyn Fn(i64) -> Option<String> + Sync),
+        mac: &str,
+        seal: &(dyn Fn(i64) -> Option<NewSecretVersion> + Sync),
         now: i64,
     ) -> Result<Option<SecretRow>>;
     /// The latest version of each live secret of a stack.
     async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>>;
+    /// One version of a secret, removed or not (releases keep using it).
+    async fn secret_version(
+        &self,
+        stack: &str,
+        name: &str,
+        version: i64,
+    ) -> Result<Option<SecretRow>>;
     async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>>;
     /// Marks a secret removed (its versions stay for releases that used them).
     async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool>;
+    /// Versions stored before versions had ids, without a MAC or check value.
+    async fn incomplete_secrets(&self) -> Result<Vec<IncompleteSecret>>;
+    /// Records a version's MAC and check value (see [`Self::incomplete_secrets`]).
+    async fn complete_secret(&self, id: &str, mac: &str, check: &str) -> Result<()>;
 }
 
 /// Registry credentials, the password sealed.

@@ -1,4 +1,5 @@
-//! The SQLite store: one file in the data dir, WAL mode.
+//! The SQLite store: one file in the data dir, WAL mode. The secrets
+//! part is in [`secrets`].
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -14,8 +15,10 @@ use sqlx::{Row, SqlStr, SqlitePool};
 use super::prelude::*;
 use super::{
     ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow,
-    ReleaseStatus, Result, SecretRow, StackRow, StoreError,
+    ReleaseStatus, Result, StackRow, StoreError,
 };
+
+mod secrets;
 
 /// Versioned migrations, embedded in the binary. Append only.
 fn migrator() -> Migrator {
@@ -66,6 +69,11 @@ fn migrator() -> Migrator {
             include_str!("../../migrations/0008_api_token_roles.sql"),
         ),
         m(
+            10,
+            "secret ids",
+            include_str!("../../migrations/0010_secret_ids.sql"),
+        ),
+        m(
             11,
             "join token labels",
             include_str!("../../migrations/0011_join_token_labels.sql"),
@@ -85,7 +93,25 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
+    /// The file is 0600 whatever the umask; SQLite gives its `-wal` and
+    /// `-shm` files the database's mode.
     pub async fn open(path: &Path) -> Result<Self> {
+        skiff_shared::files::create_private_file(path).map_err(|e| StoreError::File {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        for sidecar in ["-wal", "-shm"] {
+            // Kept from a start under an earlier release, with the umask's mode.
+            let mut name = path.as_os_str().to_owned();
+            name.push(sidecar);
+            let sidecar = std::path::PathBuf::from(name);
+            skiff_shared::files::restrict(&sidecar, skiff_shared::files::PRIVATE).map_err(|e| {
+                StoreError::File {
+                    path: sidecar.clone(),
+                    source: e,
+                }
+            })?;
+        }
         let opts = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -616,100 +642,6 @@ impl StackStore for SqliteStore {
                 .bind(stack)
                 .execute(&self.pool)
                 .await?;
-        Ok(done.rows_affected() > 0)
-    }
-}
-
-#[async_trait]
-impl SecretStore for SqliteStore {
-    async fn put_secret(
-        &self,
-        stack: &str,
-        name: &str,
-        digest: &str,
-        seal: &(dyn Fn(i64) -> Option<String> + Sync),
-        now: i64,
-    ) -> Result<Option<SecretRow>> {
-        let mut tx = self.write_tx().await?;
-        let latest: Option<(i64, String, Option<i64>)> = sqlx::query_as(
-            "SELECT version, digest, removed_at FROM secrets WHERE stack = ? AND name = ? ORDER BY version DESC LIMIT 1",
-        )
-        .bind(stack)
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((version, d, None)) = &latest
-            && d == digest
-        {
-            return Ok(Some(SecretRow {
-                name: name.to_owned(),
-                version: *version,
-                digest: d.clone(),
-                created_at: now,
-            }));
-        }
-        let version = latest.map_or(1, |(v, _, _)| v + 1);
-        let Some(sealed) = seal(version) else {
-            return Ok(None);
-        };
-        sqlx::query("INSERT INTO secrets (stack, name, version, digest, sealed, created_at, removed_at) VALUES (?, ?, ?, ?, ?, ?, NULL)")
-            .bind(stack)
-            .bind(name)
-            .bind(version)
-            .bind(digest)
-            .bind(sealed)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(Some(SecretRow {
-            name: name.to_owned(),
-            version,
-            digest: digest.to_owned(),
-            created_at: now,
-        }))
-    }
-
-    async fn secrets(&self, stack: &str) -> Result<Vec<SecretRow>> {
-        let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
-            "SELECT s.name, s.version, s.digest, s.created_at FROM secrets s \
-             WHERE s.stack = ? AND s.removed_at IS NULL AND s.version = \
-             (SELECT MAX(version) FROM secrets t WHERE t.stack = s.stack AND t.name = s.name) ORDER BY s.name",
-        )
-        .bind(stack)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, version, digest, created_at)| SecretRow {
-                name,
-                version,
-                digest,
-                created_at,
-            })
-            .collect())
-    }
-
-    async fn sealed_secret(&self, stack: &str, name: &str, version: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT sealed FROM secrets WHERE stack = ? AND name = ? AND version = ?",
-        )
-        .bind(stack)
-        .bind(name)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn remove_secret(&self, stack: &str, name: &str, now: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE secrets SET removed_at = ? WHERE stack = ? AND name = ? AND removed_at IS NULL",
-        )
-        .bind(now)
-        .bind(stack)
-        .bind(name)
-        .execute(&self.pool)
-        .await?;
         Ok(done.rows_affected() > 0)
     }
 }

@@ -37,8 +37,9 @@ pub struct ContainersSection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ContainersDelivery {
-    /// Values of the secrets the containers mount, checked by the agent
-    /// against the digests in the signed plan.
+    /// Values of the secrets the containers mount, by file name (the
+    /// version's id); the agent mounts one only if it matches the check
+    /// value in the signed plan.
     Secrets { values: Vec<SecretValue> },
     /// Credentials for the registries the containers' images come from.
     RegistryAuth { registries: Vec<RegistryCredential> },

@@ -12,6 +12,7 @@ mod configs;
 mod depends;
 mod harness;
 mod joins;
+mod leaks;
 mod link;
 mod networks;
 mod plans;

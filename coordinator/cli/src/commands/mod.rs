@@ -31,7 +31,8 @@ pub mod secrets;
 pub mod stacks;
 pub mod tokens;
 
-#[derive(Debug, Parser)]
+/// The command line. `Debug` leaves the token out.
+#[derive(Parser)]
 #[command(
     name = "skiff",
     version,
@@ -46,6 +47,16 @@ pub struct Cli {
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cli")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 #[derive(Debug, Subcommand)]
