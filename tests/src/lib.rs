@@ -21,7 +21,9 @@ pub mod image;
 pub mod proxy;
 pub mod wait;
 
-pub use cluster::{Agent, Cluster, Coordinator, CoordinatorOptions, launch_cluster};
+pub use cluster::{
+    Agent, Cluster, Coordinator, CoordinatorOptions, ListenerLimits, launch_cluster,
+};
 pub use wait::{wait_for, wait_until};
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ mod depends;
 mod harness;
 mod joins;
 mod link;
+mod listeners;
 mod networks;
 mod plans;
 mod reconcile;
