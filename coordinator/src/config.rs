@@ -1,6 +1,7 @@
 //! Coordinator configuration: one TOML file, overridden by command-line
-//! flags, validated before any socket is bound. Defaults live in
-//! [`Config::default`] and nowhere else.
+//! flags, validated before any socket is bound. Defaults live in the
+//! `Default` impls of this file ([`Config`], [`ApiLimits`],
+//! [`AgentPortLimits`]) and nowhere else.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,106 @@ pub struct Config {
     /// The agent binary served to new servers; defaults to `skiff-agent`
     /// beside the coordinator's own executable.
     pub agent_binary: Option<PathBuf>,
+    /// Deadlines and caps of the HTTP API listener (`[api_limits]`).
+    pub api_limits: ApiLimits,
+    /// Deadlines and caps of the agent port (`[agent_limits]`).
+    pub agent_limits: AgentPortLimits,
+}
+
+/// Deadlines and caps of the HTTP API listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiLimits {
+    /// Connections served at once; further ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Time a client has to send a complete request head, from the
+    /// connection's start or the first byte after an idle spell.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived.
+    #[serde(with = "duration_str")]
+    pub body_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request,
+    /// and how long a client may leave an answer unread.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; larger gets 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+/// Deadlines and caps of the agent port. Agent links (authenticated
+/// WebSockets) have a budget of their own, `max_links`; every other
+/// connection (TLS handshakes, joins, install script and binary
+/// downloads) counts against `max_connections` and, per source address,
+/// against `max_connections_per_source` until it has become a link.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentPortLimits {
+    /// Connections that are not (yet) agent links, served at once;
+    /// further ones wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Connections from one source address that are not (yet) agent
+    /// links; further ones are closed at once.
+    pub max_connections_per_source: usize,
+    /// Agent links open at once (one per connected agent).
+    pub max_links: usize,
+    /// Time a client has to send a complete request head after the TLS
+    /// handshake, or from the first byte after an idle spell.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived.
+    #[serde(with = "duration_str")]
+    pub body_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request,
+    /// and how long a client may leave an answer unread.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Time for a whole request, from its head to the last byte of the
+    /// answer (this bounds the agent binary's download too).
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// The window refusals are counted and logged in, per source.
+    #[serde(with = "duration_str")]
+    pub refusal_window: Duration,
+    /// Refused joins, and refused agent link handshakes, one source may
+    /// have in a window; past it, that source's joins are answered 429
+    /// and its link handshakes closed unread until the window ends.
+    pub max_refusals_per_source: u32,
+}
+
+impl Default for AgentPortLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_connections_per_source: 32,
+            max_links: 16_384,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(300),
+            max_header_bytes: 16 * 1024,
+            refusal_window: Duration::from_secs(60),
+            max_refusals_per_source: 30,
+        }
+    }
 }
 
 impl Default for Config {
@@ -54,6 +155,8 @@ impl Default for Config {
             join_token_ttl: Duration::from_secs(24 * 3600),
             host_lost_grace: DEFAULT_HOST_LOST_GRACE,
             agent_binary: None,
+            api_limits: ApiLimits::default(),
+            agent_limits: AgentPortLimits::default(),
         }
     }
 }
@@ -109,6 +212,110 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "agent_binary",
                 message: format!("{} is not a file", bin.display()),
+            });
+        }
+        self.api_limits.validate()?;
+        self.agent_limits.validate()
+    }
+}
+
+/// Bounds every listener limit must stay within.
+mod bounds {
+    use std::time::Duration;
+
+    pub const TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(3600));
+    pub const CONNECTIONS: (usize, usize) = (1, 1_000_000);
+    pub const HEADER_BYTES: (usize, usize) = (1024, 1024 * 1024);
+    pub const BODY_BYTES: (usize, usize) = (1024, 1024 * 1024 * 1024);
+}
+
+fn check_timeout(key: &'static str, value: Duration) -> Result<(), ConfigError> {
+    let (min, max) = bounds::TIMEOUT;
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!("must be between 100ms and 1h, not {value:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_count(
+    key: &'static str,
+    value: usize,
+    (min, max): (usize, usize),
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!("must be between {min} and {max}, not {value}"),
+        });
+    }
+    Ok(())
+}
+
+impl ApiLimits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_count(
+            "api_limits.max_connections",
+            self.max_connections,
+            bounds::CONNECTIONS,
+        )?;
+        check_timeout("api_limits.header_timeout", self.header_timeout)?;
+        check_timeout("api_limits.body_timeout", self.body_timeout)?;
+        check_timeout("api_limits.idle_timeout", self.idle_timeout)?;
+        check_count(
+            "api_limits.max_header_bytes",
+            self.max_header_bytes,
+            bounds::HEADER_BYTES,
+        )?;
+        check_count(
+            "api_limits.max_body_bytes",
+            self.max_body_bytes,
+            bounds::BODY_BYTES,
+        )
+    }
+}
+
+impl AgentPortLimits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_count(
+            "agent_limits.max_connections",
+            self.max_connections,
+            bounds::CONNECTIONS,
+        )?;
+        check_count(
+            "agent_limits.max_connections_per_source",
+            self.max_connections_per_source,
+            (1, self.max_connections),
+        )?;
+        check_count(
+            "agent_limits.max_links",
+            self.max_links,
+            bounds::CONNECTIONS,
+        )?;
+        check_timeout("agent_limits.header_timeout", self.header_timeout)?;
+        check_timeout("agent_limits.body_timeout", self.body_timeout)?;
+        check_timeout("agent_limits.idle_timeout", self.idle_timeout)?;
+        check_timeout("agent_limits.request_timeout", self.request_timeout)?;
+        check_count(
+            "agent_limits.max_header_bytes",
+            self.max_header_bytes,
+            bounds::HEADER_BYTES,
+        )?;
+        if self.refusal_window < Duration::from_secs(1)
+            || self.refusal_window > Duration::from_secs(86400)
+        {
+            return Err(ConfigError::Invalid {
+                key: "agent_limits.refusal_window",
+                message: format!("must be between 1s and 24h, not {:?}", self.refusal_window),
+            });
+        }
+        if self.max_refusals_per_source == 0 {
+            return Err(ConfigError::Invalid {
+                key: "agent_limits.max_refusals_per_source",
+                message: "must be at least 1".into(),
             });
         }
         Ok(())
@@ -172,5 +379,73 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("advertise"), "{e}");
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_take_overrides() {
+        let c = load_str("").unwrap();
+        assert_eq!(c.api_limits, ApiLimits::default());
+        assert_eq!(c.agent_limits, AgentPortLimits::default());
+        assert!(
+            c.agent_limits.max_links >= 10_000,
+            "a 10,000-agent cluster connects with the defaults"
+        );
+        let c = load_str(
+            "[api_limits]\nheader_timeout = \"2s\"\nmax_connections = 8\n\
+             [agent_limits]\nmax_connections_per_source = 4\nrequest_timeout = \"1m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.api_limits.header_timeout, Duration::from_secs(2));
+        assert_eq!(c.api_limits.max_connections, 8);
+        assert_eq!(
+            c.api_limits.body_timeout,
+            ApiLimits::default().body_timeout,
+            "the rest keep their defaults"
+        );
+        assert_eq!(c.agent_limits.max_connections_per_source, 4);
+        assert_eq!(c.agent_limits.request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn listener_limit_errors_name_the_key() {
+        for (text, key) in [
+            ("[api_limits]\nheader_timout = \"2s\"", "header_timout"),
+            (
+                "[agent_limits]\nrequest_timeout = \"soon\"",
+                "request_timeout",
+            ),
+            (
+                "[api_limits]\nmax_connections = 0",
+                "api_limits.max_connections",
+            ),
+            (
+                "[api_limits]\nidle_timeout = \"10ms\"",
+                "api_limits.idle_timeout",
+            ),
+            (
+                "[api_limits]\nmax_body_bytes = 10",
+                "api_limits.max_body_bytes",
+            ),
+            (
+                "[agent_limits]\nmax_connections = 10\nmax_connections_per_source = 11",
+                "agent_limits.max_connections_per_source",
+            ),
+            (
+                "[agent_limits]\nmax_header_bytes = 100",
+                "agent_limits.max_header_bytes",
+            ),
+            (
+                "[agent_limits]\nrefusal_window = \"10ms\"",
+                "agent_limits.refusal_window",
+            ),
+            (
+                "[agent_limits]\nmax_refusals_per_source = 0",
+                "agent_limits.max_refusals_per_source",
+            ),
+            ("[agent_limits]\nmax_links = 0", "agent_limits.max_links"),
+        ] {
+            let e = load_str(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`link`]: the agent port: mTLS WebSocket sessions, and the public join
 //!   and install endpoints.
 //! - [`api`]: the HTTP API and its OpenAPI document.
+//! - [`listener`]: what bounds both ports: connection caps, per-connection
+//!   deadlines and size limits, accept backoff, refusals per source.
 //! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
 //! - [`events`]: the in-memory event log and its followers.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
@@ -31,6 +33,7 @@ pub mod deploy;
 pub mod events;
 pub mod identity;
 pub mod link;
+pub mod listener;
 pub mod observed;
 pub mod pki;
 pub mod plans;

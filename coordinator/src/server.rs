@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use skiff_shared::files::{PRIVATE, write_atomic};
 use skiff_shared::tasks::TaskTree;
 use tokio::net::TcpListener;
@@ -13,11 +14,12 @@ use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::ApiTokenSecret;
-use crate::config::Config;
+use crate::config::{ApiLimits, Config};
 use crate::deploy::Deployer;
 use crate::events::EventLog;
 use crate::identity::Identity;
 use crate::link::{AgentBinary, Link, LinkMetrics, TlsConfigs};
+use crate::listener::HttpLimits;
 use crate::now_ms;
 use crate::observed::ObservedBook;
 use crate::plans::PlanBook;
@@ -189,6 +191,8 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         heartbeat_interval: config.heartbeat_interval,
         cert_ttl: config.cert_ttl,
         stamp,
+        refused: crate::link::Refused::new(&config.agent_limits),
+        limits: config.agent_limits.clone(),
     });
     let api = Api {
         store: store.clone(),
@@ -211,6 +215,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         deployer,
         link,
         api,
+        api_limits: config.api_limits.clone(),
     })
 }
 
@@ -239,6 +244,7 @@ pub struct Coordinator {
     deployer: Deployer,
     link: Arc<Link>,
     api: Api,
+    api_limits: ApiLimits,
 }
 
 /// Serves until the coordinator's tree is cancelled, then waits up to
@@ -251,20 +257,29 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
         ca_fingerprint = %hex::encode(c.link.identity.ca.fingerprint()),
         "Coordinator serving."
     );
+    crate::listener::check_open_file_limit(
+        c.api_limits.max_connections
+            + c.link.limits.max_connections
+            + c.link.limits.max_links
+            + crate::listener::FILES_BESIDES_CONNECTIONS,
+    );
     let tree = c.tree.clone();
     tree.spawn(
         "agent-port",
         crate::link::serve(c.link.clone(), agent, tls, tree.child()),
     );
-    let app = crate::api::router(c.api.clone());
-    let stop = tree.clone();
-    tree.spawn("api", async move {
-        let serve =
-            axum::serve(api, app).with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(error) = serve.await {
-            warn!(error = %error, "API server failed.");
-        }
-    });
+    let app =
+        crate::api::router(c.api.clone()).layer(DefaultBodyLimit::max(c.api_limits.max_body_bytes));
+    tree.spawn(
+        "api",
+        crate::listener::serve_api(
+            api,
+            app,
+            HttpLimits::from(&c.api_limits),
+            c.api_limits.max_connections,
+            tree.child(),
+        ),
+    );
     let (store, sessions, t) = (c.store.clone(), c.sessions.clone(), tree.clone());
     tree.spawn("last-seen", async move {
         let mut tick = tokio::time::interval(SEEN_FLUSH);

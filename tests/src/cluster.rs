@@ -39,21 +39,31 @@ pub struct ProcessOptions {
     /// The file mode creation mask the process starts with (set by a shell
     /// that then execs the binary); `None` keeps the test's own.
     pub umask: Option<u32>,
+    /// The process's limit on open files (`ulimit -n`, set the same way);
+    /// `None` inherits the test's.
+    pub open_files: Option<u64>,
 }
 
 impl ProcessOptions {
     /// A command that runs `program` with these options; `log_filter` is
     /// the harness's default `SKIFF_LOG`.
     fn command(&self, program: &Path, log_filter: &str) -> Command {
-        let mut cmd = match self.umask {
-            Some(mask) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
-                    .arg(program);
-                sh
-            }
-            None => Command::new(program),
+        let mut setup = Vec::new();
+        if let Some(mask) = self.umask {
+            setup.push(format!("umask {mask:03o}"));
+        }
+        if let Some(n) = self.open_files {
+            setup.push(format!("ulimit -n {n}"));
+        }
+        let mut cmd = if setup.is_empty() {
+            Command::new(program)
+        } else {
+            // The shell sets them, then becomes the program.
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("{} && exec \"$0\" \"$@\"", setup.join(" && ")))
+                .arg(program);
+            sh
         };
         cmd.env("SKIFF_LOG", log_filter);
         for (k, v) in &self.env {
@@ -75,6 +85,8 @@ pub struct CoordinatorOptions {
     pub host_lost_grace: Duration,
     /// The coordinator process's environment and umask.
     pub process: ProcessOptions,
+    /// Deadlines and caps of both ports; unset ones keep the coordinator's defaults.
+    pub limits: ListenerLimits,
 }
 
 impl Default for CoordinatorOptions {
@@ -87,7 +99,79 @@ impl Default for CoordinatorOptions {
             advertise: Vec::new(),
             host_lost_grace: Duration::from_secs(60),
             process: ProcessOptions::default(),
+            limits: ListenerLimits::default(),
         }
+    }
+}
+
+/// Listener limits for a test, written as the coordinator's
+/// `[api_limits]` and `[agent_limits]` tables; `None` keeps the default.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerLimits {
+    /// Both ports: time to send a request head.
+    pub header_timeout: Option<Duration>,
+    /// Both ports: time to send a request body.
+    pub body_timeout: Option<Duration>,
+    /// Both ports: keep-alive idle time, and time an answer may go unread.
+    pub idle_timeout: Option<Duration>,
+    /// Both ports: largest request head.
+    pub max_header_bytes: Option<usize>,
+    /// API: connections at once.
+    pub api_max_connections: Option<usize>,
+    /// API: largest request body.
+    pub api_max_body_bytes: Option<usize>,
+    /// Agent port: total time of one public request.
+    pub request_timeout: Option<Duration>,
+    /// Agent port: connections that are not agent links, at once.
+    pub agent_max_connections: Option<usize>,
+    /// Agent port: such connections from one source.
+    pub max_connections_per_source: Option<usize>,
+    /// Agent port: the window refusals are counted and logged in.
+    pub refusal_window: Option<Duration>,
+    /// Agent port: refusals a source may have in a window before it is throttled.
+    pub max_refusals_per_source: Option<u32>,
+}
+
+impl ListenerLimits {
+    /// The two TOML tables.
+    fn toml(&self) -> String {
+        fn line<T: std::fmt::Display>(out: &mut String, key: &str, v: Option<T>) {
+            if let Some(v) = v {
+                out.push_str(&format!("{key} = {v}\n"));
+            }
+        }
+        let ms = |d: Option<Duration>| d.map(|d| format!("\"{}ms\"", d.as_millis()));
+        let (mut api, mut agent) = (String::new(), String::new());
+        for out in [&mut api, &mut agent] {
+            line(out, "header_timeout", ms(self.header_timeout));
+            line(out, "body_timeout", ms(self.body_timeout));
+            line(out, "idle_timeout", ms(self.idle_timeout));
+            line(out, "max_header_bytes", self.max_header_bytes);
+        }
+        line(&mut api, "max_connections", self.api_max_connections);
+        line(&mut api, "max_body_bytes", self.api_max_body_bytes);
+        line(&mut agent, "request_timeout", ms(self.request_timeout));
+        line(&mut agent, "max_connections", self.agent_max_connections);
+        line(
+            &mut agent,
+            "max_connections_per_source",
+            self.max_connections_per_source,
+        );
+        line(&mut agent, "refusal_window", ms(self.refusal_window));
+        line(
+            &mut agent,
+            "max_refusals_per_source",
+            self.max_refusals_per_source,
+        );
+        // A table only when it sets something: the defaults need none.
+        let table = |name: &str, keys: String| {
+            if keys.is_empty() {
+                keys
+            } else {
+                format!("[{name}]\n{keys}")
+            }
+        };
+        table("api_limits", api) + &table("agent_limits", agent)
     }
 }
 
@@ -115,11 +199,12 @@ impl Coordinator {
             .join(", ");
         let config = format!(
             "data_dir = {:?}\napi_listen = \"{api}\"\nagent_listen = \"{agent}\"\nadvertise = [{advertise}]\n\
-             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n",
+             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n{}",
             root.path().join("data"),
             opts.heartbeat_interval.as_millis(),
             opts.cert_ttl.as_secs(),
             opts.host_lost_grace.as_millis(),
+            opts.limits.toml(),
         );
         std::fs::write(root.path().join("coordinator.toml"), config)?;
         let mut c = Self {

@@ -22,8 +22,8 @@ pub mod proxy;
 pub mod wait;
 
 pub use cluster::{
-    Agent, Cluster, Coordinator, CoordinatorOptions, ProcessOptions, launch_cluster,
-    launch_cluster_with,
+    Agent, Cluster, Coordinator, CoordinatorOptions, ListenerLimits, ProcessOptions,
+    launch_cluster, launch_cluster_with,
 };
 pub use wait::{wait_for, wait_until};
 

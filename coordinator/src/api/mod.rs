@@ -65,10 +65,23 @@ pub struct Api {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The JSON body, or a 400 saying what is wrong with it.
+/// The JSON body; a 413 when it is over the body limit, a 400 saying what
+/// is wrong with it otherwise.
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(t)| t)
-        .map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))
+    body.map(|Json(t)| t).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "{}; the coordinator's api_limits.max_body_bytes sets the limit",
+                    e.body_text()
+                ),
+            )
+        } else {
+            ApiError::bad_request("invalid_request", e.body_text())
+        }
+    })
 }
 
 #[derive(OpenApi)]

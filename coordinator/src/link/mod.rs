@@ -25,11 +25,16 @@ use skiff_shared::protocol::ALPN_LINK;
 use skiff_shared::tasks::TaskTree;
 use skiff_shared::tls::{certs_from_pem, key_from_pem, provider};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::config::AgentPortLimits;
 use crate::events::EventLog;
 use crate::identity::Identity;
+use crate::listener::refusals::Refusals;
+use crate::listener::sources::{Source, SourceCounts, SourceSlot};
+use crate::listener::{Accepted, Acceptor as PortAcceptor, HttpLimits};
 use crate::plans::PlanBook;
 use crate::sessions::Sessions;
 use crate::store::Store;
@@ -57,6 +62,10 @@ pub struct Link {
     pub cert_ttl: Duration,
     /// The cluster and this run's epoch, carried by every plan.
     pub stamp: crate::plans::Stamp,
+    /// The agent port's deadlines and caps.
+    pub limits: AgentPortLimits,
+    /// Refusals per source: throttling and their log lines.
+    pub refused: Refused,
 }
 
 /// The agent binary the coordinator serves to new servers.
@@ -213,44 +222,132 @@ impl TlsConfigs {
     }
 }
 
+/// What the agent port refuses, counted per source: the first refusal of
+/// a source's window is logged in full, the rest in one line when the
+/// window ends. [`LinkMetrics`] counts every refusal all the same.
+#[derive(Debug)]
+pub struct Refused {
+    /// Join requests refused; a source past its allowance is answered 429.
+    pub joins: Arc<Refusals>,
+    /// Agent link TLS handshakes refused; a source past its allowance has
+    /// its link connections closed after the ClientHello.
+    pub handshakes: Arc<Refusals>,
+    /// Connections closed because their source held its cap.
+    pub over_source_cap: Arc<Refusals>,
+    /// Agent links closed because `max_links` links were open.
+    pub over_link_cap: Arc<Refusals>,
+}
+
+impl Refused {
+    pub fn new(limits: &AgentPortLimits) -> Self {
+        let (window, allowance) = (limits.refusal_window, limits.max_refusals_per_source);
+        Self {
+            joins: Arc::new(Refusals::new("joins", window, Some(allowance))),
+            handshakes: Arc::new(Refusals::new(
+                "agent link TLS handshakes",
+                window,
+                Some(allowance),
+            )),
+            over_source_cap: Arc::new(Refusals::new(
+                "connections over max_connections_per_source",
+                window,
+                None,
+            )),
+            over_link_cap: Arc::new(Refusals::new("agent links over max_links", window, None)),
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<Refusals>> {
+        vec![
+            self.joins.clone(),
+            self.handshakes.clone(),
+            self.over_source_cap.clone(),
+            self.over_link_cap.clone(),
+        ]
+    }
+}
+
+/// The limits the agent port's public HTTP is served under.
+fn http_limits(l: &AgentPortLimits) -> HttpLimits {
+    HttpLimits {
+        header_timeout: l.header_timeout,
+        body_timeout: l.body_timeout,
+        idle_timeout: l.idle_timeout,
+        request_timeout: Some(l.request_timeout),
+        max_header_bytes: l.max_header_bytes,
+        max_body_bytes: public::MAX_JOIN_BYTES,
+    }
+}
+
+/// What every connection of the agent port shares.
+#[derive(Debug, Clone)]
+struct Port {
+    link: Arc<Link>,
+    tls: TlsConfigs,
+    app: axum::Router,
+    http: HttpLimits,
+    /// Permits for agent links, `max_links` of them.
+    links: Arc<Semaphore>,
+}
+
 /// Accepts connections on the agent port until `tree` is cancelled; each
-/// connection runs in a subtree of it.
+/// connection runs in a subtree of it. Connections that are not (yet)
+/// agent links are capped in all (`max_connections`) and per source
+/// (`max_connections_per_source`); links have their own cap (`max_links`).
 pub async fn serve(link: Arc<Link>, listener: TcpListener, tls: TlsConfigs, tree: TaskTree) {
-    let public_app = public::router(link.clone());
-    loop {
-        let accepted = tokio::select! {
-            () = tree.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(x) => x,
-            Err(error) => {
-                // Out of file descriptors and the like: back off a little, go on.
-                warn!(error = %error, "Accepting an agent connection failed.");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let limits = link.limits.clone();
+    tree.spawn(
+        "refusal-log",
+        crate::listener::log_refusals(link.refused.all(), tree.child()),
+    );
+    let port = Port {
+        app: public::router(link.clone()),
+        http: http_limits(&limits),
+        links: Arc::new(Semaphore::new(limits.max_links)),
+        link,
+        tls,
+    };
+    let sources = SourceCounts::new(limits.max_connections_per_source);
+    let mut acceptor = PortAcceptor::new(listener, "agent port", limits.max_connections);
+    while let Some(Accepted { tcp, peer, permit }) = acceptor.next(&tree).await {
+        let source = Source::from(peer.ip());
+        let Some(slot) = sources.try_take(source) else {
+            if port.link.refused.over_source_cap.refused(source) {
+                warn!(
+                    %source,
+                    limit = limits.max_connections_per_source,
+                    "Connection closed: its source holds max_connections_per_source connections that are not agent links."
+                );
             }
+            continue;
         };
-        let link = link.clone();
-        let tls = tls.clone();
-        let app = public_app.clone();
+        let port = port.clone();
         let conn = tree.child();
         tree.spawn(
             "agent-connection",
-            async move { handle(link, tcp, peer, tls, app, conn).await }
+            async move { handle(port, tcp, peer, (slot, permit), conn).await }
                 .instrument(info_span!("agent_conn", %peer)),
         );
     }
 }
 
+/// Serves one connection. `unauthenticated` is its place under the caps of
+/// connections that are not links, given back once it becomes one.
 async fn handle(
-    link: Arc<Link>,
+    port: Port,
     tcp: TcpStream,
     peer: SocketAddr,
-    tls: TlsConfigs,
-    app: axum::Router,
+    unauthenticated: (SourceSlot, OwnedSemaphorePermit),
     tree: TaskTree,
 ) {
+    let Port {
+        link,
+        tls,
+        app,
+        http,
+        links,
+    } = port;
+    let source = Source::from(peer.ip());
     let _ = tcp.set_nodelay(true);
     let start = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -273,12 +370,20 @@ async fn handle(
         .alpn()
         .is_some_and(|mut protos| protos.any(|p| p == ALPN_LINK));
     if is_link {
+        if link.refused.handshakes.throttled(source).is_some() {
+            // Past its allowance of refused handshakes: not worth one more.
+            link.metrics.tls_refused.inc();
+            link.refused.handshakes.refused(source);
+            return;
+        }
         let stream =
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(tls.link)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(error)) => {
                     link.metrics.tls_refused.inc();
-                    warn!(error = %error, "Agent link TLS handshake refused.");
+                    if link.refused.handshakes.refused(source) {
+                        warn!(error = %error, "Agent link TLS handshake refused.");
+                    }
                     return;
                 }
                 Err(_) => {
@@ -286,6 +391,18 @@ async fn handle(
                     return;
                 }
             };
+        // An agent now: it leaves the caps of unauthenticated connections
+        // for the links' own.
+        drop(unauthenticated);
+        let Ok(_link_permit) = links.try_acquire_owned() else {
+            if link.refused.over_link_cap.refused(source) {
+                warn!(
+                    limit = link.limits.max_links,
+                    "Agent link closed: max_links links are open; raise max_links for a cluster this size."
+                );
+            }
+            return;
+        };
         session::accept(link, stream, peer, tree).await;
     } else {
         let stream =
@@ -297,9 +414,7 @@ async fn handle(
                 }
                 Err(_) => return,
             };
-        tokio::select! {
-            () = tree.cancelled() => {}
-            () = public::serve_connection(app, stream, peer) => {}
-        }
+        public::serve_connection(app, stream, peer, &http, &tree).await;
+        drop(unauthenticated);
     }
 }

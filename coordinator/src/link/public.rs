@@ -16,21 +16,22 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use skiff_shared::join::{ErrorBody, JOIN_PATH, JoinRequest, JoinResponse, JoinToken, names};
+use skiff_shared::tasks::TaskTree;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
 use super::Link;
+use crate::listener::HttpLimits;
+use crate::listener::sources::Source;
 use crate::now_ms;
 use crate::store::NodeRow;
 
@@ -39,14 +40,15 @@ use crate::store::NodeRow;
 const BOOTSTRAP: &str = include_str!("../../../scripts/bootstrap.sh");
 
 /// Largest join request accepted.
-const MAX_JOIN_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_JOIN_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 struct Peer(SocketAddr);
 
 pub fn router(link: Arc<Link>) -> Router {
+    let throttle = middleware::from_fn_with_state(link.clone(), throttle_joins);
     Router::new()
-        .route(JOIN_PATH, post(join))
+        .route(JOIN_PATH, post(join).route_layer(throttle))
         .route("/install.sh", get(install_script))
         .route("/download/{file}", get(download))
         .route("/v1/ca.crt", get(ca_cert))
@@ -55,19 +57,41 @@ pub fn router(link: Arc<Link>) -> Router {
         .with_state(link)
 }
 
-/// Serves HTTP/1.1 on one TLS connection.
-pub async fn serve_connection<S>(app: Router, stream: S, peer: SocketAddr)
-where
+/// Serves HTTP/1.1 on one TLS connection, under the agent port's limits.
+pub async fn serve_connection<S>(
+    app: Router,
+    stream: S,
+    peer: SocketAddr,
+    limits: &HttpLimits,
+    tree: &TaskTree,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(app.layer(Extension(Peer(peer))));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(15))
-        .serve_connection(TokioIo::new(stream), service);
-    if let Err(error) = conn.await {
-        tracing::debug!(error = %error, "Public endpoint connection ended with an error.");
+    crate::listener::serve_http(stream, app.layer(Extension(Peer(peer))), limits, tree).await;
+}
+
+/// Answers 429 to joins from a source past its allowance of refused
+/// joins, without reading them; they count as refused.
+async fn throttle_joins(State(link): State<Arc<Link>>, req: Request, next: Next) -> Response {
+    let Some(Peer(peer)) = req.extensions().get::<Peer>().copied() else {
+        return next.run(req).await;
+    };
+    let source = Source::from(peer.ip());
+    let Some(wait) = link.refused.joins.throttled(source) else {
+        return next.run(req).await;
+    };
+    link.metrics.joins_refused.inc();
+    link.refused.joins.refused(source);
+    let secs = wait.as_secs().max(1);
+    let mut resp = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_refusals",
+        format!("too many refused joins from {source}; check the join token and retry in {secs} s"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
+    resp
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -88,7 +112,9 @@ async fn join(
 ) -> Response {
     let refuse = |status, code: &str, message: String| {
         link.metrics.joins_refused.inc();
-        warn!(%peer, reason = %message, "Join refused.");
+        if link.refused.joins.refused(Source::from(peer.ip())) {
+            warn!(%peer, reason = %message, "Join refused.");
+        }
         error(status, code, message)
     };
     let req: JoinRequest = match serde_json::from_slice(&body) {

@@ -112,7 +112,7 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 async fn a_secret_is_never_found_outside_its_store_and_its_mount_at_any_log_level() {
     let trace = ProcessOptions {
         env: vec![("SKIFF_LOG".into(), "trace".into())],
-        umask: None,
+        ..ProcessOptions::default()
     };
     let (cluster, stack, printed) = deploy_a_secret(trace).await;
     let coord = &cluster.coordinator;
@@ -191,8 +191,8 @@ async fn a_secret_is_never_found_outside_its_store_and_its_mount_at_any_log_leve
 #[tokio::test(flavor = "multi_thread")]
 async fn state_files_are_private_whatever_the_umask() {
     let permissive = ProcessOptions {
-        env: Vec::new(),
         umask: Some(0o022),
+        ..ProcessOptions::default()
     };
     let (cluster, _, _) = deploy_a_secret(permissive).await;
     // Certificates and public keys may be readable by all; delivered secrets

@@ -14,6 +14,7 @@ mod harness;
 mod joins;
 mod leaks;
 mod link;
+mod listeners;
 mod networks;
 mod plans;
 mod reconcile;
