@@ -15,6 +15,7 @@
 //!   deadlines and size limits, accept backoff, refusals per source.
 //! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
 //! - [`events`]: the in-memory event log and its followers.
+//! - [`compose`]: the Compose file of a deploy request, parsed here again.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod compose;
 pub mod config;
 pub mod deploy;
 pub mod events;

@@ -97,7 +97,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         registries::set_registry, registries::remove_registry),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
+        DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView)),
     modifiers(&BearerAuth),

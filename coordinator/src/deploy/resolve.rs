@@ -493,9 +493,10 @@ fn network_attachments(
         .collect()
 }
 
-/// The config files a service mounts, with their content. The CLI reads
-/// `file:` and `environment:` configs into `content:` before it sends the
-/// stack, so here every config must have content.
+/// The config files a service mounts, with their content. Parsing a
+/// deploy request reads `file:` and `environment:` configs into
+/// `content:` ([`crate::compose::parse`]), so here every config must have
+/// content.
 fn config_files(stack: &Stack, grants: &[FileGrant]) -> Result<Vec<ConfigFile>, Vec<String>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
