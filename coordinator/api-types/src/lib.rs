@@ -15,6 +15,9 @@
 //!   ([`SetRegistry`], [`RegistryView`]) and the event log ([`Event`]).
 //! - [`access`]: API tokens, their roles and stack scopes, and the answer
 //!   to `skiff login`.
+//! - [`policy`]: the cluster's container policy: the settings an admin
+//!   allows per stack ([`policy::PolicySetting`], parsed the same on both
+//!   sides) and its views.
 //! - [`validate`]: checks of request fields that both sides run, the client
 //!   before it sends and the coordinator before it acts, so that one rule
 //!   gives one message.
@@ -31,9 +34,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod policy;
 pub mod validate;
 
 pub use access::*;
+pub use policy::{PolicyAllowanceView, PolicyChange, PolicyRuleView, PolicyView};
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -518,6 +523,8 @@ pub enum EventKind {
     HostLost,
     RegistryLogin,
     RegistryLogout,
+    /// An admin allowed or revoked container policy settings for a stack.
+    Policy,
     /// A kind a newer coordinator sends.
     #[serde(other)]
     Other,
@@ -535,6 +542,7 @@ impl EventKind {
             Self::HostLost => "host_lost",
             Self::RegistryLogin => "registry_login",
             Self::RegistryLogout => "registry_logout",
+            Self::Policy => "policy",
             Self::Other => "other",
         }
     }

@@ -188,7 +188,7 @@ fn deploy_view(outcome: crate::deploy::Outcome) -> DeployView {
 
 #[utoipa::path(post, path = "/api/v1/stacks/{name}/rollback", request_body = RollbackRequest,
     params(("name" = String, Path, description = "stack name")),
-    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(super) async fn rollback_stack(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -202,7 +202,7 @@ pub(super) async fn rollback_stack(
 
 #[utoipa::path(post, path = "/api/v1/stacks/{name}/services/{service}/scale", request_body = ScaleRequest,
     params(("name" = String, Path, description = "stack name"), ("service" = String, Path, description = "service name")),
-    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(super) async fn scale_service(
     State(api): State<Api>,
     Path((name, service)): Path<(String, String)>,
