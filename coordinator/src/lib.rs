@@ -15,9 +15,11 @@
 //!   deadlines and size limits, accept backoff, refusals per source.
 //! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
 //! - [`events`]: the in-memory event log and its followers.
+//! - [`compose`]: the Compose file of a deploy request, parsed here again.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
+//! - [`policy`]: the cluster's container policy, checked on every release.
 //! - [`secrets`]: sealing stack secrets at rest.
 //! - [`registries`]: registry credentials for image pulls, sealed at rest
 //!   and delivered only to agents whose plans pull from those registries.
@@ -28,6 +30,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod compose;
 pub mod config;
 pub mod deploy;
 pub mod events;
@@ -37,6 +40,7 @@ pub mod listener;
 pub mod observed;
 pub mod pki;
 pub mod plans;
+pub mod policy;
 pub mod registries;
 pub mod scheduler;
 pub mod secrets;

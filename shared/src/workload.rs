@@ -72,9 +72,136 @@ pub struct ContainerSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigFile>,
     /// The stack's networks the container joins, the first as its main
-    /// one. None: the engine's default bridge.
+    /// one. None: the engine's default bridge (or the host's network, with
+    /// [`RuntimeSpec::host_network`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttach>,
+    /// Rights, namespaces and kernel limits that differ from the engine's
+    /// defaults. The coordinator's container policy decides which a stack
+    /// may have; the agent passes them on as they are.
+    #[serde(default, skip_serializing_if = "RuntimeSpec::is_default")]
+    pub runtime: RuntimeSpec,
+}
+
+/// How a container runs beside the engine's defaults: capabilities,
+/// devices, security options, namespaces shared with the host, ulimits,
+/// sysctls, `/dev/shm` and supplementary groups. Every field is left out
+/// of the JSON at its default, so specs without them keep their
+/// fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeSpec {
+    /// Every device and capability of the host (Compose `privileged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Capabilities added, without the `CAP_` prefix (`NET_ADMIN`, `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped, without the `CAP_` prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Host devices made available in the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
+    /// Device cgroup rules (`c 1:3 mr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    /// Security options as the engine takes them (`key=value`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// The host's network namespace (Compose `network_mode: host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// The host's PID namespace (`pid: host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_pid: bool,
+    /// The host's UTS namespace (`uts: host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_uts: bool,
+    /// The IPC namespace (`ipc:`); `None` is the engine's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<IpcMode>,
+    /// Resource limits by name (`nofile`, `memlock`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// Namespaced kernel settings (`net.core.somaxconn`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Size of `/dev/shm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_bytes: Option<u64>,
+    /// Supplementary groups of the container's user, by name or id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+}
+
+impl RuntimeSpec {
+    /// True when nothing differs from the engine's defaults.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// Capabilities the engine gives every container: adding one of these
+/// (after `cap_drop: [ALL]`, say) grants nothing beyond the defaults.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// A host device in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Absolute path on the host.
+    pub source: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// Cgroup permissions: some of `r`, `w` and `m`.
+    pub permissions: String,
+}
+
+/// A container's IPC namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpcMode {
+    /// The host's.
+    Host,
+    /// Its own, which no other container may join.
+    Private,
+    /// Its own, which other containers may join.
+    Shareable,
+    /// Its own, without `/dev/shm`.
+    None,
+}
+
+impl IpcMode {
+    /// The engine's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Private => "private",
+            Self::Shareable => "shareable",
+            Self::None => "none",
+        }
+    }
+}
+
+/// A soft and a hard limit; -1 is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// A network a container joins. The agent creates the stack's networks on
@@ -359,6 +486,9 @@ pub struct ResourceSpec {
     /// Soft memory reservation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_reservation_bytes: Option<u64>,
+    /// The most processes the container may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<u64>,
 }
 
 impl ContainerSpec {
@@ -566,6 +696,7 @@ mod tests {
             probe: None,
             configs: vec![],
             networks: vec![],
+            runtime: RuntimeSpec::default(),
         }
     }
 
@@ -603,6 +734,7 @@ mod tests {
             cpu_limit_millis: Some(500),
             memory_limit_bytes: Some(64 << 20),
             memory_reservation_bytes: None,
+            pids_limit: None,
         };
         s.stop_grace_ms = Some(5000);
         s.user = Some("1000".into());
@@ -739,6 +871,33 @@ mod tests {
         assert!(
             shown.contains("ab") && !shown.contains("aHVudGVyMg"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn runtime_settings_are_part_of_the_spec_and_left_out_when_default() {
+        let plain = spec("web", 1);
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(
+            !json.contains("runtime") && !json.contains("pids_limit"),
+            "{json}"
+        );
+        let mut hardened = plain.clone();
+        hardened.runtime.cap_drop = vec!["ALL".into()];
+        hardened.runtime.ulimits.insert(
+            "nofile".into(),
+            Ulimit {
+                soft: 65536,
+                hard: 65536,
+            },
+        );
+        hardened.runtime.ipc = Some(IpcMode::Private);
+        hardened.resources.pids_limit = Some(100);
+        assert_ne!(plain.fingerprint(), hardened.fingerprint());
+        let json = serde_json::to_string(&hardened).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ContainerSpec>(&json).unwrap(),
+            hardened
         );
     }
 

@@ -228,6 +228,7 @@ mod tests {
             probe: None,
             configs: vec![],
             networks: vec![],
+            runtime: Default::default(),
         }
     }
 

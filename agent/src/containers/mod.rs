@@ -8,6 +8,8 @@
 //!   Docker Engine API; `images` pulls, `spec` builds the create request
 //!   and writes config files.
 //! - [`probe`]: the agent's own HTTP/TCP health checks.
+//! - `mounts`: the check that refuses a section whose containers would
+//!   bind-mount the agent's own data dir.
 //! - [`secrets`], [`registries`]: what the coordinator delivers for this
 //!   host's containers (secret values, registry credentials).
 //!
@@ -33,6 +35,7 @@ use crate::supervisor::Host;
 pub mod diff;
 pub mod engine;
 mod images;
+mod mounts;
 pub mod probe;
 pub mod registries;
 pub mod secrets;
@@ -46,6 +49,9 @@ pub use engine::{ApplyError, Engine};
 pub struct Controller {
     node_id: String,
     data_dir: PathBuf,
+    /// The data dir as written and with its links resolved: what no
+    /// container may bind-mount.
+    own_dirs: Vec<PathBuf>,
     engine: EngineHandle,
 }
 
@@ -54,6 +60,7 @@ impl Controller {
         Self {
             node_id: host.node_id.clone(),
             data_dir: host.data_dir.clone(),
+            own_dirs: mounts::own_dirs(&host.data_dir),
             engine: host.engine.clone(),
         }
     }
@@ -64,7 +71,8 @@ impl crate::controller::Controller for Controller {
 
     fn check(&self, desired: &ContainersSection) -> Result<(), String> {
         check_unique(desired)?;
-        check_secret_mounts(desired)
+        check_secret_mounts(desired)?;
+        mounts::check(desired, &self.own_dirs)
     }
 
     fn deliver(&self, delivery: ContainersDelivery) -> Result<(), String> {

@@ -1,17 +1,18 @@
 //! The engine's create request for a container spec: labels, ports,
 //! mounts (secret files included), restart policy, health check, limits,
-//! the first network; and the config files written into a created
-//! container before it starts.
+//! rights, namespaces and kernel limits, the first network (or the
+//! host's); and the config files written into a created container before
+//! it starts.
 
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountType, PortBinding, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceMapping, HealthConfig, HostConfig, Mount, MountType, PortBinding,
+    ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use skiff_shared::workload::{
     ContainerSpec, LABEL_KEY, LABEL_NAME, LABEL_NODE, LABEL_SERVICE, LABEL_SLOT, LABEL_SPEC,
-    LABEL_STACK, MountKind, Protocol, RestartSpec,
+    LABEL_STACK, MountKind, Protocol, RestartSpec, RuntimeSpec,
 };
 
 use super::engine::{ApplyError, Engine, docker_err};
@@ -149,6 +150,7 @@ impl Engine {
             networking_config: spec
                 .networks
                 .first()
+                .filter(|_| !spec.runtime.host_network)
                 .map(|net| bollard::models::NetworkingConfig {
                     endpoints_config: Some(HashMap::from([(
                         super::diff::network_name(&self.node_id, &spec.stack, net),
@@ -159,10 +161,13 @@ impl Engine {
                     )])),
                 }),
             host_config: Some(HostConfig {
-                network_mode: spec
-                    .networks
-                    .first()
-                    .map(|net| super::diff::network_name(&self.node_id, &spec.stack, net)),
+                network_mode: if spec.runtime.host_network {
+                    Some("host".to_owned())
+                } else {
+                    spec.networks
+                        .first()
+                        .map(|net| super::diff::network_name(&self.node_id, &spec.stack, net))
+                },
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
                 mounts: Some(mounts),
                 restart_policy,
@@ -178,10 +183,61 @@ impl Engine {
                     .resources
                     .memory_reservation_bytes
                     .and_then(|b| i64::try_from(b).ok()),
-                ..Default::default()
+                pids_limit: spec
+                    .resources
+                    .pids_limit
+                    .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                ..runtime_config(&spec.runtime)
             }),
             ..Default::default()
         }
+    }
+}
+
+/// The host config of a spec's rights, namespaces and kernel limits; every
+/// field the spec leaves at its default is left to the engine.
+fn runtime_config(r: &RuntimeSpec) -> HostConfig {
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    HostConfig {
+        privileged: r.privileged.then_some(true),
+        cap_add: list(&r.cap_add),
+        cap_drop: list(&r.cap_drop),
+        devices: (!r.devices.is_empty()).then(|| {
+            r.devices
+                .iter()
+                .map(|d| DeviceMapping {
+                    path_on_host: Some(d.source.clone()),
+                    path_in_container: Some(d.target.clone()),
+                    cgroup_permissions: Some(d.permissions.clone()),
+                })
+                .collect()
+        }),
+        device_cgroup_rules: list(&r.device_cgroup_rules),
+        security_opt: list(&r.security_opt),
+        pid_mode: r.host_pid.then(|| "host".to_owned()),
+        uts_mode: r.host_uts.then(|| "host".to_owned()),
+        ipc_mode: r.ipc.map(|m| m.as_str().to_owned()),
+        ulimits: (!r.ulimits.is_empty()).then(|| {
+            r.ulimits
+                .iter()
+                .map(|(name, u)| ResourcesUlimits {
+                    name: Some(name.clone()),
+                    soft: Some(u.soft),
+                    hard: Some(u.hard),
+                })
+                .collect()
+        }),
+        sysctls: (!r.sysctls.is_empty()).then(|| {
+            r.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }),
+        shm_size: r
+            .shm_size_bytes
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+        group_add: list(&r.group_add),
+        ..Default::default()
     }
 }
 
@@ -204,4 +260,84 @@ fn config_archive(files: &[skiff_shared::workload::ConfigFile]) -> std::io::Resu
         )?;
     }
     tar.into_inner()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use skiff_shared::workload::{DeviceSpec, IpcMode, Ulimit};
+
+    use super::*;
+
+    #[test]
+    fn runtime_settings_reach_the_host_config() {
+        assert_eq!(
+            runtime_config(&RuntimeSpec::default()),
+            HostConfig::default(),
+            "nothing set, nothing sent: the engine's defaults apply"
+        );
+        let r = RuntimeSpec {
+            privileged: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["ALL".into()],
+            devices: vec![DeviceSpec {
+                source: "/dev/fuse".into(),
+                target: "/dev/fuse".into(),
+                permissions: "rw".into(),
+            }],
+            device_cgroup_rules: vec!["c 10:229 rw".into()],
+            security_opt: vec!["no-new-privileges=true".into()],
+            host_network: true,
+            host_pid: true,
+            host_uts: true,
+            ipc: Some(IpcMode::Shareable),
+            ulimits: BTreeMap::from([(
+                "nofile".into(),
+                Ulimit {
+                    soft: 1024,
+                    hard: 2048,
+                },
+            )]),
+            sysctls: BTreeMap::from([("net.core.somaxconn".into(), "1024".into())]),
+            shm_size_bytes: Some(64 << 20),
+            group_add: vec!["mail".into()],
+        };
+        let h = runtime_config(&r);
+        assert_eq!(h.privileged, Some(true));
+        assert_eq!(h.cap_add, Some(vec!["NET_ADMIN".to_owned()]));
+        assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
+        let d = &h.devices.unwrap()[0];
+        assert_eq!(
+            (d.path_on_host.as_deref(), d.cgroup_permissions.as_deref()),
+            (Some("/dev/fuse"), Some("rw"))
+        );
+        assert_eq!(h.device_cgroup_rules, Some(vec!["c 10:229 rw".to_owned()]));
+        assert_eq!(
+            h.security_opt,
+            Some(vec!["no-new-privileges=true".to_owned()])
+        );
+        assert_eq!(
+            (
+                h.pid_mode.as_deref(),
+                h.uts_mode.as_deref(),
+                h.ipc_mode.as_deref()
+            ),
+            (Some("host"), Some("host"), Some("shareable"))
+        );
+        let u = &h.ulimits.unwrap()[0];
+        assert_eq!(
+            (u.name.as_deref(), u.soft, u.hard),
+            (Some("nofile"), Some(1024), Some(2048))
+        );
+        assert_eq!(
+            h.sysctls
+                .unwrap()
+                .get("net.core.somaxconn")
+                .map(String::as_str),
+            Some("1024")
+        );
+        assert_eq!(h.shm_size, Some(64 << 20));
+        assert_eq!(h.group_add, Some(vec!["mail".to_owned()]));
+    }
 }

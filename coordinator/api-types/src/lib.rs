@@ -9,12 +9,15 @@
 //!   ([`ApiErrorBody`]), the cluster ([`ClusterView`]), nodes
 //!   ([`NodeView`], [`LabelChange`], [`NodeContainersView`]), join tokens
 //!   ([`CreateJoinToken`], [`JoinTokenView`]), stacks and their releases,
-//!   deploys and replicas ([`DeployRequest`], [`DeployView`],
+//!   deploys and replicas ([`DeployRequest`], [`ComposeInputs`], [`DeployView`],
 //!   [`StackView`], [`ReleaseView`], [`TaskView`]), secrets
 //!   ([`SetSecret`], [`SecretView`]), registry credentials
 //!   ([`SetRegistry`], [`RegistryView`]) and the event log ([`Event`]).
 //! - [`access`]: API tokens, their roles and stack scopes, and the answer
 //!   to `skiff login`.
+//! - [`policy`]: the cluster's container policy: the settings an admin
+//!   allows per stack ([`policy::PolicySetting`], parsed the same on both
+//!   sides) and its views.
 //! - [`validate`]: checks of request fields that both sides run, the client
 //!   before it sends and the coordinator before it acts, so that one rule
 //!   gives one message.
@@ -31,9 +34,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod policy;
 pub mod validate;
 
 pub use access::*;
+pub use policy::{PolicyAllowanceView, PolicyChange, PolicyRuleView, PolicyView};
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -261,18 +266,71 @@ pub struct NodeContainersView {
     pub containers: Vec<ContainerView>,
 }
 
-/// A deploy request: the stack as the CLI parsed it, and the file as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A deploy request: the Compose file as written and what it refers to on
+/// the deploying machine. The coordinator parses and checks the file
+/// itself, with the same parser as `skiff deploy`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
-    /// The parsed stack model (`skiff_compose::stack::Stack`).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub stack: serde_json::Value,
-    /// The compose file's text, kept with the release.
+    /// Refused when set: a parsed stack model, which `skiff` releases
+    /// before the coordinator parsed files itself sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<serde_json::Value>,
+    /// The Compose file's text, kept with the release.
     pub compose: String,
     #[serde(default)]
     pub dry_run: bool,
+    /// The variables and files the Compose file uses.
+    #[serde(default)]
+    pub inputs: ComposeInputs,
+}
+
+/// What a Compose file uses from the machine it is deployed from, as
+/// `skiff deploy` read it there: enough for the coordinator to parse the
+/// file the same way. `Debug` shows names and paths only, since values
+/// may be secret.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ComposeInputs {
+    /// The file's name as messages show it (default `compose.yml`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file_name: String,
+    /// The directory its relative paths are resolved against, as the
+    /// client saw it (default `.`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dir: String,
+    /// Variables whose values the file uses: interpolation, `environment:`
+    /// entries without a value, `environment:` configs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    /// Variables that only have to be set: the `environment:` source of a
+    /// secret (its value is uploaded as a secret, never here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variables_set: Vec<String>,
+    /// The text of the files the file reads (`env_file:` and `file:`
+    /// configs), by path as resolved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
+    /// Files that only have to exist: the `file:` source of a secret
+    /// (uploaded as a secret, never here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_present: Vec<String>,
+}
+
+impl std::fmt::Debug for ComposeInputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComposeInputs")
+            .field("file_name", &self.file_name)
+            .field("dir", &self.dir)
+            .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field("variables_set", &self.variables_set)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("files_present", &self.files_present)
+            .finish()
+    }
 }
 
 /// One change of a deploy.
@@ -465,6 +523,8 @@ pub enum EventKind {
     HostLost,
     RegistryLogin,
     RegistryLogout,
+    /// An admin allowed or revoked container policy settings for a stack.
+    Policy,
     /// A kind a newer coordinator sends.
     #[serde(other)]
     Other,
@@ -482,6 +542,7 @@ impl EventKind {
             Self::HostLost => "host_lost",
             Self::RegistryLogin => "registry_login",
             Self::RegistryLogout => "registry_logout",
+            Self::Policy => "policy",
             Self::Other => "other",
         }
     }

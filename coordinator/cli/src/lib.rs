@@ -17,7 +17,7 @@
 //! Layout:
 //! - [`commands`]: the command line ([`Cli`]) and one module per command
 //!   group (login, tokens, nodes, deploy, stacks, secrets, registries,
-//!   events).
+//!   policy, events).
 //! - [`client`]: a small HTTP client of the API; the test harness uses it
 //!   too.
 //! - [`config`]: the URL and token `skiff login` saves.

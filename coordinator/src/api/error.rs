@@ -67,6 +67,10 @@ impl From<crate::deploy::DeployError> for ApiError {
             E::Name(_) => Self::bad_request("invalid_name", e.to_string()),
             E::Invalid(_) => Self::bad_request("invalid_stack", e.to_string()),
             E::Placement(_) => Self::new(StatusCode::CONFLICT, "unplaceable", e.to_string()),
+            // 409, not 403: the token may deploy; the release conflicts
+            // with the cluster's policy (and clients read 403 as a token
+            // refused).
+            E::Policy(_) => Self::new(StatusCode::CONFLICT, "refused_by_policy", e.to_string()),
             E::NoStack(ref name) => Self::not_found("stack", name),
             E::Store(s) => s.into(),
             E::Encode(_) => {

@@ -3,7 +3,7 @@
 //! and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! One module per area, each with its routes: [`nodes`], [`tokens`],
-//! [`stacks`], [`secrets`], [`registries`], [`events`]. Handlers take the
+//! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`]. Handlers take the
 //! [`Api`] handles they need; the request and answer types are
 //! `skiff-api-types`, shared with the CLI.
 
@@ -34,6 +34,7 @@ mod api_tokens;
 mod error;
 mod events;
 mod nodes;
+mod policy;
 mod registries;
 mod secrets;
 mod stacks;
@@ -94,12 +95,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         stacks::scale_service, tokens::create_join_token, tokens::list_join_tokens,
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
-        registries::set_registry, registries::remove_registry),
+        registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
+        policy::revoke),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
-        DeployRequest, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
+        DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
-        ApiTokenView, ApiTokenStatus, LoginView)),
+        ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
+        PolicyChange)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -132,6 +135,7 @@ pub fn router(api: Api) -> Router {
         .merge(stacks::routes())
         .merge(secrets::routes())
         .merge(registries::routes())
+        .merge(policy::routes())
         .merge(events::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {

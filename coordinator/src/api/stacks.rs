@@ -23,6 +23,8 @@ pub(super) fn routes() -> Router<Api> {
         .route("/stacks/{name}/releases", get(stack_releases))
 }
 
+/// Parses the request's Compose file here, checks it, and records and rolls
+/// out a new release (or, with `dry_run`, only says what would change).
 #[utoipa::path(post, path = "/api/v1/stacks/{name}/deploy", request_body = DeployRequest,
     params(("name" = String, Path, description = "stack name")),
     responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
@@ -32,9 +34,17 @@ pub(super) async fn deploy_stack(
     body: Result<Json<DeployRequest>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<DeployView> {
     let req = json_body(body)?;
-    let stack: skiff_compose::stack::Stack = serde_json::from_value(req.stack).map_err(|e| {
-        ApiError::bad_request("invalid_stack", format!("the stack model is invalid: {e}"))
-    })?;
+    if req.stack.is_some() {
+        return Err(ApiError::bad_request(
+            "outdated_client",
+            format!(
+                "this request carries a parsed stack, which the coordinator no longer accepts: it parses and checks the Compose file itself; upgrade skiff to {} and deploy again",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ));
+    }
+    let stack = crate::compose::parse(&req.compose, &req.inputs)
+        .map_err(|errors| ApiError::bad_request("invalid_stack", errors.join("\n")))?;
     let outcome =
         crate::deploy::deploy(&api.deployer, &name, &stack, &req.compose, req.dry_run).await?;
     Ok(Json(deploy_view(outcome)))
@@ -178,7 +188,7 @@ fn deploy_view(outcome: crate::deploy::Outcome) -> DeployView {
 
 #[utoipa::path(post, path = "/api/v1/stacks/{name}/rollback", request_body = RollbackRequest,
     params(("name" = String, Path, description = "stack name")),
-    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(super) async fn rollback_stack(
     State(api): State<Api>,
     Path(name): Path<String>,
@@ -192,7 +202,7 @@ pub(super) async fn rollback_stack(
 
 #[utoipa::path(post, path = "/api/v1/stacks/{name}/services/{service}/scale", request_body = ScaleRequest,
     params(("name" = String, Path, description = "stack name"), ("service" = String, Path, description = "service name")),
-    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody)))]
+    responses((status = 200, body = DeployView), (status = 400, body = ApiErrorBody), (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
 pub(super) async fn scale_service(
     State(api): State<Api>,
     Path((name, service)): Path<(String, String)>,

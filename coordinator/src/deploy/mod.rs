@@ -90,6 +90,10 @@ pub enum DeployError {
     Invalid(Vec<String>),
     #[error("{}", .0.join("\n"))]
     Placement(Vec<String>),
+    /// The cluster's container policy refuses something the release asks
+    /// for; each message names the setting that would allow it.
+    #[error("{}", .0.join("\n"))]
+    Policy(Vec<String>),
     #[error("no stack {0:?}")]
     NoStack(String),
     #[error("{0}")]
@@ -222,7 +226,9 @@ async fn key_secret_mounts(
 
 /// Deploys resolved services as a new release of `name`: scale changes
 /// and moves apply at once; replicas whose spec changed are replaced by a
-/// rolling update in the background ([`rollout`]).
+/// rolling update in the background ([`rollout`]). Every deploy, rollback
+/// and scale comes here, and is refused, changing nothing, when the
+/// cluster's container policy does not allow what it asks for.
 pub async fn deploy_defs(
     d: &Deployer,
     name: &str,
@@ -235,6 +241,16 @@ pub async fn deploy_defs(
     key_secret_mounts(d, name, &mut defs).await?;
     // One deploy at a time: each reads and rewrites node plans.
     let guard = d.plans.edit().await;
+    let allowed = crate::policy::parse_allowances(&d.store.stack_allowances(name).await?)?;
+    let refused = crate::policy::check(name, &defs, &allowed);
+    if !refused.is_empty() {
+        info!(
+            stack = name,
+            refusals = refused.len(),
+            "Release refused by the container policy."
+        );
+        return Err(DeployError::Policy(refused));
+    }
     let hosts = hosts(d).await?;
     let releases = d.store.releases(name).await?;
     let revision = releases.first().map_or(1, |r| r.number + 1);

@@ -13,8 +13,9 @@ use skiff_compose::stack::{
     RestartMode, Stack, UpdateConfig,
 };
 use skiff_shared::workload::{
-    ConfigFile, ContainerSpec, HealthSpec, MAX_CONFIG_BYTES, MountKind, MountSpec, NetworkAttach,
-    PortSpec, ProbeSpec, Protocol, ResourceSpec, RestartSpec, SecretMount,
+    ConfigFile, ContainerSpec, DeviceSpec, HealthSpec, IpcMode, MAX_CONFIG_BYTES, MountKind,
+    MountSpec, NetworkAttach, PortSpec, ProbeSpec, Protocol, ResourceSpec, RestartSpec,
+    RuntimeSpec, SecretMount, Ulimit,
 };
 
 use crate::scheduler::{self, Mode, Resources};
@@ -357,6 +358,7 @@ pub fn resolve(
                 cpu_limit_millis: limits.nano_cpus.map(|n| n / 1_000_000),
                 memory_limit_bytes: limits.memory_bytes,
                 memory_reservation_bytes: reservations.memory_bytes,
+                pids_limit: limits.pids,
             },
             stop_grace_ms: Some(ms(svc.stop_grace_period)),
             user: svc.user.clone(),
@@ -371,7 +373,13 @@ pub fn resolve(
                 start_period_ms: ms(p.start_period),
             }),
             configs,
-            networks: network_attachments(stack, name, svc),
+            // A container on the host's network joins no stack network.
+            networks: if svc.runtime.host_network {
+                Vec::new()
+            } else {
+                network_attachments(stack, name, svc)
+            },
+            runtime: runtime(&svc.runtime),
         };
         // A published port can be bound once per host.
         let max_per_host = svc
@@ -399,6 +407,54 @@ pub fn resolve(
         Ok((defs, warnings))
     } else {
         Err(errors)
+    }
+}
+
+/// A service's rights, namespaces and kernel limits as the agent takes
+/// them. Whether the stack may have them is the container policy's to
+/// decide ([`crate::policy`]).
+fn runtime(r: &skiff_compose::stack::Runtime) -> RuntimeSpec {
+    use skiff_compose::stack::IpcMode as From;
+    RuntimeSpec {
+        privileged: r.privileged,
+        cap_add: r.cap_add.clone(),
+        cap_drop: r.cap_drop.clone(),
+        devices: r
+            .devices
+            .iter()
+            .map(|d| DeviceSpec {
+                source: d.source.clone(),
+                target: d.target.clone(),
+                permissions: d.permissions.clone(),
+            })
+            .collect(),
+        device_cgroup_rules: r.device_cgroup_rules.clone(),
+        security_opt: r.security_opt.clone(),
+        host_network: r.host_network,
+        host_pid: r.host_pid,
+        host_uts: r.host_uts,
+        ipc: r.ipc.map(|m| match m {
+            From::Host => IpcMode::Host,
+            From::Private => IpcMode::Private,
+            From::Shareable => IpcMode::Shareable,
+            From::None => IpcMode::None,
+        }),
+        ulimits: r
+            .ulimits
+            .iter()
+            .map(|(name, u)| {
+                (
+                    name.clone(),
+                    Ulimit {
+                        soft: u.soft,
+                        hard: u.hard,
+                    },
+                )
+            })
+            .collect(),
+        sysctls: r.sysctls.clone(),
+        shm_size_bytes: r.shm_size_bytes,
+        group_add: r.group_add.clone(),
     }
 }
 
@@ -437,9 +493,10 @@ fn network_attachments(
         .collect()
 }
 
-/// The config files a service mounts, with their content. The CLI reads
-/// `file:` and `environment:` configs into `content:` before it sends the
-/// stack, so here every config must have content.
+/// The config files a service mounts, with their content. Parsing a
+/// deploy request reads `file:` and `environment:` configs into
+/// `content:` ([`crate::compose::parse`]), so here every config must have
+/// content.
 fn config_files(stack: &Stack, grants: &[FileGrant]) -> Result<Vec<ConfigFile>, Vec<String>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
@@ -605,6 +662,33 @@ mod tests {
             web.container(scheduler::Slot::Replica(2)).name(),
             "shop.web.2"
         );
+    }
+
+    #[test]
+    fn rights_namespaces_and_limits_reach_the_container_spec() {
+        let stack = parse(
+            "services:\n  cache:\n    image: redis:7\n    cap_drop: [ALL]\n    cap_add: [SETUID]\n    ulimits: {nofile: 4096, memlock: {soft: -1, hard: -1}}\n    sysctls: {net.core.somaxconn: 1024}\n    shm_size: 64m\n    pids_limit: 200\n    group_add: [mail]\n    ipc: private\n  probe:\n    image: probe:1\n    network_mode: host\n    pid: host\n    privileged: true\n    devices: [/dev/fuse]\n",
+        );
+        let (defs, _) = resolve("s", &stack, &BTreeMap::new()).unwrap();
+        let cache = &defs.iter().find(|d| d.name == "cache").unwrap().template;
+        assert_eq!(cache.runtime.cap_drop, vec!["ALL"]);
+        assert_eq!(cache.runtime.cap_add, vec!["SETUID"]);
+        assert_eq!(
+            cache.runtime.ulimits["memlock"],
+            Ulimit { soft: -1, hard: -1 }
+        );
+        assert_eq!(cache.runtime.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(cache.runtime.shm_size_bytes, Some(64 << 20));
+        assert_eq!(cache.resources.pids_limit, Some(200));
+        assert_eq!(cache.runtime.ipc, Some(IpcMode::Private));
+        assert_eq!(cache.networks[0].name, "default");
+        let probe = &defs.iter().find(|d| d.name == "probe").unwrap().template;
+        assert!(probe.runtime.host_network && probe.runtime.host_pid && probe.runtime.privileged);
+        assert!(
+            probe.networks.is_empty(),
+            "on the host's network, no stack network"
+        );
+        assert_eq!(probe.runtime.devices[0].source, "/dev/fuse");
     }
 
     #[test]

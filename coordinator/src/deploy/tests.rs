@@ -433,3 +433,64 @@ async fn a_release_from_before_secret_ids_is_planned_with_ids() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_container_policy_is_checked_on_every_deploy_rollback_and_scale() {
+    let sim = Sim::new(&["a", "b"]);
+    let socket = "    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n";
+    let with_socket = || {
+        defs(&format!(
+            "services:\n  web:\n    image: app:1\n{socket}    deploy:\n      replicas: 2\n"
+        ))
+    };
+    let releases = || async { sim.d.store.releases("shop").await.unwrap().len() };
+    let refused = |r: Result<Outcome, DeployError>| match r {
+        Err(DeployError::Policy(m)) => m.join("\n"),
+        other => panic!("expected a policy refusal, got {other:?}"),
+    };
+
+    // Refused by default, for a dry run too: nothing recorded or planned.
+    let m = refused(deploy_defs(&sim.d, "shop", with_socket(), "", vec![], true).await);
+    assert!(
+        m.contains("`skiff policy allow shop bind:/var/run/docker.sock`"),
+        "{m}"
+    );
+    refused(deploy_defs(&sim.d, "shop", with_socket(), "", vec![], false).await);
+    assert_eq!(releases().await, 0);
+    assert!(sim.running().is_empty());
+
+    // Allowed for the stack: it deploys.
+    let setting = vec!["bind:/var/run/docker.sock".to_owned()];
+    sim.d.store.allow("shop", &setting, 1).await.unwrap();
+    deploy_defs(&sim.d, "shop", with_socket(), "", vec![], false)
+        .await
+        .unwrap();
+    assert_eq!(sim.rollout_end().await, RolloutState::Completed);
+    deploy_defs(&sim.d, "shop", web("app:2", 2, ""), "", vec![], false)
+        .await
+        .unwrap();
+    assert_eq!(sim.rollout_end().await, RolloutState::Completed);
+
+    // Revoked: going back to release 1 is checked again, and refused.
+    assert!(
+        sim.d
+            .store
+            .revoke("shop", &setting)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    refused(rollback(&sim.d, "shop", Some(1)).await);
+    assert_eq!(releases().await, 2);
+    assert_eq!(sim.running(), ["app:2", "app:2"]);
+
+    // Scaling a release that asks for what is no longer allowed is too.
+    sim.d.store.allow("shop", &setting, 2).await.unwrap();
+    rollback(&sim.d, "shop", Some(1)).await.unwrap();
+    assert_eq!(sim.rollout_end().await, RolloutState::Completed);
+    assert_eq!(releases().await, 3);
+    sim.d.store.revoke("shop", &setting).await.unwrap();
+    refused(scale(&sim.d, "shop", "web", 1).await);
+    assert_eq!(releases().await, 3);
+    assert_eq!(sim.running(), ["app:1", "app:1"]);
+}

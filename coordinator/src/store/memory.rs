@@ -1,6 +1,7 @@
-//! An in-memory [`DeployStore`](super::DeployStore): nodes, plans, stacks
-//! and secrets in maps, with the SQLite store's semantics. Unit tests of
-//! deploys and rollouts use it; nothing is written anywhere.
+//! An in-memory [`DeployStore`](super::DeployStore): nodes, plans, stacks,
+//! secrets and policy allowances in maps, with the SQLite store's
+//! semantics. Unit tests of deploys and rollouts use it; nothing is
+//! written anywhere.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -9,8 +10,8 @@ use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
 use super::{
-    IncompleteSecret, NewSecretVersion, NodePlanRow, NodeRow, NodeStore, PlanStore, ReleaseRow,
-    ReleaseStatus, Result, SecretRow, SecretStore, StackRow, StackStore,
+    AllowanceRow, IncompleteSecret, NewSecretVersion, NodePlanRow, NodeRow, NodeStore, PlanStore,
+    PolicyStore, ReleaseRow, ReleaseStatus, Result, SecretRow, SecretStore, StackRow, StackStore,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +23,8 @@ struct Data {
     releases: Vec<ReleaseRow>,
     /// By (stack, name, version).
     secrets: BTreeMap<(String, String, i64), Secret>,
+    /// Policy allowances by (stack, setting), with when they were given.
+    allowances: BTreeMap<(String, String), i64>,
 }
 
 /// One version of a secret.
@@ -266,6 +269,57 @@ impl StackStore for MemoryStore {
             }
             _ => false,
         })
+    }
+}
+
+#[async_trait]
+impl PolicyStore for MemoryStore {
+    async fn allowances(&self) -> Result<Vec<AllowanceRow>> {
+        Ok(self
+            .lock()
+            .allowances
+            .iter()
+            .map(|((stack, setting), at)| AllowanceRow {
+                stack: stack.clone(),
+                setting: setting.clone(),
+                created_at: *at,
+            })
+            .collect())
+    }
+
+    async fn stack_allowances(&self, stack: &str) -> Result<Vec<AllowanceRow>> {
+        let mut all = self.allowances().await?;
+        all.retain(|a| a.stack == stack);
+        Ok(all)
+    }
+
+    async fn allow(&self, stack: &str, settings: &[String], now: i64) -> Result<()> {
+        let mut data = self.lock();
+        for s in settings {
+            data.allowances
+                .entry((stack.to_owned(), s.clone()))
+                .or_insert(now);
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, stack: &str, settings: &[String]) -> Result<Vec<String>> {
+        let mut data = self.lock();
+        let missing: Vec<String> = settings
+            .iter()
+            .filter(|s| {
+                !data
+                    .allowances
+                    .contains_key(&(stack.to_owned(), (*s).clone()))
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            for s in settings {
+                data.allowances.remove(&(stack.to_owned(), s.clone()));
+            }
+        }
+        Ok(missing)
     }
 }
 

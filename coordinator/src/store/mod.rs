@@ -235,6 +235,15 @@ pub struct RegistryRow {
     pub created_at: i64,
 }
 
+/// A container policy setting an admin allowed for a stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowanceRow {
+    pub stack: String,
+    /// Normalized (`privileged`, `bind:/etc`), as `PolicySetting` prints it.
+    pub setting: String,
+    pub created_at: i64,
+}
+
 /// Why a join token was not accepted. The messages are safe to show the
 /// joining agent: they do not say whether a token id exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -254,8 +263,8 @@ pub enum JoinRefusal {
 /// The store's traits, to call their methods: `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        DeployStore, MetaStore, NodeStore, PlanStore, RegistryStore, SecretStore, StackStore,
-        Store, TokenStore,
+        DeployStore, MetaStore, NodeStore, PlanStore, PolicyStore, RegistryStore, SecretStore,
+        StackStore, Store, TokenStore,
     };
 }
 
@@ -279,14 +288,31 @@ impl<T> Store for T where
 {
 }
 
-/// What deploys read and write: nodes, plans, stacks and secrets.
+/// What deploys read and write: nodes, plans, stacks, secrets and the
+/// container policy.
 pub trait DeployStore:
-    NodeStore + PlanStore + StackStore + SecretStore + std::fmt::Debug + Send + Sync + 'static
+    NodeStore
+    + PlanStore
+    + StackStore
+    + SecretStore
+    + PolicyStore
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
 impl<T> DeployStore for T where
-    T: NodeStore + PlanStore + StackStore + SecretStore + std::fmt::Debug + Send + Sync + 'static
+    T: NodeStore
+        + PlanStore
+        + StackStore
+        + SecretStore
+        + PolicyStore
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -425,6 +451,22 @@ pub trait SecretStore: Send + Sync {
     async fn incomplete_secrets(&self) -> Result<Vec<IncompleteSecret>>;
     /// Records a version's MAC and check value (see [`Self::incomplete_secrets`]).
     async fn complete_secret(&self, id: &str, mac: &str, check: &str) -> Result<()>;
+}
+
+/// The container policy's allowances, per stack. A stack's allowances stay
+/// when it is removed, for the next stack of that name.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    /// Every allowance, by stack then setting.
+    async fn allowances(&self) -> Result<Vec<AllowanceRow>>;
+    /// One stack's allowances, by setting.
+    async fn stack_allowances(&self, stack: &str) -> Result<Vec<AllowanceRow>>;
+    /// Allows `settings` for `stack`; settings already allowed keep the
+    /// time they were first allowed.
+    async fn allow(&self, stack: &str, settings: &[String], now: i64) -> Result<()>;
+    /// Revokes `settings` for `stack`, all or none: returns those that were
+    /// not allowed, and changes nothing unless that is empty.
+    async fn revoke(&self, stack: &str, settings: &[String]) -> Result<Vec<String>>;
 }
 
 /// Registry credentials, the password sealed.

@@ -12,6 +12,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
+mod policy;
+
 use super::prelude::*;
 use super::{
     ApiToken, JoinRefusal, JoinTokenRow, NodePlanRow, NodeRow, RegistryRow, ReleaseRow,
@@ -67,6 +69,11 @@ fn migrator() -> Migrator {
             8,
             "api token roles",
             include_str!("../../migrations/0008_api_token_roles.sql"),
+        ),
+        m(
+            9,
+            "container policy",
+            include_str!("../../migrations/0009_policy.sql"),
         ),
         m(
             10,

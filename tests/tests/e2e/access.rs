@@ -192,6 +192,21 @@ fn routes() -> Vec<Route> {
             "/registries/{host}",
             Some(Admin),
         ),
+        r(Method::GET, "/policy", None, "/policy", Some(Viewer)),
+        r(
+            Method::POST,
+            "/policy/allow",
+            Some(json!({"stack": "mine", "settings": ["host-pid"]})),
+            "/policy/allow",
+            Some(Admin),
+        ),
+        r(
+            Method::POST,
+            "/policy/revoke",
+            Some(json!({"stack": "mine", "settings": ["host-pid"]})),
+            "/policy/revoke",
+            Some(Admin),
+        ),
     ]
 }
 

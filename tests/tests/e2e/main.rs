@@ -17,6 +17,7 @@ mod link;
 mod listeners;
 mod networks;
 mod plans;
+mod policy;
 mod reconcile;
 mod registry;
 mod security;

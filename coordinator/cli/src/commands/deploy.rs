@@ -1,6 +1,8 @@
-//! `skiff deploy`: parses a Compose file on this machine, uploads its
-//! secrets, sends the stack to the coordinator as a new release, then
-//! follows the rollout; [`follow`] also serves rollback and scale.
+//! `skiff deploy`: parses a Compose file on this machine (errors are
+//! reported before anything is sent), uploads its secrets, sends the file
+//! with the variables and files it uses to the coordinator, which parses
+//! and checks it again and records a new release, then follows the
+//! rollout; [`follow`] also serves rollback and scale.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use skiff_api_types::{DeployRequest, DeployView, StackView, TaskView};
+use skiff_api_types::{ComposeInputs, DeployRequest, DeployView, StackView, TaskView};
 
 use super::path_segment;
 use super::secrets::set_secret;
@@ -35,7 +37,7 @@ pub struct DeployArgs {
 }
 
 /// Parses the Compose file here (the environment and referenced files are
-/// this machine's), then sends the model to the coordinator.
+/// this machine's), then sends it with what it used to the coordinator.
 pub(crate) async fn run(
     client: &Client,
     args: DeployArgs,
@@ -77,17 +79,20 @@ pub(crate) async fn run(
     let input = skiff_compose::stack::Input::new(&text, &file_name, &dir, &env);
     let mut parsed =
         skiff_compose::stack::parse(&input).map_err(|e| Failure::usage(e.to_string()))?;
-    read_configs(&mut parsed.stack, &env)?;
+    skiff_compose::stack::inline_configs(&mut parsed, &input).map_err(Failure::usage)?;
     for w in &parsed.warnings {
         eprintln!("skiff: {}", w.render());
     }
     if !args.dry_run {
         upload_stack_secrets(client, &args.stack, &parsed.stack, &env).await?;
     }
+    // The coordinator parses the file again with what it used here.
+    let inputs = compose_inputs(&file_name, &dir, &parsed.uses);
     let request = DeployRequest {
-        stack: serde_json::to_value(&parsed.stack).unwrap_or_default(),
+        stack: None,
         compose: text,
         dry_run: args.dry_run,
+        inputs,
     };
     let view: DeployView = client
         .call(
@@ -229,39 +234,32 @@ pub(crate) async fn follow(
     }
 }
 
-/// Reads the stack's `file:` and `environment:` configs into `content:`:
-/// a config's content travels with the release.
-fn read_configs(
-    stack: &mut skiff_compose::stack::Stack,
-    env: &BTreeMap<String, String>,
-) -> Result<(), Failure> {
-    use skiff_compose::stack::ConfigSource;
-    for (name, def) in &mut stack.configs {
-        let content = match &def.source {
-            ConfigSource::File(path) => {
-                let bytes = std::fs::read(path).map_err(|e| {
-                    Failure::usage(format!(
-                        "config {name}: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                String::from_utf8(bytes).map_err(|_| {
-                    Failure::usage(format!(
-                        "config {name}: {} is not UTF-8 text; put binary files in a secret or the image",
-                        path.display()
-                    ))
-                })?
-            }
-            ConfigSource::Environment(var) => env.get(var).cloned().ok_or_else(|| {
-                Failure::usage(format!(
-                    "config {name}: environment variable {var} is not set"
-                ))
-            })?,
-            ConfigSource::Content(_) | ConfigSource::External(_) => continue,
-        };
-        def.source = ConfigSource::Content(content);
+/// What the coordinator needs to parse the file as it parsed here: the
+/// variables and files it used (never a secret's value: those are
+/// uploaded as secrets).
+fn compose_inputs(
+    file_name: &str,
+    dir: &std::path::Path,
+    uses: &skiff_compose::stack::Uses,
+) -> ComposeInputs {
+    let path = |p: &std::path::PathBuf| p.to_string_lossy().into_owned();
+    ComposeInputs {
+        file_name: file_name.to_owned(),
+        dir: dir.to_string_lossy().into_owned(),
+        variables: uses.variables.clone(),
+        variables_set: uses.variables_set.iter().cloned().collect(),
+        files: uses
+            .files
+            .iter()
+            .map(|(p, text)| (path(p), text.clone()))
+            .collect(),
+        files_present: uses
+            .files_present
+            .iter()
+            .filter(|p| !uses.files.contains_key(*p))
+            .map(path)
+            .collect(),
     }
-    Ok(())
 }
 
 /// Uploads the stack's `file:` and `environment:` secrets before a deploy

@@ -10,6 +10,7 @@
 //!   `skiff service scale`.
 //! - [`secrets`]: `skiff secret`, a stack's secrets.
 //! - [`registries`]: `skiff registry`, credentials for image pulls.
+//! - [`policy`]: `skiff policy`, the cluster's container policy.
 //! - [`events`]: `skiff events`, the cluster's event log.
 //!
 //! Each command prints its result on the writer it is given (stdout) and
@@ -26,6 +27,7 @@ pub mod deploy;
 pub mod events;
 pub mod login;
 pub mod nodes;
+pub mod policy;
 pub mod registries;
 pub mod secrets;
 pub mod stacks;
@@ -99,6 +101,10 @@ pub enum Command {
     /// Credentials for pulling images from private registries (passwords are never shown).
     #[command(subcommand)]
     Registry(registries::RegistryCommand),
+    /// The cluster's container policy: what containers may do beyond the
+    /// defaults, per stack.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -160,6 +166,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Registry(cmd) => {
             let client = Client::new(&url, token)?;
             registries::run(&client, cmd, &mut out).await?;
+        }
+        Command::Policy(cmd) => {
+            let client = Client::new(&url, token)?;
+            policy::run(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::interpolate::{InterpolationError, interpolate};
+use super::interpolate::{InterpolationError, Vars, interpolate};
 
 /// One problem in an env file: 1-based line and column, and the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,10 +37,29 @@ fn valid_key(key: &str) -> bool {
         && chars.all(|c| c == '_' || c == '.' || c == '-' || c.is_ascii_alphanumeric())
 }
 
+/// The variables an env file's values see: the file's earlier keys, then
+/// the interpolation environment.
+struct Scope<'e> {
+    file: BTreeMap<String, String>,
+    env: &'e dyn Vars,
+}
+
+impl Vars for Scope<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        match self.file.get(name) {
+            Some(v) => Some(v),
+            None => self.env.var(name),
+        }
+    }
+}
+
 /// Parses an env file's text.
-pub fn parse(text: &str, env: &BTreeMap<String, String>) -> EnvFile {
+pub fn parse(text: &str, env: &dyn Vars) -> EnvFile {
     let mut out = EnvFile::default();
-    let mut scope = env.clone();
+    let mut scope = Scope {
+        file: BTreeMap::new(),
+        env,
+    };
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     while i < lines.len() {
@@ -64,9 +83,9 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> EnvFile {
                     message: format!("expected `KEY=VALUE`, got {key:?}"),
                     fix: None,
                 });
-            } else if let Some(v) = env.get(key) {
-                out.vars.push((key.to_string(), v.clone()));
-                scope.insert(key.to_string(), v.clone());
+            } else if let Some(v) = env.var(key) {
+                out.vars.push((key.to_string(), v.to_owned()));
+                scope.file.insert(key.to_string(), v.to_owned());
             }
             continue;
         };
@@ -85,9 +104,7 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> EnvFile {
         let value_col = indent + (trimmed.len() - body.len()) + key.len() + 2;
         let value = value.trim_start();
         let interpolate_value =
-            |text: &str, out: &mut EnvFile, scope: &BTreeMap<String, String>| match interpolate(
-                text, scope,
-            ) {
+            |text: &str, out: &mut EnvFile, scope: &Scope<'_>| match interpolate(text, scope) {
                 Ok(r) => {
                     for name in r.unset {
                         out.warnings.push(EnvFileIssue {
@@ -171,7 +188,7 @@ pub fn parse(text: &str, env: &BTreeMap<String, String>) -> EnvFile {
             interpolate_value(text.trim_end(), &mut out, &scope)
         };
         if let Some(v) = parsed {
-            scope.insert(key.to_string(), v.clone());
+            scope.file.insert(key.to_string(), v.clone());
             out.vars.push((key.to_string(), v));
         }
     }

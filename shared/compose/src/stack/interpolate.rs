@@ -11,6 +11,20 @@
 
 use std::collections::BTreeMap;
 
+/// Where interpolation reads variables: a map, or a view of one that
+/// records what was read (the parser's, so a parse can be repeated
+/// elsewhere with only those).
+pub trait Vars {
+    /// The variable's value, if it is set.
+    fn var(&self, name: &str) -> Option<&str>;
+}
+
+impl Vars for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.get(name).map(String::as_str)
+    }
+}
+
 /// What interpolation found wrong in one string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InterpolationError {
@@ -29,10 +43,7 @@ pub struct Interpolated {
 }
 
 /// Interpolates `input` against `env`.
-pub fn interpolate(
-    input: &str,
-    env: &BTreeMap<String, String>,
-) -> Result<Interpolated, InterpolationError> {
+pub fn interpolate(input: &str, env: &dyn Vars) -> Result<Interpolated, InterpolationError> {
     let mut out = Interpolated::default();
     expand(input, env, &mut out, 0)?;
     Ok(out)
@@ -56,7 +67,7 @@ fn invalid(input: &str, why: &str) -> InterpolationError {
 
 fn expand(
     input: &str,
-    env: &BTreeMap<String, String>,
+    env: &dyn Vars,
     out: &mut Interpolated,
     depth: usize,
 ) -> Result<(), InterpolationError> {
@@ -123,8 +134,8 @@ fn matching_brace(s: &str) -> Option<usize> {
     None
 }
 
-fn lookup(name: &str, env: &BTreeMap<String, String>, out: &mut Interpolated) {
-    match env.get(name) {
+fn lookup(name: &str, env: &dyn Vars, out: &mut Interpolated) {
+    match env.var(name) {
         Some(v) => out.text.push_str(v),
         None => {
             if !out.unset.iter().any(|n| n == name) {
@@ -137,7 +148,7 @@ fn lookup(name: &str, env: &BTreeMap<String, String>, out: &mut Interpolated) {
 fn braced(
     input: &str,
     body: &str,
-    env: &BTreeMap<String, String>,
+    env: &dyn Vars,
     out: &mut Interpolated,
     depth: usize,
 ) -> Result<(), InterpolationError> {
@@ -153,7 +164,7 @@ fn braced(
         ));
     }
     let op = &body[name_len..];
-    let value = env.get(name);
+    let value = env.var(name);
     let set = value.is_some();
     let non_empty = value.is_some_and(|v| !v.is_empty());
     let (colon, op) = match op.strip_prefix(':') {
@@ -171,7 +182,7 @@ fn braced(
     match kind {
         Some('-') => {
             if present {
-                out.text.push_str(value.map_or("", String::as_str));
+                out.text.push_str(value.unwrap_or(""));
             } else {
                 expand(arg, env, out, depth + 1)?;
             }
@@ -183,7 +194,7 @@ fn braced(
         }
         Some('?') => {
             if present {
-                out.text.push_str(value.map_or("", String::as_str));
+                out.text.push_str(value.unwrap_or(""));
             } else {
                 let mut msg = Interpolated::default();
                 expand(arg, env, &mut msg, depth + 1)?;

@@ -46,29 +46,41 @@
 //! | key (service level unless noted) | verdict | why |
 //! |---|---|---|
 //! | `build` | error | image builds come in a later Skiff release; build and push the image and set `image:` |
-//! | `network_mode` | error | host or container networking bypasses Skiff's network, DNS and firewall |
-//! | `privileged`, `cap_add`, `devices`, `security_opt`, `userns_mode`, `pid`, `ipc`, `uts`, `cgroup`, `cgroup_parent`, `runtime`, `gpus`, `group_add`, `sysctls`, `cpuset` | error | the container would run with different rights, namespaces or kernel settings than asked for |
-//! | `cap_drop` | error | running without it grants capabilities the file takes away |
+//! | `network_mode` other than `host` | error | bridge, none or container networking bypasses Skiff's network, DNS and firewall |
+//! | `pid`, `ipc` or `uts` naming another service or container | error | replicas run on different servers and cannot share a namespace |
+//! | `userns_mode`, `cgroup`, `cgroup_parent`, `runtime`, `gpus`, `cpuset` | error | the container would run with different rights, namespaces or kernel settings than asked for |
+//! | `sysctls` outside `net.*` and the IPC ones | error | they are not namespaced: they would change the whole server's kernel |
 //! | `volumes_from`, `extends`, `include` (top level), `profiles` | error | ignoring them changes what runs or what it mounts |
-//! | `scale`, `mem_limit`, `memswap_limit`, `mem_reservation`, `cpus`, `cpu_shares`, `cpu_quota`, `cpu_period`, `pids_limit` | error | legacy spellings that would change replicas or limits; the message names the `deploy:` key to use |
+//! | `scale`, `mem_limit`, `memswap_limit`, `mem_reservation`, `cpus`, `cpu_shares`, `cpu_quota`, `cpu_period` | error | legacy spellings that would change replicas or limits; the message names the `deploy:` key to use |
 //! | `deploy.resources.reservations.devices`, `deploy.resources.reservations.generic_resources` | error | the scheduler cannot honour device reservations yet |
 //! | `deploy.endpoint_mode: dnsrr` | error | Skiff's DNS decides how names resolve (`vip` is accepted and is the default) |
-//! | `ulimits` | error | limits would be the engine's defaults instead |
 //! | `container_name` | warning | Skiff names containers itself (several replicas cannot share one name) |
 //! | `links`, `external_links` | warning | every service is reachable by its name through Skiff's DNS anyway |
 //! | `dns`, `dns_search`, `dns_opt` | warning | containers resolve through Skiff's DNS, which forwards other names upstream |
 //! | `logging` | warning | Skiff collects every container's output itself |
 //! | `tty`, `stdin_open`, `attach` | warning | no terminal is attached to production containers |
 //! | `platform`, `pull_policy` | warning | the agent pulls for its host's platform when the digest is missing |
-//! | `domainname`, `mac_address`, `oom_score_adj`, `oom_kill_disable`, `shm_size`, `storage_opt`, `isolation`, `annotations`, `blkio_config`, `cpu_rt_runtime`, `cpu_rt_period`, `cpu_count`, `cpu_percent`, `mem_swappiness`, `credential_spec`, `label_file`, `develop`, `post_start`, `pre_stop`, `use_api_socket`, `models`, `provider` | warning | tuning or tooling keys this release does not pass on |
+//! | `domainname`, `mac_address`, `oom_score_adj`, `oom_kill_disable`, `storage_opt`, `isolation`, `annotations`, `blkio_config`, `cpu_rt_runtime`, `cpu_rt_period`, `cpu_count`, `cpu_percent`, `mem_swappiness`, `credential_spec`, `label_file`, `develop`, `post_start`, `pre_stop`, `use_api_socket`, `models`, `provider` | warning | tuning or tooling keys this release does not pass on |
 //! | volume options `z`, `Z`, propagation and consistency; long-syntax `bind.propagation`, `bind.selinux`, `volume.subpath`, `consistency`; tmpfs options other than `size` and `mode` | warning | not passed on by this release; the mount itself is made |
 //! | top-level network `driver`, `driver_opts`, `ipam`, `attachable`, `enable_ipv6`; service network `ipv4_address`, `ipv6_address`, `priority`, ... | warning | Skiff's private network connects every host's containers and assigns addresses itself |
 //! | top-level secret or config `driver`, `driver_opts`, `template_driver` | warning | Skiff stores and delivers secrets itself |
 //! | unknown keys under `x-skiff` | warning | kept in the model (`other`) for newer Skiff releases; likely a typo today |
-//! | a bind mount with a relative or `~` source | warning | it names a path on every server that runs the service, not on the deploying machine |
+//! | a bind mount with a relative or `~` source | error | it names a place on the deploying machine, which means nothing on a server: write an absolute path, or ship small files as `configs:` |
 //! | `deploy.placement.preferences` | warning | Skiff spreads replicas over hosts by default |
 //! | `version` (top level) | warning | obsolete in Compose too |
 //! | `restart` and `deploy.restart_policy` both set | warning | both are kept; Skiff's agent follows `deploy.restart_policy` |
+//!
+//! # Rights, namespaces and kernel limits
+//!
+//! `cap_drop`, `ulimits`, `sysctls` (`net.*` and the IPC namespace's
+//! `kernel.shm*`, `kernel.msg*`, `kernel.sem`, `fs.mqueue.*`), `shm_size`,
+//! `pids_limit` (the same limit as `deploy.resources.limits.pids`) and
+//! `group_add` give a container nothing beyond the engine's defaults and
+//! are always accepted. `privileged`, `cap_add`, `devices`,
+//! `device_cgroup_rules`, `security_opt`, `network_mode: host`, `pid: host`,
+//! `ipc: host` and `uts: host` are parsed and kept in [`Runtime`]; whether a
+//! stack may have them is the cluster's container policy, which the
+//! coordinator applies to every deploy, rollback and scale (`skiff policy`).
 //!
 //! # Skiff's choices where Compose and Swarm differ
 //! - `deploy.update_config.failure_action` defaults to `rollback` (Swarm:
@@ -90,7 +102,7 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -234,6 +246,87 @@ impl Diagnostic {
 pub struct Parsed {
     pub stack: Stack,
     pub warnings: Vec<Diagnostic>,
+    /// What the parse read besides the file's text.
+    pub uses: Uses,
+}
+
+/// What a parse read besides the file's own text: with the text and
+/// these alone, the file parses the same way on another machine (the
+/// coordinator parses again what `skiff deploy` sends it). `Debug` shows
+/// names and paths only: values may be secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// Variables whose values were read (interpolation, `environment:`
+    /// entries without a value, bare keys of env files, `environment:`
+    /// configs, `~/`), with their values. Variables read but not set are
+    /// not listed.
+    pub variables: BTreeMap<String, String>,
+    /// Variables that only had to be set: the `environment:` source of a
+    /// secret, whose value is uploaded as a secret, not with the file.
+    pub variables_set: BTreeSet<String>,
+    /// Files read (`env_file:`, and `file:` configs once [`inline_configs`]
+    /// read them), by path as resolved, with their text.
+    pub files: BTreeMap<PathBuf, String>,
+    /// Files that only had to exist: the `file:` source of a secret.
+    pub files_present: BTreeSet<PathBuf>,
+}
+
+impl fmt::Debug for Uses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Uses")
+            .field("variables", &self.variables.keys().collect::<Vec<_>>())
+            .field("variables_set", &self.variables_set)
+            .field("files", &self.files.keys().collect::<Vec<_>>())
+            .field("files_present", &self.files_present)
+            .finish()
+    }
+}
+
+/// Reads the `file:` and `environment:` configs of a parsed stack into
+/// `content:` (a config's content travels with the release), through the
+/// files and variables of `input`, and adds what it read to
+/// `parsed.uses`. Both `skiff deploy` and the coordinator call it after
+/// [`parse`].
+///
+/// # Errors
+/// The first config that cannot be read, naming it and the fix.
+pub fn inline_configs(parsed: &mut Parsed, input: &Input<'_>) -> Result<(), String> {
+    for (name, def) in &mut parsed.stack.configs {
+        let content = match &def.source {
+            ConfigSource::File(path) => match input.files.read_to_string(path) {
+                Ok(text) => {
+                    parsed.uses.files.insert(path.clone(), text.clone());
+                    text
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(format!(
+                        "config {name}: {} is not UTF-8 text; put binary files in a secret or the image",
+                        path.display()
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "config {name}: cannot read {}: {e}",
+                        path.display()
+                    ));
+                }
+            },
+            ConfigSource::Environment(var) => match input.env.get(var) {
+                Some(value) => {
+                    parsed.uses.variables.insert(var.clone(), value.clone());
+                    value.clone()
+                }
+                None => {
+                    return Err(format!(
+                        "config {name}: environment variable {var} is not set"
+                    ));
+                }
+            },
+            ConfigSource::Content(_) | ConfigSource::External(_) => continue,
+        };
+        def.source = ConfigSource::Content(content);
+    }
+    Ok(())
 }
 
 /// A stack file that did not parse: every error found, in file order, and

@@ -87,6 +87,97 @@ pub struct Service {
     pub deploy: Deploy,
     /// `x-skiff:` on the service.
     pub skiff: SkiffService,
+    /// Rights, namespaces and kernel limits beside the engine's defaults
+    /// (`cap_add`, `privileged`, `ulimits`, ...). Some are for the cluster's
+    /// container policy to allow; the parser only checks how they are
+    /// written.
+    #[serde(default, skip_serializing_if = "Runtime::is_default")]
+    pub runtime: Runtime,
+}
+
+/// A service's rights, namespaces and kernel limits, as the Compose keys of
+/// the same names give them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runtime {
+    /// `privileged: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// `cap_add`, upper case without the `CAP_` prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `cap_drop`, upper case without the `CAP_` prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `devices`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+    /// `device_cgroup_rules`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    /// `security_opt`, each as `key=value` (`no-new-privileges=true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// `network_mode: host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    /// `pid: host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_pid: bool,
+    /// `uts: host`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_uts: bool,
+    /// `ipc:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<IpcMode>,
+    /// `ulimits`, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// `sysctls` (namespaced ones only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// `shm_size`, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_bytes: Option<u64>,
+    /// `group_add`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
+}
+
+impl Runtime {
+    /// True when no key of the group was given.
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A host device in the container (`devices:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Absolute path on the server.
+    pub source: String,
+    /// Absolute path in the container (the source's by default).
+    pub target: String,
+    /// Cgroup permissions, some of `rwm` (default `rwm`).
+    pub permissions: String,
+}
+
+/// The IPC namespace (`ipc:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpcMode {
+    /// The server's own.
+    Host,
+    Private,
+    Shareable,
+    /// No `/dev/shm`.
+    None,
+}
+
+/// A soft and a hard limit (`ulimits:`); -1 is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: i64,
+    pub hard: i64,
 }
 
 /// Transport protocol of a port.

@@ -217,6 +217,146 @@ fn every_unsupported_key_is_in_the_module_doc_table() {
     }
 }
 
+/// The environment and files a parse's [`super::Uses`] hold, as the
+/// coordinator rebuilds them from a deploy request: values of what was
+/// read, placeholders for what only had to exist.
+fn replay(uses: &super::Uses) -> (BTreeMap<String, String>, BTreeMap<PathBuf, String>) {
+    let mut env = uses.variables.clone();
+    for name in &uses.variables_set {
+        env.entry(name.clone()).or_default();
+    }
+    let mut files = uses.files.clone();
+    for path in &uses.files_present {
+        files.entry(path.clone()).or_default();
+    }
+    (env, files)
+}
+
+#[test]
+fn every_valid_file_parses_the_same_from_what_it_used() {
+    let files = memory_files();
+    let mut checked = 0;
+    for text in valid_texts() {
+        let env = env_for(&text);
+        let input = Input::new(&text, "f.yml", Path::new("/project"), &env).with_files(&files);
+        let Ok(mut first) = parse(&input) else {
+            continue;
+        };
+        if super::inline_configs(&mut first, &input).is_err() {
+            continue;
+        }
+        let (env2, files2) = replay(&first.uses);
+        let input2 = Input::new(&text, "f.yml", Path::new("/project"), &env2).with_files(&files2);
+        let again = parse(&input2).and_then(|mut p| {
+            super::inline_configs(&mut p, &input2)
+                .map(|()| p)
+                .map_err(|e| StackError {
+                    errors: vec![],
+                    warnings: vec![Diagnostic {
+                        severity: super::Severity::Error,
+                        file: e,
+                        line: 0,
+                        column: 0,
+                        path: String::new(),
+                        message: String::new(),
+                        fix: None,
+                    }],
+                })
+        });
+        let again = again.unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(again.stack, first.stack, "{text}");
+        assert_eq!(again.warnings, first.warnings, "{text}");
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} files checked");
+}
+
+#[test]
+fn uses_hold_what_was_read_and_secret_values_stay_out() {
+    let mut files = BTreeMap::new();
+    files.insert(
+        PathBuf::from("/p/app.env"),
+        "FROM_FILE=${TAG}\nBARE\n".to_owned(),
+    );
+    files.insert(PathBuf::from("/p/key.pem"), "secret key".to_owned());
+    files.insert(PathBuf::from("/p/site.conf"), "listen 80;\n".to_owned());
+    files.insert(PathBuf::from("/p/unused.txt"), "not read".to_owned());
+    let env: BTreeMap<String, String> = [
+        ("TAG", "1.2"),
+        ("BARE", "bare"),
+        ("LISTED", "listed"),
+        ("DB_PASSWORD", "hunter2"),
+        ("SITE_NAME", "shop"),
+        ("UNRELATED", "x"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let text = "services:\n  app:\n    image: app:${TAG}\n    command: [\"${MISSING:-x}\"]\n    env_file: app.env\n    environment: [LISTED]\n    secrets: [db, key]\n    configs: [site, name]\nsecrets:\n  db: {environment: DB_PASSWORD}\n  key: {file: ./key.pem}\nconfigs:\n  site: {file: ./site.conf}\n  name: {environment: SITE_NAME}\n";
+    let input = Input::new(text, "compose.yml", Path::new("/p"), &env).with_files(&files);
+    let mut parsed = parse(&input).unwrap_or_else(|e| panic!("{e}"));
+    super::inline_configs(&mut parsed, &input).unwrap_or_else(|e| panic!("{e}"));
+    let uses = &parsed.uses;
+    let vars: Vec<(&str, &str)> = uses
+        .variables
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        vars,
+        vec![
+            ("BARE", "bare"),
+            ("LISTED", "listed"),
+            ("SITE_NAME", "shop"),
+            ("TAG", "1.2")
+        ]
+    );
+    assert_eq!(
+        uses.variables_set.iter().collect::<Vec<_>>(),
+        vec!["DB_PASSWORD"],
+        "a secret's variable is named, its value is not sent"
+    );
+    assert_eq!(
+        uses.files.keys().collect::<Vec<_>>(),
+        vec![Path::new("/p/app.env"), Path::new("/p/site.conf")]
+    );
+    assert_eq!(
+        uses.files_present.iter().collect::<Vec<_>>(),
+        vec![Path::new("/p/key.pem"), Path::new("/p/site.conf")]
+    );
+    let shown = format!("{uses:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("1.2"),
+        "{shown}"
+    );
+    assert!(matches!(
+        &parsed.stack.configs["site"].source,
+        super::ConfigSource::Content(c) if c == "listen 80;\n"
+    ));
+}
+
+#[test]
+fn configs_that_cannot_be_read_are_named() {
+    let files: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let env = BTreeMap::new();
+    let text =
+        "services:\n  app:\n    image: app\n    configs: [name]\nconfigs:\n  name: {content: x}\n";
+    let input = Input::new(text, "compose.yml", Path::new("/p"), &env).with_files(&files);
+    let mut parsed = parse(&input).unwrap_or_else(|e| panic!("{e}"));
+    parsed.stack.configs.insert(
+        "gone".into(),
+        super::ConfigDef {
+            source: super::ConfigSource::File("/p/gone.conf".into()),
+            labels: BTreeMap::new(),
+        },
+    );
+    let err = super::inline_configs(&mut parsed, &input).err();
+    assert_eq!(
+        err.as_deref(),
+        Some("config gone: cannot read /p/gone.conf: no such file")
+    );
+}
+
 #[test]
 fn default_file_source_reads_the_disk() {
     let dir = std::env::temp_dir().join(format!("skiff-stack-test-{}", std::process::id()));

@@ -1,7 +1,8 @@
 //! The keys of a service: those Skiff handles, those it refuses (ignoring
 //! them would change what the application does) and those it ignores with a
 //! warning. The table in the `stack` module documentation lists the last
-//! two.
+//! two. The keys of rights, namespaces and kernel limits are in
+//! `runtime::RUNTIME_KEYS`.
 
 /// Keys a service may have that Skiff handles.
 pub(super) const SERVICE_KEYS: &[&str] = &[
@@ -38,53 +39,8 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
 /// (key, reason, fix)
 pub(in crate::stack) const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
     (
-        "network_mode",
-        "is not supported: host or container networking would bypass Skiff's network, DNS and firewall",
-        Some("remove it; services reach each other by name on Skiff's network"),
-    ),
-    (
-        "privileged",
-        "is not supported: the container would run with different rights than asked for",
-        None,
-    ),
-    (
-        "cap_add",
-        "is not supported: the container would run without the added capabilities",
-        None,
-    ),
-    (
-        "cap_drop",
-        "is not supported: ignoring it would grant capabilities the file takes away",
-        None,
-    ),
-    (
-        "devices",
-        "is not supported: the container would run without the devices",
-        None,
-    ),
-    (
-        "security_opt",
-        "is not supported: the container would run with a different security profile",
-        None,
-    ),
-    (
         "userns_mode",
         "is not supported: the container would run in a different user namespace",
-        None,
-    ),
-    (
-        "pid",
-        "is not supported: the container would run in its own PID namespace",
-        None,
-    ),
-    (
-        "ipc",
-        "is not supported: the container would run in its own IPC namespace",
-        None,
-    ),
-    (
-        "uts",
-        "is not supported: the container would run in its own UTS namespace",
         None,
     ),
     (
@@ -105,21 +61,6 @@ pub(in crate::stack) const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
     (
         "gpus",
         "is not supported: the container would run without GPUs",
-        None,
-    ),
-    (
-        "group_add",
-        "is not supported: the container's user would lack the added groups",
-        None,
-    ),
-    (
-        "sysctls",
-        "is not supported: the kernel settings would stay the defaults",
-        None,
-    ),
-    (
-        "ulimits",
-        "is not supported: the limits would stay the engine's defaults",
         None,
     ),
     (
@@ -178,11 +119,6 @@ pub(in crate::stack) const SERVICE_ERRORS: &[(&str, &str, Option<&str>)] = &[
         "is not supported: the container would run on any CPU",
         None,
     ),
-    (
-        "pids_limit",
-        "is not supported",
-        Some("use `deploy.resources.limits.pids`"),
-    ),
 ];
 
 /// Service keys that are warnings: not acted on, with no change to what
@@ -240,7 +176,6 @@ pub(in crate::stack) const SERVICE_WARNINGS: &[(&str, &str)] = &[
     ("mac_address", "is not passed on by this Skiff release"),
     ("oom_score_adj", "is not passed on by this Skiff release"),
     ("oom_kill_disable", "is not passed on by this Skiff release"),
-    ("shm_size", "is not passed on by this Skiff release"),
     ("storage_opt", "is not passed on by this Skiff release"),
     ("isolation", "is not passed on by this Skiff release"),
     ("annotations", "is not passed on by this Skiff release"),

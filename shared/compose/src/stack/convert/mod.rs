@@ -14,19 +14,22 @@
 //! - `health`: `healthcheck`.
 //! - `depends`: `depends_on` and the checks across services.
 //! - `deploy`: `deploy` and its sub-keys.
+//! - `runtime`: capabilities, devices, security options, host namespaces,
+//!   ulimits, sysctls, `shm_size`, `pids_limit`, `group_add`.
 //! - `skiff`: a service's `x-skiff` mapping.
 //! - `keys`: the service keys handled, refused and ignored.
 //!
 //! This file holds the context that collects diagnostics, the helpers that
 //! report them, the typed readers of scalars, and the entry point.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use super::interpolate::{InterpolationError, interpolate};
+use super::interpolate::{InterpolationError, Vars, interpolate};
 use super::yaml::{self, Key, Node, Pos, Value, join};
-use super::{Diagnostic, Input, Parsed, Severity, StackError, units};
+use super::{Diagnostic, Input, Parsed, Severity, StackError, Uses, units};
 
 mod depends;
 mod deploy;
@@ -34,6 +37,7 @@ mod health;
 mod keys;
 mod mounts;
 mod ports;
+mod runtime;
 mod secrets;
 mod services;
 mod skiff;
@@ -42,12 +46,30 @@ mod top;
 use keys::SERVICE_KEYS;
 pub(super) use keys::{SERVICE_ERRORS, SERVICE_WARNINGS};
 
-/// Accumulates diagnostics while the tree is walked.
+/// Accumulates diagnostics while the tree is walked, and what was read
+/// besides the file's text.
 struct Cx<'a, 'i> {
     input: &'a Input<'i>,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,
     unset_warned: BTreeSet<String>,
+    /// The interpolation environment, recording every variable read.
+    vars: Recorder<'i>,
+    /// Files read and checked, and variables only checked for.
+    uses: Uses,
+}
+
+/// The interpolation environment, with the name of every variable read.
+struct Recorder<'e> {
+    env: &'e BTreeMap<String, String>,
+    read: RefCell<BTreeSet<String>>,
+}
+
+impl Vars for Recorder<'_> {
+    fn var(&self, name: &str) -> Option<&str> {
+        self.read.borrow_mut().insert(name.to_owned());
+        self.env.get(name).map(String::as_str)
+    }
 }
 
 /// What the checks across services need from each service: positions.
@@ -75,6 +97,11 @@ pub(super) fn convert(input: &Input<'_>) -> Result<Parsed, StackError> {
         errors: Vec::new(),
         warnings: Vec::new(),
         unset_warned: BTreeSet::new(),
+        vars: Recorder {
+            env: input.env,
+            read: RefCell::default(),
+        },
+        uses: Uses::default(),
     };
     let stack = match yaml::parse(input.text) {
         Ok(Some(mut root)) => {
@@ -107,10 +134,20 @@ pub(super) fn convert(input: &Input<'_>) -> Result<Parsed, StackError> {
     cx.errors.sort_by_key(key);
     cx.warnings.sort_by_key(key);
     match stack {
-        Some(stack) if cx.errors.is_empty() => Ok(Parsed {
-            stack,
-            warnings: cx.warnings,
-        }),
+        Some(stack) if cx.errors.is_empty() => {
+            let mut uses = cx.uses;
+            for name in cx.vars.read.into_inner() {
+                if let Some(value) = input.env.get(&name) {
+                    uses.variables_set.remove(&name);
+                    uses.variables.insert(name, value.clone());
+                }
+            }
+            Ok(Parsed {
+                stack,
+                warnings: cx.warnings,
+                uses,
+            })
+        }
         _ => Err(StackError {
             errors: cx.errors,
             warnings: cx.warnings,
@@ -251,7 +288,7 @@ impl Cx<'_, '_> {
                 if !s.text.contains('$') {
                     return;
                 }
-                match interpolate(&s.text, self.input.env) {
+                match interpolate(&s.text, &self.vars) {
                     Ok(r) => {
                         for name in r.unset {
                             if self.unset_warned.insert(name.clone()) {
@@ -544,6 +581,33 @@ impl Cx<'_, '_> {
         out
     }
 
+    /// Reads a file the stack file refers to, remembering its text.
+    fn read_file(&mut self, path: &Path) -> std::io::Result<String> {
+        let text = self.input.files.read_to_string(path)?;
+        self.uses.files.insert(path.to_owned(), text.clone());
+        Ok(text)
+    }
+
+    /// Whether a file the stack file refers to exists (its content is
+    /// read at deploy time, not by the parse).
+    fn file_exists(&mut self, path: &Path) -> bool {
+        let exists = self.input.files.is_file(path);
+        if exists {
+            self.uses.files_present.insert(path.to_owned());
+        }
+        exists
+    }
+
+    /// Whether a variable is set, when only that matters (its value is
+    /// a secret, uploaded apart from the file).
+    fn var_is_set(&mut self, name: &str) -> bool {
+        let set = self.input.env.contains_key(name);
+        if set {
+            self.uses.variables_set.insert(name.to_owned());
+        }
+        set
+    }
+
     /// Reports every entry of a sub-mapping as not supported (warning).
     fn warn_key(&mut self, key: &Key, path: &str, reason: &str) {
         let p = join(path, &key.name);
@@ -554,7 +618,7 @@ impl Cx<'_, '_> {
     /// lexically (no file system access).
     fn resolve(&self, written: &str) -> PathBuf {
         let expanded = match written.strip_prefix("~/") {
-            Some(rest) => match self.input.env.get("HOME") {
+            Some(rest) => match self.vars.var("HOME") {
                 Some(home) => PathBuf::from(home).join(rest),
                 None => PathBuf::from(written),
             },

@@ -49,17 +49,20 @@ impl Cx<'_, '_> {
         false
     }
 
-    pub(super) fn bind_source(&mut self, written: &str, pos: Pos, path: &str) -> PathBuf {
-        let resolved = self.resolve(written);
+    /// The server path of a bind mount. Only an absolute path means the
+    /// same on every server: a relative or `~` path would name a directory
+    /// on the deploying machine, which the servers do not have.
+    pub(super) fn bind_source(&mut self, written: &str, pos: Pos, path: &str) -> Option<PathBuf> {
         if !written.starts_with('/') {
-            self.warn_fix(
+            self.err_fix(
                 pos,
                 path,
-                format!("bind mount of {written:?} is mounted from {} on each server that runs the service", resolved.display()),
-                "put the files there on every server, or ship them as a `configs:` entry",
+                format!("bind mount of {written:?} is a relative path, which means nothing on a server"),
+                "write an absolute path on the servers (such as /srv/app/data), or ship small files as a `configs:` entry",
             );
+            return None;
         }
-        resolved
+        Some(self.resolve(written))
     }
 
     pub(super) fn mount(&mut self, node: &Node, path: &str, declared: &Declared) -> Option<Mount> {
@@ -132,24 +135,7 @@ impl Cx<'_, '_> {
                 nocopy,
             }),
             Some(s) if s.starts_with('/') || s.starts_with('.') || s.starts_with('~') => {
-                if s.starts_with('~') && !s.starts_with("~/") && s != "~" {
-                    self.err(
-                        pos,
-                        path,
-                        format!("cannot expand {s:?}: only `~/` is understood"),
-                    );
-                    return None;
-                }
-                if s.starts_with('~') && !self.input.env.contains_key("HOME") {
-                    self.err_fix(
-                        pos,
-                        path,
-                        format!("cannot expand {s:?}: HOME is not set"),
-                        "write an absolute path",
-                    );
-                    return None;
-                }
-                let source = self.bind_source(s, pos, path);
+                let source = self.bind_source(s, pos, path)?;
                 Some(Mount::Bind {
                     source,
                     target: target.to_string(),
@@ -319,7 +305,7 @@ impl Cx<'_, '_> {
                     );
                     return None;
                 };
-                let source = self.bind_source(&s, pos, &join(path, "source"));
+                let source = self.bind_source(&s, pos, &join(path, "source"))?;
                 Some(Mount::Bind {
                     source,
                     target,

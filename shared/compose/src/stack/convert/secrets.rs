@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::stack::interpolate::Vars;
 use crate::stack::model::*;
 use crate::stack::yaml::{Node, Pos, Value, join};
 
@@ -28,7 +29,7 @@ impl Cx<'_, '_> {
                 "file" => {
                     if let Some(f) = self.non_empty_string(v, &kp) {
                         let path = self.resolve(&f);
-                        if self.input.files.is_file(&path) {
+                        if self.file_exists(&path) {
                             sources.push((k.pos, ConfigSource::File(path)));
                         } else {
                             self.err_fix(
@@ -46,7 +47,14 @@ impl Cx<'_, '_> {
                 }
                 "environment" => {
                     if let Some(var) = self.non_empty_string(v, &kp) {
-                        if self.input.env.contains_key(&var) {
+                        // A secret's value is uploaded on its own; a
+                        // config's is read into the release.
+                        let set = if kind == "secret" {
+                            self.var_is_set(&var)
+                        } else {
+                            self.vars.var(&var).is_some()
+                        };
+                        if set {
                             sources.push((k.pos, ConfigSource::Environment(var)));
                         } else {
                             self.err_fix(
@@ -64,8 +72,12 @@ impl Cx<'_, '_> {
                     }
                 }
                 "external" => {
-                    if self.boolean(v, &kp).unwrap_or(false) {
+                    let (external, legacy_name) = self.external(k, v, &kp);
+                    if external {
                         sources.push((k.pos, ConfigSource::External(String::new())));
+                    }
+                    if legacy_name.is_some() {
+                        name = legacy_name;
                     }
                 }
                 "name" => name = self.non_empty_string(v, &kp),

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::stack::interpolate::Vars;
 use crate::stack::model::*;
 use crate::stack::yaml::{Node, Pos, Value, join};
 use crate::stack::{Severity, envfile};
 
+use super::runtime::{RUNTIME_KEYS, RuntimeMarks};
 use super::{
     Cx, Declared, SERVICE_ERRORS, SERVICE_KEYS, SERVICE_WARNINGS, ServiceMarks, index,
     is_extension, suggest,
@@ -59,7 +61,9 @@ impl Cx<'_, '_> {
             networks: BTreeMap::new(),
             deploy: Deploy::default(),
             skiff: SkiffService::default(),
+            runtime: Runtime::default(),
         };
+        let mut runtime_marks = RuntimeMarks::default();
         let mut image_set = false;
         let mut build_key = None;
         let mut env_files: Vec<(String, String)> = Vec::new();
@@ -167,6 +171,9 @@ impl Cx<'_, '_> {
                     svc.deploy = self.deploy(value, &p);
                 }
                 "x-skiff" => svc.skiff = self.skiff_service(value, &p),
+                k if RUNTIME_KEYS.contains(&k) => {
+                    self.runtime_key(key, value, path, &mut svc.runtime, &mut runtime_marks);
+                }
                 other if is_extension(other) => {}
                 other => {
                     if let Some((_, why, fix)) = SERVICE_ERRORS.iter().find(|(k, _, _)| *k == other)
@@ -185,7 +192,9 @@ impl Cx<'_, '_> {
                     {
                         self.warn(key.pos, &p, format!("`{other}` {why}"));
                     } else {
-                        self.unknown_key(key, path, SERVICE_KEYS);
+                        let known: Vec<&str> =
+                            SERVICE_KEYS.iter().chain(RUNTIME_KEYS).copied().collect();
+                        self.unknown_key(key, path, &known);
                     }
                 }
             }
@@ -210,6 +219,7 @@ impl Cx<'_, '_> {
                 "set `image:` to an image in a registry the servers can pull from",
             );
         }
+        self.runtime_checks(&mut svc, path, &runtime_marks);
         if let (Some(pos), true) = (restart_key, restart_policy_set) {
             self.warn(
                 pos,
@@ -297,8 +307,8 @@ impl Cx<'_, '_> {
             }
             let value = match value {
                 Some(v) => v,
-                None => match cx.input.env.get(key) {
-                    Some(v) => v.clone(),
+                None => match cx.vars.var(key) {
+                    Some(v) => v.to_owned(),
                     None => {
                         cx.warn_fix(
                             pos,
@@ -415,7 +425,7 @@ impl Cx<'_, '_> {
         let mut out = Vec::new();
         for (written, required, pos, p) in list {
             let resolved = self.resolve(&written);
-            let text = match self.input.files.read_to_string(&resolved) {
+            let text = match self.read_file(&resolved) {
                 Ok(t) => t,
                 Err(e) => {
                     if required {
@@ -429,7 +439,7 @@ impl Cx<'_, '_> {
                     continue;
                 }
             };
-            let parsed = envfile::parse(&text, self.input.env);
+            let parsed = envfile::parse(&text, &self.vars);
             let file = written.trim_start_matches("./").to_string();
             for issue in parsed.errors {
                 self.push(

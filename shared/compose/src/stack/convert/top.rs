@@ -170,24 +170,13 @@ impl Cx<'_, '_> {
             for (k, v) in self.map(value, &p).unwrap_or(&[]) {
                 let kp = join(&p, &k.name);
                 match k.name.as_str() {
-                    "external" => match &v.value {
-                        Value::Map(_) => {
-                            vol.external = true;
-                            self.warn_fix(
-                                k.pos,
-                                &kp,
-                                "`external: {name: ...}` is deprecated",
-                                "write `external: true` and `name: ...`",
-                            );
-                            if let Some((_, n)) = self
-                                .map(v, &kp)
-                                .and_then(|m| m.iter().find(|(k, _)| k.name == "name"))
-                            {
-                                vol.name = self.string(n, &join(&kp, "name"));
-                            }
+                    "external" => {
+                        let (external, name) = self.external(k, v, &kp);
+                        vol.external = external;
+                        if name.is_some() {
+                            vol.name = name;
                         }
-                        _ => vol.external = self.boolean(v, &kp).unwrap_or(false),
-                    },
+                    }
                     "name" => vol.name = self.non_empty_string(v, &kp),
                     "driver" => vol.driver = self.opt_string(v, &kp),
                     "driver_opts" => vol.driver_opts = self.string_map(v, &kp),
@@ -205,6 +194,33 @@ impl Cx<'_, '_> {
         out
     }
 
+    /// `external:` of a top-level volume, network, secret or config: a
+    /// boolean, or the legacy `{name: ...}` form, which is external under
+    /// that name. Returns whether it is external and the legacy name.
+    pub(super) fn external(
+        &mut self,
+        key: &Key,
+        value: &Node,
+        path: &str,
+    ) -> (bool, Option<String>) {
+        match &value.value {
+            Value::Map(entries) => {
+                self.warn_fix(
+                    key.pos,
+                    path,
+                    "`external: {name: ...}` is deprecated",
+                    "write `external: true` and `name: ...`",
+                );
+                let name = match entries.iter().find(|(k, _)| k.name == "name") {
+                    Some((_, n)) => self.non_empty_string(n, &join(path, "name")),
+                    None => None,
+                };
+                (true, name)
+            }
+            _ => (self.boolean(value, path).unwrap_or(false), None),
+        }
+    }
+
     pub(super) fn top_networks(&mut self, node: &Node) -> BTreeMap<String, Network> {
         let mut out = BTreeMap::new();
         let Some(entries) = self.map(node, "networks") else {
@@ -216,7 +232,13 @@ impl Cx<'_, '_> {
             for (k, v) in self.map(value, &p).unwrap_or(&[]) {
                 let kp = join(&p, &k.name);
                 match k.name.as_str() {
-                    "external" => net.external = self.boolean(v, &kp).unwrap_or(false),
+                    "external" => {
+                        let (external, name) = self.external(k, v, &kp);
+                        net.external = external;
+                        if name.is_some() {
+                            net.name = name;
+                        }
+                    }
                     "name" => net.name = self.non_empty_string(v, &kp),
                     "internal" => net.internal = self.boolean(v, &kp).unwrap_or(false),
                     "labels" => net.labels = self.string_map(v, &kp),
