@@ -15,10 +15,11 @@
 //! recorded before a policy change is checked again when it is restored.
 //! The agent has its own, narrower check for its data dir.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::Path;
 
 use skiff_api_types::PolicyRuleView;
 use skiff_api_types::policy::PolicySetting;
+use skiff_shared::files::{Reach, normalize};
 use skiff_shared::workload::{ContainerSpec, DEFAULT_CAPABILITIES, IpcMode, MountKind};
 
 use crate::deploy::resolve::ServiceDef;
@@ -116,34 +117,16 @@ pub fn parse_allowances(rows: &[AllowanceRow]) -> Result<Vec<PolicySetting>, Sto
         .collect()
 }
 
-/// Removes `.` and resolves `..` without touching any file system.
-fn normalize(path: &str) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// The protected path a bind source reaches, and how: it is it, is inside
 /// it, or holds it.
 fn protected(source: &Path) -> Option<(&'static str, &'static str, &'static str)> {
     PROTECTED.iter().find_map(|(path, what)| {
-        let p = Path::new(path);
-        let how = if source == p {
-            "is"
-        } else if p.starts_with(source) {
-            "holds"
-        } else if *path != "/" && source.starts_with(p) {
-            "is inside"
-        } else {
-            return None;
+        let how = match Reach::of(source, Path::new(path))? {
+            Reach::Is => "is",
+            Reach::Above => "holds",
+            // Everything is inside `/`: only `/` itself is refused.
+            Reach::Inside if *path == "/" => return None,
+            Reach::Inside => "is inside",
         };
         Some((*path, how, *what))
     })
@@ -225,7 +208,7 @@ fn needs(spec: &ContainerSpec) -> Vec<Need> {
         }
     }
     for m in spec.mounts.iter().filter(|m| m.kind == MountKind::Bind) {
-        let source = normalize(&m.source);
+        let source = normalize(Path::new(&m.source));
         if let Some((path, how, what)) = protected(&source) {
             let shown = source.display().to_string();
             let relation = if how == "is" {
@@ -273,7 +256,7 @@ mod tests {
 
     fn defs(text: &str) -> Vec<ServiceDef> {
         let env = BTreeMap::new();
-        let files: BTreeMap<PathBuf, String> = BTreeMap::new();
+        let files: BTreeMap<std::path::PathBuf, String> = BTreeMap::new();
         let input = skiff_compose::stack::Input::new(text, "compose.yml", Path::new("/srv"), &env)
             .with_files(&files);
         let stack = match skiff_compose::stack::parse(&input) {

@@ -94,6 +94,48 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Confi
     })
 }
 
+/// `path` with `.` removed and `..` resolved, without touching any file
+/// system (so a path that does not exist here is judged as written).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// How a path reaches another one that must stay out of reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// It is that path.
+    Is,
+    /// It is inside it.
+    Inside,
+    /// It is a directory above it.
+    Above,
+}
+
+impl Reach {
+    /// Of `path` and `guarded`, both normalised: whether one reaches the other.
+    pub fn of(path: &Path, guarded: &Path) -> Option<Self> {
+        if path == guarded {
+            Some(Self::Is)
+        } else if path.starts_with(guarded) {
+            Some(Self::Inside)
+        } else if guarded.starts_with(path) {
+            Some(Self::Above)
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,33 +203,9 @@ fn rank(s: State) -> u8 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use skiff_shared::workload::{ResourceSpec, RestartSpec};
 
     fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
-        ContainerSpec {
-            stack: "shop".into(),
-            service: service.into(),
-            slot,
-            revision: 0,
-            image: image.into(),
-            command: None,
-            entrypoint: None,
-            env: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            ports: vec![],
-            mounts: vec![],
-            healthcheck: None,
-            restart: RestartSpec::default(),
-            resources: ResourceSpec::default(),
-            stop_grace_ms: None,
-            user: None,
-            working_dir: None,
-            secrets: vec![],
-            probe: None,
-            configs: vec![],
-            networks: vec![],
-            runtime: Default::default(),
-        }
+        ContainerSpec::new("shop", service, slot, image)
     }
 
     fn host_with(containers: Vec<Observed>) -> Host {

@@ -4,7 +4,9 @@
 //! directory above it: a section that asks for one is refused before the
 //! plan holding it is stored, whatever the coordinator's policy allowed.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use skiff_shared::files::{Reach, normalize};
 
 use skiff_shared::sections::containers::ContainersSection;
 use skiff_shared::workload::MountKind;
@@ -22,32 +24,13 @@ pub(super) fn own_dirs(data_dir: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// Removes `.` and resolves `..` without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// How a bind source relates to the data dir, if it reaches into it.
 fn overlap(source: &Path, dir: &Path) -> Option<&'static str> {
-    if source == dir {
-        Some("is")
-    } else if source.starts_with(dir) {
-        Some("is inside")
-    } else if dir.starts_with(source) {
-        Some("contains")
-    } else {
-        None
-    }
+    Reach::of(source, dir).map(|r| match r {
+        Reach::Is => "is",
+        Reach::Inside => "is inside",
+        Reach::Above => "contains",
+    })
 }
 
 /// Refuses a section with a container that bind-mounts one of `own_dirs`,

@@ -149,7 +149,8 @@ pub(crate) enum ConnectError {
     Handshake(String),
 }
 
-fn ws_config() -> WebSocketConfig {
+/// The WebSocket limits and buffers of the agent's side of the link.
+pub fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
@@ -157,7 +158,9 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-fn is_revoked(e: &std::io::Error) -> bool {
+/// Whether a TLS error says the coordinator refused this node's
+/// certificate as revoked (the node was removed).
+pub fn is_revoked(e: &std::io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .is_some_and(|e| {

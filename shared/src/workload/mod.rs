@@ -492,6 +492,35 @@ pub struct ResourceSpec {
 }
 
 impl ContainerSpec {
+    /// A container of `image` with every other field at its default
+    /// (revision 0, restart always, no command, ports, mounts or limits).
+    pub fn new(stack: &str, service: &str, slot: u32, image: &str) -> Self {
+        Self {
+            stack: stack.to_owned(),
+            service: service.to_owned(),
+            slot,
+            revision: 0,
+            image: image.to_owned(),
+            command: None,
+            entrypoint: None,
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+            mounts: Vec::new(),
+            healthcheck: None,
+            restart: RestartSpec::default(),
+            resources: ResourceSpec::default(),
+            stop_grace_ms: None,
+            user: None,
+            working_dir: None,
+            secrets: Vec::new(),
+            probe: None,
+            configs: Vec::new(),
+            networks: Vec::new(),
+            runtime: RuntimeSpec::default(),
+        }
+    }
+
     /// `<stack>.<service>.<slot>`: unique in the cluster.
     pub fn name(&self) -> String {
         format!("{}.{}.{}", self.stack, self.service, self.slot)

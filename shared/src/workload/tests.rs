@@ -2,28 +2,9 @@ use super::*;
 
 pub(crate) fn spec(service: &str, slot: u32) -> ContainerSpec {
     ContainerSpec {
-        stack: "shop".into(),
-        service: service.into(),
-        slot,
         revision: 1,
-        image: "skiff-test/busybox:1".into(),
         command: Some(vec!["sleep".into(), "1000".into()]),
-        entrypoint: None,
-        env: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        ports: vec![],
-        mounts: vec![],
-        healthcheck: None,
-        restart: RestartSpec::default(),
-        resources: ResourceSpec::default(),
-        stop_grace_ms: None,
-        user: None,
-        working_dir: None,
-        secrets: vec![],
-        probe: None,
-        configs: vec![],
-        networks: vec![],
-        runtime: RuntimeSpec::default(),
+        ..ContainerSpec::new("shop", service, slot, "skiff-test/busybox:1")
     }
 }
 

@@ -11,11 +11,11 @@ use ed25519_dalek::VerifyingKey;
 use futures_util::{SinkExt, StreamExt};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use skiff_agent::link::{Backoff, LinkOptions};
+use skiff_agent::link::{Backoff, LinkOptions, is_revoked, ws_config};
 use skiff_shared::protocol::SectionMessage;
 use skiff_shared::protocol::{
     self, Ack, AgentMessage, CAP_CERT_RENEWAL, CLOSE_REMOVED, CoordinatorMessage, Heartbeat, Hello,
-    HostFacts, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES, MISSED_HEARTBEATS, PROTOCOL_VERSION,
+    HostFacts, MISSED_HEARTBEATS, PROTOCOL_VERSION,
 };
 use skiff_shared::sections::SectionKind;
 use skiff_shared::sections::containers::Containers;
@@ -23,7 +23,6 @@ use skiff_shared::sections::networks::Networks;
 use skiff_shared::workload::ObservedState;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -102,26 +101,6 @@ enum ConnectError {
     /// The node was removed: stop, as the agent does.
     Removed,
     Failed(String),
-}
-
-fn ws_config() -> WebSocketConfig {
-    // The agent's limits and buffers (agent/src/link.rs `ws_config`).
-    WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES))
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-}
-
-fn is_revoked(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
-            )
-        })
 }
 
 type Link = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
