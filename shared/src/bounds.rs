@@ -44,14 +44,14 @@ pub const MAX_REPORT_STRING_BYTES: usize = 1024;
 /// Longest reconcile error in a report, in bytes.
 pub const MAX_REPORT_ERROR_BYTES: usize = 8 * 1024;
 
-fn check_str(what: &str, s: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_str(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         return Err(format!("{what} is {} bytes long, over {max}", s.len()));
     }
     Ok(())
 }
 
-fn check_len<T>(what: &str, list: &[T], max: usize) -> Result<(), String> {
+pub(crate) fn check_len<T>(what: &str, list: &[T], max: usize) -> Result<(), String> {
     if list.len() > max {
         return Err(format!("{what} has {} entries, over {max}", list.len()));
     }
@@ -92,6 +92,7 @@ impl HostFacts {
         for (what, s) in [
             ("host facts: docker_version", &self.docker_version),
             ("host facts: docker_api_version", &self.docker_api_version),
+            ("host facts: mesh_endpoint", &self.mesh_endpoint),
         ] {
             check_str(what, s.as_deref().unwrap_or(""), MAX_FACT_BYTES)?;
         }
@@ -140,7 +141,11 @@ impl HostFacts {
         ] {
             truncate(s, MAX_FACT_BYTES);
         }
-        for s in [&mut self.docker_version, &mut self.docker_api_version]
+        for s in [
+            &mut self.docker_version,
+            &mut self.docker_api_version,
+            &mut self.mesh_endpoint,
+        ]
             .into_iter()
             .flatten()
         {
@@ -242,6 +247,23 @@ impl ObservedState {
             for ip in &c.ips {
                 check_str("report: a container's ip", ip, MAX_REPORT_STRING_BYTES)?;
             }
+            check_len(
+                "report: a container's addresses",
+                &c.addresses,
+                MAX_CONTAINER_IPS,
+            )?;
+            for a in &c.addresses {
+                check_str(
+                    "report: a container's network",
+                    &a.network,
+                    MAX_REPORT_STRING_BYTES,
+                )?;
+                check_str(
+                    "report: a container's address",
+                    &a.address,
+                    MAX_REPORT_STRING_BYTES,
+                )?;
+            }
         }
         check_str(
             "report: error",
@@ -292,6 +314,7 @@ mod tests {
             addresses: vec!["10.0.0.5".into()],
             docker_version: Some("24.0.7".into()),
             docker_api_version: Some("1.43".into()),
+            mesh_endpoint: None,
             extra: Default::default(),
         }
     }

@@ -192,6 +192,11 @@ pub struct HostFacts {
     /// The host's interface addresses, loopback excluded.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Where the other hosts reach this host's mesh port, when it is not
+    /// the address its link to the coordinator comes from (the agent's
+    /// `mesh_endpoint` setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_endpoint: Option<String>,
     /// Docker Engine version, when the engine answered.
     #[serde(default)]
     pub docker_version: Option<String>,

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, stream};
 use skiff_shared::workload::{
-    ContainerSpec, ContainerState, ContainerStatus, Health, LABEL_KEY, LABEL_NAME, LABEL_SPEC,
+    ContainerSpec, ContainerState, ContainerAddress, ContainerStatus, Health, LABEL_KEY, LABEL_NAME, LABEL_SPEC,
 };
 use tracing::{debug, info};
 
@@ -255,18 +255,31 @@ impl Engine {
             .await
             .ok()?;
         let state = c.state.unwrap_or_default();
-        let ips = c
+        let networks = c
             .network_settings
             .and_then(|n| n.networks)
-            .map(|nets| {
-                let mut ips: Vec<String> = nets
-                    .into_values()
-                    .filter_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))
-                    .collect();
-                ips.sort();
-                ips
-            })
             .unwrap_or_default();
+        let mut ips: Vec<String> = networks
+            .values()
+            .filter_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty()))
+            .collect();
+        ips.sort();
+        // Its addresses on its stack's networks, by the stack's names.
+        let stack = o.name.split('.').next().unwrap_or_default();
+        let prefix = format!("skiff.{stack}.");
+        let suffix = format!(".{}", self.node_id);
+        let mut addresses: Vec<ContainerAddress> = networks
+            .iter()
+            .filter_map(|(engine_name, e)| {
+                let network = engine_name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                let address = e.ip_address.clone().filter(|ip| !ip.is_empty())?;
+                Some(ContainerAddress {
+                    network: network.to_owned(),
+                    address,
+                })
+            })
+            .collect();
+        addresses.sort();
         Some(ContainerStatus {
             key: o.key,
             name: o.name,
@@ -285,6 +298,7 @@ impl Engine {
             started_at: state.started_at.filter(|t| !t.starts_with("0001-")),
             exit_code: state.exit_code,
             ips,
+            addresses,
             image_id: c.image.unwrap_or_default(),
             spec: o.spec,
         })

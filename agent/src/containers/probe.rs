@@ -332,6 +332,7 @@ mod tests {
             state: ContainerState::Running,
             health: None,
             restart_count: 0,
+            addresses: Vec::new(),
             started_at: Some("2026-01-01T00:00:00Z".into()),
             exit_code: None,
             ips: vec![ip.to_owned()],

@@ -66,11 +66,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn spec(stack: &str, name: &str) -> NetworkSpec {
-        NetworkSpec {
-            stack: stack.into(),
-            name: name.into(),
-            internal: false,
-        }
+        NetworkSpec::local(stack, name, false)
     }
 
     fn seen(stack: &str, name: &str) -> Observed {
@@ -85,6 +81,7 @@ mod tests {
     fn creates_missing_and_removes_unwanted_networks() {
         let desired = NetworksSection {
             networks: vec![spec("shop", "default"), spec("shop", "back")],
+            cluster: None,
         };
         let observed = vec![seen("shop", "default"), seen("old", "default")];
         assert_eq!(
@@ -108,6 +105,7 @@ mod tests {
         ) {
             let desired = NetworksSection {
                 networks: want.iter().map(|(s, n)| spec(&format!("s{s}"), &format!("n{n}"))).collect(),
+                cluster: None,
             };
             let mut observed: Vec<Observed> =
                 have.iter().map(|(s, n)| seen(&format!("s{s}"), &format!("n{n}"))).collect();

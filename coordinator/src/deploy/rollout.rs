@@ -645,6 +645,7 @@ mod tests {
             state: ContainerState::from_engine(state),
             health: health.and_then(Health::from_engine),
             restart_count: 0,
+            addresses: Vec::new(),
             started_at: None,
             exit_code,
             ips: Vec::new(),

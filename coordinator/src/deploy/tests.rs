@@ -285,6 +285,7 @@ fn report(plan: &NodePlan) -> ObservedState {
                     Health::Healthy
                 }),
                 restart_count: 0,
+                addresses: Vec::new(),
                 started_at: None,
                 exit_code: None,
                 ips: vec![],

@@ -18,6 +18,15 @@ pub struct ObservedState {
     pub images: Vec<String>,
 }
 
+/// A container's address on one of its stack's networks.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ContainerAddress {
+    /// The stack's name for the network.
+    pub network: String,
+    /// Its IPv4 address there.
+    pub address: String,
+}
+
 /// One managed container as the engine sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
@@ -32,6 +41,9 @@ pub struct ContainerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
     pub restart_count: u64,
+    /// Its addresses on its stack networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<ContainerAddress>,
     /// RFC 3339, as Docker reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,

@@ -143,6 +143,7 @@ pub(crate) fn facts_template() -> HostFacts {
         addresses: vec!["10.0.0.2".into(), "fe80::1".into()],
         docker_version: Some("26.1.5".into()),
         docker_api_version: Some("1.45".into()),
+        mesh_endpoint: None,
         extra: BTreeMap::new(),
     }
 }
