@@ -45,6 +45,100 @@ pub struct Config {
     pub api_limits: ApiLimits,
     /// Deadlines and caps of the agent port (`[agent_limits]`).
     pub agent_limits: AgentPortLimits,
+    /// The cluster network (`[network]`).
+    pub network: NetworkConfig,
+}
+
+/// The cluster network: stack networks across hosts, on subnets of one
+/// cluster range, joined by a mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Off: each host's bridges get subnets the engine picks, and
+    /// containers reach each other only on their own host.
+    pub enabled: bool,
+    /// The cluster range (private IPv4, /20 or larger). Fixed when the
+    /// cluster is created: a later change is refused.
+    pub range: String,
+    /// `wireguard` (encrypted), `vxlan` (not encrypted) or `weave`.
+    pub mesh: String,
+    /// The UDP port the mesh uses on every host (default: 51820 for
+    /// WireGuard, 4789 for VXLAN).
+    pub port: Option<u16>,
+    /// The prefix length of each stack network's cluster-wide subnet.
+    pub network_prefix: u8,
+    /// The prefix length of the smallest piece of a network's subnet a
+    /// host leases.
+    pub lease_prefix: u8,
+    /// The underlay MTU to plan for; unset: the smallest the hosts report.
+    pub underlay_mtu: Option<u32>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            range: "10.66.0.0/16".into(),
+            mesh: "wireguard".into(),
+            port: None,
+            network_prefix: crate::network::ipam::DEFAULT_NETWORK_PREFIX,
+            lease_prefix: crate::network::ipam::DEFAULT_LEASE_PREFIX,
+            underlay_mtu: None,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// The checked settings.
+    ///
+    /// # Errors
+    /// A key that makes no sense, named.
+    pub fn settings(&self) -> Result<crate::network::NetworkSettings, ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid { key, message };
+        let range = crate::network::ipam::Range::parse(&self.range)
+            .map_err(|e| invalid("network.range", e.to_string()))?;
+        let mesh: skiff_shared::sections::mesh::MeshMode = self
+            .mesh
+            .parse()
+            .map_err(|e: String| invalid("network.mesh", e))?;
+        if self.port == Some(0) {
+            return Err(invalid("network.port", "must not be 0".into()));
+        }
+        let floor = range.net.prefix_len() + 2;
+        if !(floor..=26).contains(&self.network_prefix) {
+            return Err(invalid(
+                "network.network_prefix",
+                format!(
+                    "must be between {floor} and 26 for the range {} (a network's subnet is at most a quarter of the range)",
+                    range.net
+                ),
+            ));
+        }
+        if !(self.network_prefix + 1..=29).contains(&self.lease_prefix) {
+            return Err(invalid(
+                "network.lease_prefix",
+                format!(
+                    "must be between {} and 29 (a lease is a piece of a network's /{} subnet)",
+                    self.network_prefix + 1,
+                    self.network_prefix
+                ),
+            ));
+        }
+        if let Some(mtu) = self.underlay_mtu
+            && !(1280..=9216).contains(&mtu)
+        {
+            return Err(invalid(
+                "network.underlay_mtu",
+                format!("{mtu} is not an Ethernet MTU: use 1280 to 9216, or leave it unset to use the smallest the hosts report"),
+            ));
+        }
+        let mut settings = crate::network::NetworkSettings::new(range, mesh);
+        settings.port = self.port.unwrap_or(mesh.default_port());
+        settings.network_prefix = self.network_prefix;
+        settings.lease_prefix = self.lease_prefix;
+        settings.underlay_mtu = self.underlay_mtu;
+        Ok(settings)
+    }
 }
 
 /// Deadlines and caps of the HTTP API listener.
@@ -157,6 +251,7 @@ impl Default for Config {
             agent_binary: None,
             api_limits: ApiLimits::default(),
             agent_limits: AgentPortLimits::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -215,7 +310,11 @@ impl Config {
             });
         }
         self.api_limits.validate()?;
-        self.agent_limits.validate()
+        self.agent_limits.validate()?;
+        if self.network.enabled {
+            self.network.settings()?;
+        }
+        Ok(())
     }
 }
 

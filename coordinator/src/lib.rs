@@ -14,6 +14,8 @@
 //! - [`listener`]: what bounds both ports: connection caps, per-connection
 //!   deadlines and size limits, accept backoff, refusals per source.
 //! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
+//! - [`network`]: the cluster network: the range, networks' ids, their
+//!   subnets on hosts, hosts' mesh addresses and keys.
 //! - [`events`]: the in-memory event log and its followers.
 //! - [`compose`]: the Compose file of a deploy request, parsed here again.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
@@ -36,6 +38,7 @@ pub mod deploy;
 pub mod events;
 pub mod identity;
 pub mod link;
+pub mod network;
 pub mod listener;
 pub mod observed;
 pub mod pki;

@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn a_section_keeps_its_generation_until_it_changes() {
         let mut sections = Sections::empty();
-        sections.add(NetworksFeature);
+        sections.add(NetworksFeature { network: None });
         let book = PlanBook::new(Arc::new(sections));
         let first = book.get("n1");
         assert_eq!(first.generation, 1);
@@ -299,7 +299,7 @@ mod tests {
     #[test]
     fn an_agent_gets_only_the_sections_it_announced() {
         let mut sections = Sections::empty();
-        sections.add(NetworksFeature);
+        sections.add(NetworksFeature { network: None });
         let sections = Arc::new(sections);
         let book = PlanBook::new(sections.clone());
         let plan = book

@@ -20,6 +20,7 @@ use crate::events::EventLog;
 use crate::identity::Identity;
 use crate::link::{AgentBinary, Link, LinkMetrics, TlsConfigs};
 use crate::listener::HttpLimits;
+use crate::network::ClusterNetwork;
 use crate::now_ms;
 use crate::observed::ObservedBook;
 use crate::plans::PlanBook;
@@ -56,6 +57,8 @@ pub enum ServerError {
     Secrets(#[from] crate::secrets::SecretError),
     #[error("a stored plan cannot be encoded again: {0}")]
     Encode(serde_json::Error),
+    #[error("{0}")]
+    Network(String),
 }
 
 /// The agent binary to serve: the configured one, or `skiff-agent` beside
@@ -147,10 +150,17 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
     crate::secrets::complete_versions(&store, &secret_key).await?;
     let store: Arc<dyn Store> = Arc::new(store);
     let observed = Arc::new(ObservedBook::default());
+    let network = match config.network.enabled {
+        true => Some(Arc::new(
+            open_network(&config.network, store.clone(), observed.clone()).await?,
+        )),
+        false => None,
+    };
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
         observed: observed.clone(),
+        network: network.clone(),
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in store.node_plans().await? {
@@ -179,7 +189,8 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         events.clone(),
         tree,
         config.host_lost_grace,
-    );
+    )
+    .with_network(network.clone());
     let link = Arc::new(Link {
         identity: identity.clone(),
         store: store.clone(),
@@ -193,6 +204,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         stamp,
         refused: crate::link::Refused::new(&config.agent_limits),
         limits: config.agent_limits.clone(),
+        network,
     });
     let api = Api {
         store: store.clone(),
@@ -234,6 +246,55 @@ async fn next_epoch(store: &dyn Store) -> Result<u64, ServerError> {
     store.set_meta("epoch", &epoch.to_string()).await?;
     Ok(epoch)
 }
+
+/// The cluster network's records, with its range checked: the one the
+/// cluster was created with (a later change is refused), and at creation
+/// one that overlaps none of this host's networks.
+async fn open_network(
+    config: &crate::config::NetworkConfig,
+    store: Arc<dyn Store>,
+    observed: Arc<ObservedBook>,
+) -> Result<ClusterNetwork, ServerError> {
+    let settings = config
+        .settings()
+        .map_err(|e| ServerError::Network(e.to_string()))?;
+    let range = settings.range.net.to_string();
+    let mesh = settings.mesh.as_str();
+    match store.meta(RANGE_KEY).await? {
+        Some(stored) if stored != range => {
+            return Err(ServerError::Network(format!(
+                "[network] range = {range:?} differs from the cluster's range {stored}, fixed when the cluster was created: set it back to {stored:?} (the range of a running cluster cannot change)"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            if let Some((net, dev)) = crate::network::host_routes()
+                .into_iter()
+                .find(|(net, _)| crate::network::ipam::overlaps(net, &settings.range.net))
+            {
+                return Err(ServerError::Network(format!(
+                    "[network] range = {range:?} overlaps {net}, a network of this host (on {dev}): choose a private range that no host uses, such as 10.66.0.0/16 or 172.30.0.0/16"
+                )));
+            }
+            store.set_meta(RANGE_KEY, &range).await?;
+            info!(range = %range, mesh, "Cluster network range fixed.");
+        }
+    }
+    match store.meta(MESH_KEY).await? {
+        Some(stored) if stored != mesh => {
+            return Err(ServerError::Network(format!(
+                "[network] mesh = {mesh:?} differs from the cluster's mesh {stored:?}: set it back (changing the mesh of a running cluster is not supported: bridges would need new MTUs)"
+            )));
+        }
+        Some(_) => {}
+        None => store.set_meta(MESH_KEY, mesh).await?,
+    }
+    let store: Arc<dyn crate::store::DeployStore> = store;
+    Ok(ClusterNetwork::load(settings, store, observed).await?)
+}
+
+const RANGE_KEY: &str = "network.range";
+const MESH_KEY: &str = "network.mesh";
 
 /// A prepared coordinator: its handles, wired, with nothing bound yet.
 #[derive(Debug)]
@@ -294,6 +355,29 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
             }
         }
     });
+    // The cluster network follows hosts joining, leaving and reporting
+    // new keys: every host's plan is built again.
+    if let Some(network) = c.deployer.network.clone() {
+        let (deployer, t) = (c.deployer.clone(), tree.clone());
+        tree.spawn("network-replan", async move {
+            let mut changes = network.watch();
+            changes.mark_changed();
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        changes.borrow_and_update();
+                        if let Err(error) = crate::deploy::replan_all(&deployer).await {
+                            warn!(error = %error, "Building plans for the cluster network failed.");
+                        }
+                    }
+                }
+            }
+        });
+    }
     // Rollouts the last run of the coordinator left unfinished carry on.
     let deployer = c.deployer.clone();
     tree.spawn("resume", async move {

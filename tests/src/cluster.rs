@@ -87,6 +87,10 @@ pub struct CoordinatorOptions {
     pub process: ProcessOptions,
     /// Deadlines and caps of both ports; unset ones keep the coordinator's defaults.
     pub limits: ListenerLimits,
+    /// The keys of the `[network]` table. Off by default: agents on this
+    /// machine share one kernel and one engine, where the cluster
+    /// network's per-network subnets would collide; tier-2 hosts turn it on.
+    pub network: String,
 }
 
 impl Default for CoordinatorOptions {
@@ -100,6 +104,7 @@ impl Default for CoordinatorOptions {
             host_lost_grace: Duration::from_secs(60),
             process: ProcessOptions::default(),
             limits: ListenerLimits::default(),
+            network: "enabled = false\n".into(),
         }
     }
 }
@@ -199,12 +204,13 @@ impl Coordinator {
             .join(", ");
         let config = format!(
             "data_dir = {:?}\napi_listen = \"{api}\"\nagent_listen = \"{agent}\"\nadvertise = [{advertise}]\n\
-             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n{}",
+             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n{}[network]\n{}",
             root.path().join("data"),
             opts.heartbeat_interval.as_millis(),
             opts.cert_ttl.as_secs(),
             opts.host_lost_grace.as_millis(),
             opts.limits.toml(),
+            opts.network,
         );
         std::fs::write(root.path().join("coordinator.toml"), config)?;
         let mut c = Self {

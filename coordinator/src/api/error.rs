@@ -72,7 +72,8 @@ impl From<crate::deploy::DeployError> for ApiError {
             // refused).
             E::Policy(_) => Self::new(StatusCode::CONFLICT, "refused_by_policy", e.to_string()),
             E::NoStack(ref name) => Self::not_found("stack", name),
-            E::Store(s) => s.into(),
+            E::Store(s) | E::Network(crate::network::NetworkError::Store(s)) => s.into(),
+            E::Network(_) => Self::new(StatusCode::CONFLICT, "network_full", e.to_string()),
             E::Encode(_) => {
                 warn!(error = %e, "A deploy failed to encode its plans.");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -136,6 +136,10 @@ pub(super) async fn remove_node(
     api.sessions.revoke(&node.id);
     api.store.remove_node(&node.id, now_ms()).await?;
     info!(node = %node.id, name = %node.name, "Node removed; its certificate is revoked.");
+    // It leaves every other host's mesh.
+    if let Some(network) = &api.deployer.network {
+        network.poke();
+    }
     api.events.emit(
         EventKind::NodeRemoved,
         None,

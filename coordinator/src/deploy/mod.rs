@@ -17,6 +17,7 @@ use skiff_shared::workload::ContainerSpec;
 use tracing::info;
 
 use crate::events::EventLog;
+use crate::network::{ClusterNetwork, NetworkError};
 use crate::now_ms;
 use crate::observed::ObservedBook;
 use crate::plans::{NodePlan, PlanBook};
@@ -53,6 +54,9 @@ pub struct Deployer {
     /// When this coordinator started (Unix ms): no host counts as lost
     /// before the grace period has passed since then too.
     pub started_at_ms: i64,
+    /// The cluster network, when it is on: every plan change first brings
+    /// its leases in line.
+    pub network: Option<Arc<ClusterNetwork>>,
 }
 
 impl Deployer {
@@ -75,7 +79,15 @@ impl Deployer {
             rollouts: Arc::new(rollout::RolloutBook::new(tree.child())),
             host_lost_grace,
             started_at_ms: now_ms(),
+            network: None,
         }
+    }
+
+    /// With the cluster network on.
+    #[must_use]
+    pub fn with_network(mut self, network: Option<Arc<ClusterNetwork>>) -> Self {
+        self.network = network;
+        self
     }
 }
 
@@ -100,6 +112,9 @@ pub enum DeployError {
     Store(#[from] StoreError),
     #[error("a plan or release cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The cluster network has no room for what the change needs.
+    #[error("{0}")]
+    Network(#[from] NetworkError),
 }
 
 /// One change a deploy makes, for dry runs and progress.
@@ -275,6 +290,9 @@ pub async fn deploy_defs(
             warnings,
         });
     }
+    // The cluster network's leases first: a range with no room left
+    // refuses the deploy before anything is recorded.
+    sync_network(d, &transition.immediate).await?;
     let services = serde_json::to_string(&defs)?;
     let release = d
         .store
@@ -338,8 +356,39 @@ pub(crate) async fn planned(
     Ok(out)
 }
 
-/// Builds, stores and publishes the plans of nodes whose containers change.
+/// Brings the cluster network's records in line with every node's
+/// containers once `changes` are made. Whether anything changed.
+async fn sync_network(d: &Deployer, changes: &NodePlans) -> Result<bool, DeployError> {
+    let Some(network) = &d.network else {
+        return Ok(false);
+    };
+    let mut all: NodePlans = d
+        .store
+        .nodes(false)
+        .await?
+        .into_iter()
+        .map(|n| {
+            let containers = d.plans.get(&n.id).containers.clone();
+            (n.id, containers)
+        })
+        .collect();
+    all.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(network.sync(&all).await?)
+}
+
+/// Builds, stores and publishes the plans of nodes whose containers
+/// change; with the cluster network on, of every node whose sections
+/// change with them (a new lease on one host is a new route on all).
+/// Call it holding the plan book's lock.
 async fn apply(d: &Deployer, new_plans: NodePlans) -> Result<(), DeployError> {
+    let mut new_plans = new_plans;
+    if d.network.is_some() {
+        sync_network(d, &new_plans).await?;
+        for n in d.store.nodes(false).await? {
+            let containers = d.plans.get(&n.id).containers.clone();
+            new_plans.entry(n.id).or_insert(containers);
+        }
+    }
     for (node, containers) in new_plans {
         let Some(plan) = d.plans.next(&node, containers)? else {
             continue;
@@ -350,6 +399,17 @@ async fn apply(d: &Deployer, new_plans: NodePlans) -> Result<(), DeployError> {
         d.plans.publish(&node, plan);
     }
     Ok(())
+}
+
+/// Builds every live node's plan again from its containers (the cluster
+/// network changed: a host joined, left or reported a new key), storing
+/// and publishing the ones that change.
+///
+/// # Errors
+/// The store failed, or the cluster network has no room left.
+pub async fn replan_all(d: &Deployer) -> Result<(), DeployError> {
+    let _guard = d.plans.edit().await;
+    apply(d, NodePlans::new()).await
 }
 
 /// Changes one node's containers in place (under the deploy lock),

@@ -66,6 +66,9 @@ pub struct Link {
     pub limits: AgentPortLimits,
     /// Refusals per source: throttling and their log lines.
     pub refused: Refused,
+    /// The cluster network, when it is on: told when an agent connects
+    /// (it may come from a new address, or be new to the mesh).
+    pub network: Option<Arc<crate::network::ClusterNetwork>>,
 }
 
 /// The agent binary the coordinator serves to new servers.

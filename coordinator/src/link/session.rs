@@ -333,6 +333,9 @@ impl Session {
             },
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
+        if let Some(network) = &self.link.network {
+            network.poke();
+        }
         self.link.events.emit(
             EventKind::NodeConnected,
             None,

@@ -15,6 +15,7 @@ use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
 pub mod containers;
+pub mod mesh;
 pub mod networks;
 
 /// One section, typed.
@@ -126,6 +127,8 @@ pub struct SectionHandles {
     pub store: Arc<dyn crate::store::Store>,
     pub secret_key: Arc<crate::secrets::SecretKey>,
     pub observed: Arc<crate::observed::ObservedBook>,
+    /// The cluster network, when it is on.
+    pub network: Option<Arc<crate::network::ClusterNetwork>>,
 }
 
 impl Sections {
@@ -133,7 +136,14 @@ impl Sections {
     pub fn new(h: &SectionHandles) -> Self {
         let mut s = Self::empty();
         s.add(containers::ContainersFeature::new(h));
-        s.add(networks::NetworksFeature);
+        s.add(networks::NetworksFeature {
+            network: h.network.clone(),
+        });
+        if let Some(network) = &h.network {
+            s.add(mesh::MeshFeature {
+                network: network.clone(),
+            });
+        }
         s
     }
 

@@ -10,6 +10,9 @@ use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
 use super::{
+    ClusterNetworkRow, LeaseRow, MeshHostRow, NetworkStore, StoreError,
+};
+use super::{
     AllowanceRow, IncompleteSecret, NewSecretVersion, NodePlanRow, NodeRow, NodeStore, PlanStore,
     PolicyStore, ReleaseRow, ReleaseStatus, Result, SecretRow, SecretStore, StackRow, StackStore,
 };
@@ -25,6 +28,11 @@ struct Data {
     secrets: BTreeMap<(String, String, i64), Secret>,
     /// Policy allowances by (stack, setting), with when they were given.
     allowances: BTreeMap<(String, String), i64>,
+    /// Cluster networks by id, the next id, leases, mesh hosts.
+    networks: BTreeMap<i64, ClusterNetworkRow>,
+    next_network: i64,
+    leases: Vec<LeaseRow>,
+    mesh_hosts: BTreeMap<String, MeshHostRow>,
 }
 
 /// One version of a secret.
@@ -434,6 +442,90 @@ impl SecretStore for MemoryStore {
                 secret.check = Some(check.to_owned());
             }
         }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl NetworkStore for MemoryStore {
+    async fn cluster_networks(&self) -> Result<Vec<ClusterNetworkRow>> {
+        Ok(self.lock().networks.values().cloned().collect())
+    }
+
+    async fn add_cluster_network(
+        &self,
+        stack: &str,
+        name: &str,
+        subnet: &str,
+        _now: i64,
+    ) -> Result<i64> {
+        let mut data = self.lock();
+        if data
+            .networks
+            .values()
+            .any(|n| (n.stack == stack && n.name == name) || n.subnet == subnet)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "network {stack}/{name} or subnet {subnet} is recorded already"
+            )));
+        }
+        data.next_network += 1;
+        let id = data.next_network;
+        data.networks.insert(
+            id,
+            ClusterNetworkRow {
+                id,
+                stack: stack.to_owned(),
+                name: name.to_owned(),
+                subnet: subnet.to_owned(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn remove_cluster_network(&self, id: i64) -> Result<()> {
+        let mut data = self.lock();
+        data.networks.remove(&id);
+        data.leases.retain(|l| l.network_id != id);
+        Ok(())
+    }
+
+    async fn leases(&self) -> Result<Vec<LeaseRow>> {
+        Ok(self.lock().leases.clone())
+    }
+
+    async fn add_lease(&self, lease: &LeaseRow, _now: i64) -> Result<()> {
+        let mut data = self.lock();
+        if data.leases.iter().any(|l| l.subnet == lease.subnet) {
+            return Err(StoreError::Corrupt(format!(
+                "subnet {} is leased already",
+                lease.subnet
+            )));
+        }
+        data.leases.push(lease.clone());
+        Ok(())
+    }
+
+    async fn remove_leases(&self, network_id: i64, node_id: &str) -> Result<()> {
+        self.lock()
+            .leases
+            .retain(|l| !(l.network_id == network_id && l.node_id == node_id));
+        Ok(())
+    }
+
+    async fn mesh_hosts(&self) -> Result<Vec<MeshHostRow>> {
+        Ok(self.lock().mesh_hosts.values().cloned().collect())
+    }
+
+    async fn put_mesh_host(&self, host: &MeshHostRow, _now: i64) -> Result<()> {
+        self.lock()
+            .mesh_hosts
+            .insert(host.node_id.clone(), host.clone());
+        Ok(())
+    }
+
+    async fn remove_mesh_host(&self, node_id: &str) -> Result<()> {
+        self.lock().mesh_hosts.remove(node_id);
         Ok(())
     }
 }

@@ -14,6 +14,8 @@ use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
 pub mod memory;
+mod network;
+pub use network::*;
 pub mod sqlite;
 
 /// A store failure. Callers map it to an internal error; it never carries secrets.
@@ -263,8 +265,8 @@ pub enum JoinRefusal {
 /// The store's traits, to call their methods: `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        DeployStore, MetaStore, NodeStore, PlanStore, PolicyStore, RegistryStore, SecretStore,
-        StackStore, Store, TokenStore,
+        DeployStore, MetaStore, NetworkStore, NodeStore, PlanStore, PolicyStore, RegistryStore,
+        SecretStore, StackStore, Store, TokenStore,
     };
 }
 
@@ -288,14 +290,15 @@ impl<T> Store for T where
 {
 }
 
-/// What deploys read and write: nodes, plans, stacks, secrets and the
-/// container policy.
+/// What deploys read and write: nodes, plans, stacks, secrets, the
+/// container policy and the cluster network.
 pub trait DeployStore:
     NodeStore
     + PlanStore
     + StackStore
     + SecretStore
     + PolicyStore
+    + NetworkStore
     + std::fmt::Debug
     + Send
     + Sync
@@ -309,6 +312,7 @@ impl<T> DeployStore for T where
         + StackStore
         + SecretStore
         + PolicyStore
+        + NetworkStore
         + std::fmt::Debug
         + Send
         + Sync

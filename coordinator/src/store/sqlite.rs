@@ -12,6 +12,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
+mod network;
 mod policy;
 
 use super::prelude::*;
@@ -84,6 +85,11 @@ fn migrator() -> Migrator {
             11,
             "join token labels",
             include_str!("../../migrations/0011_join_token_labels.sql"),
+        ),
+        m(
+            12,
+            "cluster network",
+            include_str!("../../migrations/0012_cluster_network.sql"),
         ),
     ])
 }
