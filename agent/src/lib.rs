@@ -16,6 +16,7 @@
 //! - The controllers, one folder each, listed at the end of this file
 //!   ([`start_controllers`]): [`containers`], [`networks`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
+//! - [`firewall`]: the agent's nftables table, which controllers add to.
 //!
 //! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
 //! cancels it and waits for every task at shutdown. The agent never talks
@@ -33,6 +34,7 @@ pub mod config;
 pub mod controller;
 pub mod engine;
 pub mod facts;
+pub mod firewall;
 pub mod identity;
 pub mod link;
 pub mod plan;
@@ -77,6 +79,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
         node_id: identity.node.node_id.clone(),
         data_dir: PathBuf::from(&identity.dir),
         engine: engine::EngineHandle::connect(tree),
+        firewall: std::sync::Arc::default(),
     };
     let router = start_controllers(tree, &host);
     // The last signed plan is enforced from the start, coordinator or not.

@@ -24,6 +24,8 @@ pub struct Host {
     pub data_dir: PathBuf,
     /// The Docker Engine, once it answers.
     pub engine: EngineHandle,
+    /// The agent's nftables table, shared by the controllers that add to it.
+    pub firewall: Arc<crate::firewall::Firewall>,
 }
 
 /// Starts controllers, each in a subtree of its own.
