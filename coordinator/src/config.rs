@@ -129,7 +129,9 @@ impl NetworkConfig {
         {
             return Err(invalid(
                 "network.underlay_mtu",
-                format!("{mtu} is not an Ethernet MTU: use 1280 to 9216, or leave it unset to use the smallest the hosts report"),
+                format!(
+                    "{mtu} is not an Ethernet MTU: use 1280 to 9216, or leave it unset to use the smallest the hosts report"
+                ),
             ));
         }
         let mut settings = crate::network::NetworkSettings::new(range, mesh);

@@ -146,8 +146,8 @@ impl HostFacts {
             &mut self.docker_api_version,
             &mut self.mesh_endpoint,
         ]
-            .into_iter()
-            .flatten()
+        .into_iter()
+        .flatten()
         {
             truncate(s, MAX_FACT_BYTES);
         }

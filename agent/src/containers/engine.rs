@@ -14,7 +14,8 @@ use bollard::query_parameters::{
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, stream};
 use skiff_shared::workload::{
-    ContainerSpec, ContainerState, ContainerAddress, ContainerStatus, Health, LABEL_KEY, LABEL_NAME, LABEL_SPEC,
+    ContainerAddress, ContainerSpec, ContainerState, ContainerStatus, Health, LABEL_KEY,
+    LABEL_NAME, LABEL_SPEC,
 };
 use tracing::{debug, info};
 

@@ -34,10 +34,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod network;
 pub mod policy;
 pub mod validate;
 
 pub use access::*;
+pub use network::{
+    AddressView, LeaseView, MeshHostView, NetworkProblemView, NetworkView, PeerView,
+    StackNetworkView,
+};
 pub use policy::{PolicyAllowanceView, PolicyChange, PolicyRuleView, PolicyView};
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
@@ -249,6 +254,9 @@ pub struct ContainerView {
     pub started_at: Option<String>,
     pub exit_code: Option<i64>,
     pub ips: Vec<String>,
+    /// Its addresses on its stack's networks.
+    #[serde(default)]
+    pub addresses: Vec<AddressView>,
     pub image_id: String,
 }
 
@@ -432,6 +440,10 @@ pub struct TaskView {
     pub health: Option<String>,
     pub restart_count: u64,
     pub ips: Vec<String>,
+    /// Its addresses on its stack's networks (with the cluster network,
+    /// reachable from the network's members on every host).
+    #[serde(default)]
+    pub addresses: Vec<AddressView>,
     /// Whether the container runs the current spec.
     pub up_to_date: bool,
     /// Why the host could not create it, such as an image it cannot pull.

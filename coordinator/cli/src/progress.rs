@@ -146,6 +146,7 @@ mod tests {
             health: None,
             restart_count: 0,
             ips: Vec::new(),
+            addresses: Vec::new(),
             up_to_date,
             error: None,
             exit_code: None,

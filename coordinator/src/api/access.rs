@@ -74,6 +74,7 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/stacks"
         | "/registries"
         | "/policy"
+        | "/network"
             if read =>
         {
             Need::Read

@@ -3,7 +3,8 @@
 //! and the OpenAPI document at `/api/v1/openapi.json`.
 //!
 //! One module per area, each with its routes: [`nodes`], [`tokens`],
-//! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`]. Handlers take the
+//! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`],
+//! [`network`]. Handlers take the
 //! [`Api`] handles they need; the request and answer types are
 //! `skiff-api-types`, shared with the CLI.
 
@@ -33,6 +34,7 @@ mod access;
 mod api_tokens;
 mod error;
 mod events;
+mod network;
 mod nodes;
 mod policy;
 mod registries;
@@ -96,13 +98,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
-        policy::revoke),
+        policy::revoke, network::network),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
-        PolicyChange)),
+        PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
+        PeerView, AddressView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -137,6 +140,7 @@ pub fn router(api: Api) -> Router {
         .merge(registries::routes())
         .merge(policy::routes())
         .merge(events::routes())
+        .merge(network::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

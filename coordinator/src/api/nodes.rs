@@ -212,6 +212,7 @@ pub(super) async fn node_containers(
                     started_at: c.started_at.clone(),
                     exit_code: c.exit_code,
                     ips: c.ips.clone(),
+                    addresses: super::network::address_views(&c.addresses),
                     image_id: c.image_id.clone(),
                 })
                 .collect(),

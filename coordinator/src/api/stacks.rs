@@ -65,6 +65,10 @@ fn task_view(t: crate::deploy::Task) -> TaskView {
         health: o.as_ref().and_then(|o| o.health.map(|h| h.to_string())),
         restart_count: o.as_ref().map_or(0, |o| o.restart_count),
         exit_code: o.as_ref().and_then(|o| o.exit_code),
+        addresses: o
+            .as_ref()
+            .map(|o| super::network::address_views(&o.addresses))
+            .unwrap_or_default(),
         ips: o.map(|o| o.ips).unwrap_or_default(),
         up_to_date: t.up_to_date,
         error: t.error,

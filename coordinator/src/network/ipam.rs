@@ -33,7 +33,9 @@ pub enum RangeError {
         "network range {0} is too small for a cluster: use at most /20 (a /16 such as 10.66.0.0/16 leaves room for 1,000 hosts and 63 networks of 1,024 addresses)"
     )]
     TooSmall(Ipv4Net),
-    #[error("network range {0} is not private address space: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16")]
+    #[error(
+        "network range {0} is not private address space: use one inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"
+    )]
     Public(Ipv4Net),
 }
 
@@ -141,11 +143,23 @@ mod tests {
     fn ranges_are_checked_and_split() {
         let r = Range::parse("10.66.0.0/16").unwrap();
         assert_eq!(r.hosts, net("10.66.0.0/22"));
-        assert_eq!(r.host_address(&BTreeSet::new()), Some("10.66.0.1".parse().unwrap()));
+        assert_eq!(
+            r.host_address(&BTreeSet::new()),
+            Some("10.66.0.1".parse().unwrap())
+        );
         assert_eq!(r.subnet(22, &[]), Some(net("10.66.4.0/22")));
-        assert!(matches!(Range::parse("10.66.1.0/16"), Err(RangeError::NotNetwork(..))));
-        assert!(matches!(Range::parse("10.66.0.0/24"), Err(RangeError::TooSmall(_))));
-        assert!(matches!(Range::parse("8.8.0.0/16"), Err(RangeError::Public(_))));
+        assert!(matches!(
+            Range::parse("10.66.1.0/16"),
+            Err(RangeError::NotNetwork(..))
+        ));
+        assert!(matches!(
+            Range::parse("10.66.0.0/24"),
+            Err(RangeError::TooSmall(_))
+        ));
+        assert!(matches!(
+            Range::parse("8.8.0.0/16"),
+            Err(RangeError::Public(_))
+        ));
         assert!(matches!(Range::parse("banana"), Err(RangeError::Syntax(_))));
         assert_eq!(
             r.overlap(&[net("192.168.1.0/24"), net("10.66.200.0/24")]),
@@ -162,12 +176,19 @@ mod tests {
         assert_eq!(prefix_for(need(100), 26, 22), 24);
         assert_eq!(prefix_for(usize::MAX, 26, 22), 22);
         assert_eq!(capacity(&net("10.66.4.64/26")), 61);
-        assert_eq!(gateway(&net("10.66.4.64/26")), "10.66.4.65".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            gateway(&net("10.66.4.64/26")),
+            "10.66.4.65".parse::<Ipv4Addr>().unwrap()
+        );
         let within = net("10.66.4.0/22");
         let taken = [net("10.66.4.0/26"), net("10.66.4.128/25")];
         assert_eq!(first_free(&within, 26, &taken), Some(net("10.66.4.64/26")));
         assert_eq!(first_free(&within, 25, &taken), Some(net("10.66.5.0/25")));
-        assert_eq!(first_free(&within, 21, &[]), None, "never larger than the subnet");
+        assert_eq!(
+            first_free(&within, 21, &[]),
+            None,
+            "never larger than the subnet"
+        );
     }
 
     #[test]
@@ -177,7 +198,11 @@ mod tests {
         while let Some(s) = r.subnet(24, &taken) {
             taken.push(s);
         }
-        assert_eq!(taken.len(), 15, "the first /26 is the hosts', so the first /24 is not free");
+        assert_eq!(
+            taken.len(),
+            15,
+            "the first /26 is the hosts', so the first /24 is not free"
+        );
         assert_eq!(r.subnet(26, &taken), Some(net("10.66.0.64/26")));
         taken.extend([net("10.66.0.64/26"), net("10.66.0.128/25")]);
         assert_eq!(r.subnet(26, &taken), None);

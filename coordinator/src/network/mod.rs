@@ -17,10 +17,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ipnet::Ipv4Net;
-use skiff_shared::sections::mesh::{DEFAULT_UNDERLAY_MTU, MeshMode, MeshPeer, MeshReport, MeshSection};
-use skiff_shared::sections::networks::{
-    ClusterNet, NetworkSpec, NetworksReport, NetworksSection,
+use skiff_shared::sections::mesh::{
+    DEFAULT_UNDERLAY_MTU, MeshMode, MeshPeer, MeshReport, MeshSection,
 };
+use skiff_shared::sections::networks::{ClusterNet, NetworkSpec, NetworksReport, NetworksSection};
 use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
@@ -179,7 +179,9 @@ impl ClusterNetwork {
                 .subnet
                 .parse()
                 .map_err(|_| corrupt("network subnet", &n.subnet))?;
-            state.nets.insert((n.stack, n.name), Net { id: n.id, subnet });
+            state
+                .nets
+                .insert((n.stack, n.name), Net { id: n.id, subnet });
         }
         for l in store.leases().await? {
             let subnet = l
@@ -260,7 +262,12 @@ impl ClusterNetwork {
         let s = self.lock();
         let mut networks: Vec<NetworkSpec> = containers
             .iter()
-            .flat_map(|c| c.networks.iter().filter(|n| !n.external).map(move |n| (c, n)))
+            .flat_map(|c| {
+                c.networks
+                    .iter()
+                    .filter(|n| !n.external)
+                    .map(move |n| (c, n))
+            })
             .map(|(c, n)| {
                 let mut spec = NetworkSpec::local(&c.stack, &n.name, n.internal);
                 if let Some(net) = s.nets.get(&(c.stack.clone(), n.name.clone())) {

@@ -100,15 +100,13 @@ impl ClusterNetwork {
             }
             let taken: Vec<Ipv4Net> = self.lock().nets.values().map(|n| n.subnet).collect();
             let prefix = self.settings.network_prefix;
-            let subnet =
-                self.settings
-                    .range
-                    .subnet(prefix, &taken)
-                    .ok_or_else(|| NetworkError::RangeFull {
-                        range: self.settings.range.net,
-                        prefix,
-                        network: format!("{}/{}", key.0, key.1),
-                    })?;
+            let subnet = self.settings.range.subnet(prefix, &taken).ok_or_else(|| {
+                NetworkError::RangeFull {
+                    range: self.settings.range.net,
+                    prefix,
+                    network: format!("{}/{}", key.0, key.1),
+                }
+            })?;
             let id = self
                 .store
                 .add_cluster_network(&key.0, &key.1, &subnet.to_string(), now_ms())
@@ -309,8 +307,7 @@ impl ClusterNetwork {
         let s = self.lock();
         let ours = |a: &Ipv4Addr| {
             *a == mesh_address
-                || s
-                    .leases
+                || s.leases
                     .iter()
                     .filter(|((_, node), _)| *node == n.id)
                     .any(|(_, leases)| leases.iter().any(|l| l.contains(a)))

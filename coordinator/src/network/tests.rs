@@ -76,7 +76,13 @@ fn leases(section: &NetworksSection, name: &str) -> Vec<Ipv4Net> {
 async fn a_network_has_one_subnet_and_leases_a_piece_of_it_on_each_host_it_runs_on() {
     let (n, store) = net("10.66.0.0/16", &[("a", "192.0.2.1"), ("b", "192.0.2.2")]).await;
     let mut plans = BTreeMap::from([
-        ("a".to_owned(), vec![on("shop", "web", 1, &["front"]), on("shop", "db", 1, &["back"])]),
+        (
+            "a".to_owned(),
+            vec![
+                on("shop", "web", 1, &["front"]),
+                on("shop", "db", 1, &["back"]),
+            ],
+        ),
         ("b".to_owned(), vec![on("shop", "web", 2, &["front"])]),
     ]);
     assert!(n.sync(&plans).await.unwrap());
@@ -87,14 +93,20 @@ async fn a_network_has_one_subnet_and_leases_a_piece_of_it_on_each_host_it_runs_
     let front_a = a.networks.iter().find(|s| s.name == "front").unwrap();
     let front_b = &b.networks[0];
     assert_eq!(front_a.id, front_b.id, "one identity across the cluster");
-    assert_eq!(front_a.subnet, front_b.subnet, "one subnet across the cluster");
+    assert_eq!(
+        front_a.subnet, front_b.subnet,
+        "one subnet across the cluster"
+    );
     let subnet: Ipv4Net = front_a.subnet.clone().unwrap().parse().unwrap();
     assert_eq!(subnet.prefix_len(), 22);
     let (la, lb) = (leases(&a, "front"), leases(&b, "front"));
     assert_eq!((la.len(), lb.len()), (1, 1));
     assert!(subnet.contains(&la[0]) && subnet.contains(&lb[0]));
     assert!(!ipam::overlaps(&la[0], &lb[0]), "never handed out twice");
-    assert_eq!(front_a.gateway.as_deref(), Some(ipam::gateway(&la[0]).to_string().as_str()));
+    assert_eq!(
+        front_a.gateway.as_deref(),
+        Some(ipam::gateway(&la[0]).to_string().as_str())
+    );
     let back_a = a.networks.iter().find(|s| s.name == "back").unwrap();
     assert_ne!(back_a.subnet, front_a.subnet);
     let cluster = a.cluster.as_ref().unwrap();
@@ -122,7 +134,9 @@ async fn a_lease_stays_while_the_host_still_runs_the_networks_containers() {
     store.add_node(node("a", "192.0.2.1"));
     let observed = Arc::new(ObservedBook::default());
     let settings = NetworkSettings::new(Range::parse("10.66.0.0/16").unwrap(), MeshMode::Vxlan);
-    let n = ClusterNetwork::load(settings, store.clone(), observed.clone()).await.unwrap();
+    let n = ClusterNetwork::load(settings, store.clone(), observed.clone())
+        .await
+        .unwrap();
     let plans = BTreeMap::from([("a".to_owned(), vec![on("shop", "web", 1, &["front"])])]);
     n.sync(&plans).await.unwrap();
     observed.set(
@@ -150,10 +164,17 @@ async fn a_lease_stays_while_the_host_still_runs_the_networks_containers() {
     );
     let empty = BTreeMap::from([("a".to_owned(), vec![])]);
     n.sync(&empty).await.unwrap();
-    assert_eq!(store.leases().await.unwrap().len(), 1, "its container still runs");
+    assert_eq!(
+        store.leases().await.unwrap().len(),
+        1,
+        "its container still runs"
+    );
     observed.set("a", ObservedState::default());
     assert!(n.sync(&empty).await.unwrap());
-    assert!(store.leases().await.unwrap().is_empty(), "gone with its last container");
+    assert!(
+        store.leases().await.unwrap().is_empty(),
+        "gone with its last container"
+    );
     assert!(store.cluster_networks().await.unwrap().is_empty());
 }
 
@@ -178,7 +199,9 @@ async fn a_busy_host_leases_more_and_a_full_range_says_what_to_do() {
     assert!(grown.iter().map(ipam::capacity).sum::<usize>() >= 120);
 
     // More replicas than a network's subnet holds.
-    let huge: Vec<ContainerSpec> = (1..=600).map(|i| on("shop", "web", i, &["front"])).collect();
+    let huge: Vec<ContainerSpec> = (1..=600)
+        .map(|i| on("shop", "web", i, &["front"]))
+        .collect();
     let err = n
         .sync(&BTreeMap::from([("a".to_owned(), huge)]))
         .await
@@ -196,10 +219,17 @@ async fn a_busy_host_leases_more_and_a_full_range_says_what_to_do() {
 
 #[tokio::test]
 async fn the_mesh_lists_every_other_host_with_its_key_and_leases() {
-    let (n, store) = net("10.66.0.0/16", &[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")]).await;
+    let (n, store) = net(
+        "10.66.0.0/16",
+        &[("a", "192.0.2.1"), ("b", "192.0.2.2"), ("c", "192.0.2.3")],
+    )
+    .await;
     let plans = BTreeMap::from([
         ("a".to_owned(), vec![on("shop", "web", 1, &["front"])]),
-        ("b".to_owned(), vec![on("shop", "web", 2, &["front", "back"])]),
+        (
+            "b".to_owned(),
+            vec![on("shop", "web", 2, &["front", "back"])],
+        ),
     ]);
     n.sync(&plans).await.unwrap();
     let a = n.mesh_section("a").unwrap();
@@ -223,27 +253,46 @@ async fn the_mesh_lists_every_other_host_with_its_key_and_leases() {
     let a = n.mesh_section("a").unwrap();
     let names: Vec<&str> = a.peers.iter().map(|p| p.node_id.as_str()).collect();
     assert_eq!(names, ["b", "c"]);
-    assert_eq!(a.peers[0].public_key.as_deref(), Some(b64(&[2; 32]).as_str()));
+    assert_eq!(
+        a.peers[0].public_key.as_deref(),
+        Some(b64(&[2; 32]).as_str())
+    );
     assert_eq!(a.peers[0].endpoint, "192.0.2.2");
     assert_eq!(a.peers[0].subnets.len(), 2, "both of b's leases route to b");
     assert!(a.peers[1].subnets.is_empty());
     let stored = store.mesh_hosts().await.unwrap();
-    assert!(stored.iter().all(|h| h.public_key.is_some()), "keys are stored");
+    assert!(
+        stored.iter().all(|h| h.public_key.is_some()),
+        "keys are stored"
+    );
 
     // The same key again changes nothing.
-    n.report_mesh("b", MeshReport { public_key: Some(b64(&[2; 32])), ..MeshReport::default() });
+    n.report_mesh(
+        "b",
+        MeshReport {
+            public_key: Some(b64(&[2; 32])),
+            ..MeshReport::default()
+        },
+    );
     assert!(!changes.has_changed().unwrap());
 
     // A smaller underlay somewhere: every plan is built again, with a
     // smaller MTU.
     n.report_mesh(
         "c",
-        MeshReport { public_key: Some(b64(&[3; 32])), underlay_mtu: Some(1400), ..MeshReport::default() },
+        MeshReport {
+            public_key: Some(b64(&[3; 32])),
+            underlay_mtu: Some(1400),
+            ..MeshReport::default()
+        },
     );
     assert!(changes.has_changed().unwrap());
     assert!(n.sync(&plans).await.unwrap());
     assert_eq!(n.mesh_section("a").unwrap().mtu, 1340);
-    assert_eq!(n.networks_section("a", &plans["a"]).cluster.unwrap().mtu, 1340);
+    assert_eq!(
+        n.networks_section("a", &plans["a"]).cluster.unwrap().mtu,
+        1340
+    );
 }
 
 fn b64(key: &[u8; 32]) -> String {
@@ -263,7 +312,13 @@ async fn a_host_whose_own_address_is_in_the_range_is_reported() {
         .unwrap();
     n.sync(&BTreeMap::new()).await.unwrap();
     let hosts = n.hosts();
-    assert!(hosts[0].conflict.as_deref().unwrap().contains("10.66.200.7"));
+    assert!(
+        hosts[0]
+            .conflict
+            .as_deref()
+            .unwrap()
+            .contains("10.66.200.7")
+    );
 }
 
 #[test]

@@ -10,12 +10,10 @@ use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
 use super::{
-    ClusterNetworkRow, LeaseRow, MeshHostRow, NetworkStore, StoreError,
-};
-use super::{
     AllowanceRow, IncompleteSecret, NewSecretVersion, NodePlanRow, NodeRow, NodeStore, PlanStore,
     PolicyStore, ReleaseRow, ReleaseStatus, Result, SecretRow, SecretStore, StackRow, StackStore,
 };
+use super::{ClusterNetworkRow, LeaseRow, MeshHostRow, NetworkStore, StoreError};
 
 #[derive(Debug, Default)]
 struct Data {

@@ -178,7 +178,9 @@ impl MeshReport {
     /// # Errors
     /// The first thing wrong, named.
     pub fn check(&self) -> Result<(), String> {
-        use crate::bounds::{MAX_REPORT_ERROR_BYTES, MAX_REPORT_STRING_BYTES, check_len, check_str};
+        use crate::bounds::{
+            MAX_REPORT_ERROR_BYTES, MAX_REPORT_STRING_BYTES, check_len, check_str,
+        };
         if let Some(key) = &self.public_key {
             public_key_bytes(key)?;
         }
@@ -189,7 +191,11 @@ impl MeshReport {
         )?;
         check_len("mesh report: peers", &self.peers, MAX_REPORTED_PEERS)?;
         for p in &self.peers {
-            check_str("mesh report: a peer's node_id", &p.node_id, MAX_REPORT_STRING_BYTES)?;
+            check_str(
+                "mesh report: a peer's node_id",
+                &p.node_id,
+                MAX_REPORT_STRING_BYTES,
+            )?;
             check_str(
                 "mesh report: a peer's error",
                 p.error.as_deref().unwrap_or(""),

@@ -152,17 +152,35 @@ impl NetworksReport {
     /// # Errors
     /// The first thing over its bound, named.
     pub fn check(&self) -> Result<(), String> {
-        use crate::bounds::{MAX_REPORT_ERROR_BYTES, MAX_REPORT_STRING_BYTES, check_len, check_str};
+        use crate::bounds::{
+            MAX_REPORT_ERROR_BYTES, MAX_REPORT_STRING_BYTES, check_len, check_str,
+        };
         check_str(
             "networks report: firewall_error",
             self.firewall_error.as_deref().unwrap_or(""),
             MAX_REPORT_ERROR_BYTES,
         )?;
-        check_len("networks report: problems", &self.problems, MAX_REPORTED_PROBLEMS)?;
+        check_len(
+            "networks report: problems",
+            &self.problems,
+            MAX_REPORTED_PROBLEMS,
+        )?;
         for p in &self.problems {
-            check_str("networks report: a stack", &p.stack, MAX_REPORT_STRING_BYTES)?;
-            check_str("networks report: a network", &p.name, MAX_REPORT_STRING_BYTES)?;
-            check_str("networks report: an error", &p.error, MAX_REPORT_STRING_BYTES)?;
+            check_str(
+                "networks report: a stack",
+                &p.stack,
+                MAX_REPORT_STRING_BYTES,
+            )?;
+            check_str(
+                "networks report: a network",
+                &p.name,
+                MAX_REPORT_STRING_BYTES,
+            )?;
+            check_str(
+                "networks report: an error",
+                &p.error,
+                MAX_REPORT_STRING_BYTES,
+            )?;
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 //! - [`registries`]: `skiff registry`, credentials for image pulls.
 //! - [`policy`]: `skiff policy`, the cluster's container policy.
 //! - [`events`]: `skiff events`, the cluster's event log.
+//! - [`network`]: `skiff network`, the cluster network and its mesh.
 //!
 //! Each command prints its result on the writer it is given (stdout) and
 //! returns a [`Failure`] for the one error line on stderr.
@@ -26,6 +27,7 @@ pub mod api_tokens;
 pub mod deploy;
 pub mod events;
 pub mod login;
+pub mod network;
 pub mod nodes;
 pub mod policy;
 pub mod registries;
@@ -105,6 +107,10 @@ pub enum Command {
     /// defaults, per stack.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The cluster network: stack networks across hosts, and the mesh
+    /// between hosts.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -170,6 +176,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Policy(cmd) => {
             let client = Client::new(&url, token)?;
             policy::run(&client, cmd, &mut out).await?;
+        }
+        Command::Network(cmd) => {
+            let client = Client::new(&url, token)?;
+            network::run(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,

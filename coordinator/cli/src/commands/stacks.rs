@@ -104,7 +104,7 @@ pub(crate) async fn run(
                             } else {
                                 "no".into()
                             },
-                            t.ips.join(","),
+                            addresses(t),
                             t.image.clone(),
                         ]
                     })
@@ -112,7 +112,14 @@ pub(crate) async fn run(
                 table(
                     out,
                     &[
-                        "NAME", "NODE", "STATE", "HEALTH", "RESTARTS", "CURRENT", "IPS", "IMAGE",
+                        "NAME",
+                        "NODE",
+                        "STATE",
+                        "HEALTH",
+                        "RESTARTS",
+                        "CURRENT",
+                        "ADDRESSES",
+                        "IMAGE",
                     ],
                     rows,
                 );
@@ -240,4 +247,21 @@ pub(crate) async fn release(
         table(out, &["RELEASE", "", "STATUS", "CREATED", "IMAGES"], rows);
     }
     Ok(())
+}
+
+/// A replica's addresses: `network=address` on its stack's networks, or
+/// its bare IPs when none are known by network.
+fn addresses(t: &TaskView) -> String {
+    if t.addresses.is_empty() {
+        return if t.ips.is_empty() {
+            "-".into()
+        } else {
+            t.ips.join(",")
+        };
+    }
+    t.addresses
+        .iter()
+        .map(|a| format!("{}={}", a.network, a.address))
+        .collect::<Vec<_>>()
+        .join(",")
 }
