@@ -2,7 +2,7 @@
 -- stack network that has containers somewhere, the pieces of that subnet
 -- it leases on every host where it has containers (a subnet or a lease is
 -- never handed out twice), and each host's address on the mesh with its
--- WireGuard public key. The range itself is in meta ('network.range'),
+-- WireGuard public key and the MTU of its underlay. The range itself is in meta ('network.range'),
 -- fixed when the cluster is created.
 CREATE TABLE cluster_networks (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -25,5 +25,6 @@ CREATE TABLE mesh_hosts (
     node_id    TEXT PRIMARY KEY,
     address    TEXT NOT NULL UNIQUE,
     public_key TEXT,
+    underlay_mtu INTEGER,
     updated_at BIGINT NOT NULL
 );

@@ -102,8 +102,10 @@ struct Host {
     name: String,
     address: Ipv4Addr,
     public_key: Option<String>,
-    /// Whether `public_key` is stored.
-    key_stored: bool,
+    /// The MTU of the interface its mesh leaves by, as last reported.
+    underlay_mtu: Option<u32>,
+    /// Whether its row in the store is up to date.
+    stored: bool,
     /// Its underlay address, where its mesh port is reached.
     endpoint: Option<String>,
 }
@@ -204,11 +206,20 @@ impl ClusterNetwork {
                 Host {
                     name: String::new(),
                     address,
-                    key_stored: h.public_key.is_some(),
                     public_key: h.public_key,
+                    underlay_mtu: h.underlay_mtu,
+                    stored: true,
                     endpoint: None,
                 },
             );
+        }
+        // Names and endpoints as the nodes last connected: plans restored
+        // at start-up come out as they were sent, peers and all.
+        for n in store.nodes(false).await? {
+            if let Some(h) = state.hosts.get_mut(&n.id) {
+                h.endpoint = endpoint_of(&n);
+                h.name = n.name;
+            }
         }
         Ok(Self {
             settings,
@@ -243,9 +254,8 @@ impl ClusterNetwork {
     fn underlay_mtu(&self, s: &State) -> u32 {
         self.settings.underlay_mtu.unwrap_or_else(|| {
             s.hosts
-                .keys()
-                .filter_map(|id| s.reports.get(id)?.underlay_mtu)
-                .filter(|m| *m >= 576)
+                .values()
+                .filter_map(|h| h.underlay_mtu)
                 .min()
                 .unwrap_or(DEFAULT_UNDERLAY_MTU)
         })
@@ -338,12 +348,21 @@ impl ClusterNetwork {
     }
 
     /// Takes a host's mesh report. Every host needs a new plan when its
-    /// public key is new (the key is stored at the next [`Self::sync`]) or
-    /// the cluster's smallest underlay MTU changed.
+    /// public key is new or the cluster's smallest underlay MTU changed
+    /// (both are stored at the next [`Self::sync`]).
     pub fn report_mesh(&self, node_id: &str, report: MeshReport) {
         let mut s = self.lock();
         let new_key = report.public_key.is_some()
             && s.hosts.get(node_id).map(|h| &h.public_key) != Some(&report.public_key);
+        // An MTU no Ethernet has is not taken.
+        let mtu = report.underlay_mtu.filter(|m| (1280..=65535).contains(m));
+        if let Some(h) = s.hosts.get_mut(node_id)
+            && mtu.is_some()
+            && h.underlay_mtu != mtu
+        {
+            h.underlay_mtu = mtu;
+            h.stored = false;
+        }
         s.reports.insert(node_id.to_owned(), report);
         let mtu_moved = s.planned_mtu.is_some_and(|m| m != self.underlay_mtu(&s));
         drop(s);
@@ -410,6 +429,16 @@ impl ClusterNetwork {
         let s = self.lock();
         self.mtu(&s)
     }
+}
+
+/// Where the other hosts reach a node's mesh port: the address it set,
+/// else the one its link comes from.
+fn endpoint_of(n: &crate::store::NodeRow) -> Option<String> {
+    n.facts
+        .mesh_endpoint
+        .clone()
+        .filter(|e| e.parse::<std::net::IpAddr>().is_ok())
+        .or_else(|| n.remote_addr.clone())
 }
 
 /// The containers' stack networks (not external) and how many containers

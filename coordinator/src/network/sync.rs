@@ -226,12 +226,7 @@ impl ClusterNetwork {
     }
 
     async fn sync_host(&self, n: &NodeRow) -> Result<bool, NetworkError> {
-        let endpoint = n
-            .facts
-            .mesh_endpoint
-            .clone()
-            .filter(|e| e.parse::<std::net::IpAddr>().is_ok())
-            .or_else(|| n.remote_addr.clone());
+        let endpoint = super::endpoint_of(n);
         let existing = self.lock().hosts.get(&n.id).cloned();
         let mut changed = false;
         let mut host = match existing {
@@ -251,7 +246,8 @@ impl ClusterNetwork {
                     name: n.name.clone(),
                     address,
                     public_key: None,
-                    key_stored: false,
+                    underlay_mtu: None,
+                    stored: false,
                     endpoint: None,
                 }
             }
@@ -268,21 +264,22 @@ impl ClusterNetwork {
             .and_then(|r| r.public_key.clone());
         if reported.is_some() && reported != host.public_key {
             host.public_key = reported;
-            host.key_stored = false;
+            host.stored = false;
             changed = true;
         }
-        if !host.key_stored || !self.lock().hosts.contains_key(&n.id) {
+        if !host.stored {
             self.store
                 .put_mesh_host(
                     &MeshHostRow {
                         node_id: n.id.clone(),
                         address: host.address.to_string(),
                         public_key: host.public_key.clone(),
+                        underlay_mtu: host.underlay_mtu,
                     },
                     now_ms(),
                 )
                 .await?;
-            host.key_stored = host.public_key.is_some();
+            host.stored = true;
         }
         let conflict = self.conflict(n, host.address);
         let mut s = self.lock();
@@ -296,6 +293,14 @@ impl ClusterNetwork {
             None => {
                 s.conflicts.remove(&n.id);
             }
+        }
+        // A report may have come in meanwhile with a new underlay MTU: it
+        // stays, to be stored next time.
+        if let Some(now) = s.hosts.get(&n.id)
+            && now.underlay_mtu != host.underlay_mtu
+        {
+            host.underlay_mtu = now.underlay_mtu;
+            host.stored = false;
         }
         s.hosts.insert(n.id.clone(), host);
         Ok(changed)

@@ -295,6 +295,43 @@ async fn the_mesh_lists_every_other_host_with_its_key_and_leases() {
     );
 }
 
+#[tokio::test]
+async fn a_restarted_coordinator_builds_the_same_mesh_before_any_host_reports() {
+    let (n, store) = net("10.66.0.0/16", &[("a", "192.0.2.1"), ("b", "192.0.2.2")]).await;
+    let plans = BTreeMap::from([
+        ("a".to_owned(), vec![on("shop", "web", 1, &["front"])]),
+        ("b".to_owned(), vec![on("shop", "web", 2, &["front"])]),
+    ]);
+    n.sync(&plans).await.unwrap();
+    for (id, key) in [("a", [1u8; 32]), ("b", [2; 32])] {
+        n.report_mesh(
+            id,
+            MeshReport {
+                public_key: Some(b64(&key)),
+                underlay_mtu: Some(1450),
+                ..MeshReport::default()
+            },
+        );
+    }
+    n.sync(&plans).await.unwrap();
+    let before = (n.mesh_section("a"), n.networks_section("a", &plans["a"]));
+    assert_eq!(before.0.as_ref().unwrap().mtu, 1390);
+
+    let settings = NetworkSettings::new(Range::parse("10.66.0.0/16").unwrap(), MeshMode::Wireguard);
+    let again = ClusterNetwork::load(settings, store, Arc::new(ObservedBook::default()))
+        .await
+        .unwrap();
+    let after = (
+        again.mesh_section("a"),
+        again.networks_section("a", &plans["a"]),
+    );
+    assert_eq!(
+        before, after,
+        "no host loses a peer or its MTU across a restart"
+    );
+    assert!(!again.sync(&plans).await.unwrap() || again.mesh_section("a") == before.0);
+}
+
 fn b64(key: &[u8; 32]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(key)

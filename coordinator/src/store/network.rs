@@ -29,6 +29,8 @@ pub struct MeshHostRow {
     pub address: String,
     /// Its WireGuard public key, once it reported one.
     pub public_key: Option<String>,
+    /// The MTU of the interface its mesh leaves by, once reported.
+    pub underlay_mtu: Option<u32>,
 }
 
 /// The cluster network's records.

@@ -97,29 +97,34 @@ impl NetworkStore for SqliteStore {
     }
 
     async fn mesh_hosts(&self) -> Result<Vec<MeshHostRow>> {
-        let rows: Vec<(String, String, Option<String>)> =
-            sqlx::query_as("SELECT node_id, address, public_key FROM mesh_hosts ORDER BY node_id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT node_id, address, public_key, underlay_mtu FROM mesh_hosts ORDER BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|(node_id, address, public_key)| MeshHostRow {
+            .map(|(node_id, address, public_key, mtu)| MeshHostRow {
                 node_id,
                 address,
                 public_key,
+                underlay_mtu: mtu.and_then(|m| u32::try_from(m).ok()),
             })
             .collect())
     }
 
     async fn put_mesh_host(&self, host: &MeshHostRow, now: i64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO mesh_hosts (node_id, address, public_key, updated_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO mesh_hosts (node_id, address, public_key, underlay_mtu, updated_at) \
+             VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (node_id) DO UPDATE SET address = excluded.address, \
-             public_key = excluded.public_key, updated_at = excluded.updated_at",
+             public_key = excluded.public_key, underlay_mtu = excluded.underlay_mtu, \
+             updated_at = excluded.updated_at",
         )
         .bind(&host.node_id)
         .bind(&host.address)
         .bind(&host.public_key)
+        .bind(host.underlay_mtu.map(i64::from))
         .bind(now)
         .execute(&self.pool)
         .await?;

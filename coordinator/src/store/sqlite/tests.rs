@@ -107,3 +107,69 @@ async fn a_join_token_is_checked_without_being_used_and_keeps_its_labels() {
     assert_eq!(token.labels, labels);
     assert_eq!(store.join_tokens().await.unwrap()[0].uses, 0, "not used");
 }
+
+#[tokio::test]
+async fn the_cluster_network_never_hands_out_a_subnet_twice() {
+    use crate::store::{LeaseRow, MeshHostRow, NetworkStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("skiff.db"))
+        .await
+        .unwrap();
+    let front = store
+        .add_cluster_network("shop", "front", "10.66.4.0/22", 1)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .add_cluster_network("shop", "back", "10.66.4.0/22", 1)
+            .await
+            .is_err(),
+        "a subnet is one network's"
+    );
+    assert!(
+        store
+            .add_cluster_network("shop", "front", "10.66.8.0/22", 1)
+            .await
+            .is_err(),
+        "a network has one subnet"
+    );
+    let lease = |node: &str, subnet: &str| LeaseRow {
+        network_id: front,
+        node_id: node.into(),
+        subnet: subnet.into(),
+    };
+    store
+        .add_lease(&lease("a", "10.66.4.0/26"), 1)
+        .await
+        .unwrap();
+    store
+        .add_lease(&lease("a", "10.66.4.64/26"), 1)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .add_lease(&lease("b", "10.66.4.0/26"), 1)
+            .await
+            .is_err()
+    );
+    store
+        .add_lease(&lease("b", "10.66.4.128/26"), 1)
+        .await
+        .unwrap();
+    store.remove_leases(front, "a").await.unwrap();
+    assert_eq!(
+        store.leases().await.unwrap(),
+        vec![lease("b", "10.66.4.128/26")]
+    );
+    let host = MeshHostRow {
+        node_id: "a".into(),
+        address: "10.66.0.1".into(),
+        public_key: Some("k".into()),
+        underlay_mtu: Some(1450),
+    };
+    store.put_mesh_host(&host, 1).await.unwrap();
+    assert_eq!(store.mesh_hosts().await.unwrap(), vec![host]);
+    store.remove_cluster_network(front).await.unwrap();
+    assert!(store.leases().await.unwrap().is_empty());
+    assert!(store.cluster_networks().await.unwrap().is_empty());
+}
