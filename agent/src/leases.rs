@@ -26,6 +26,8 @@ pub struct NetworkLeases {
 #[derive(Debug, Default)]
 pub struct Leases {
     by_network: Mutex<BTreeMap<String, NetworkLeases>>,
+    /// Held from picking an address to the container's create.
+    picking: tokio::sync::Mutex<()>,
 }
 
 impl Leases {
@@ -35,6 +37,12 @@ impl Leases {
             .by_network
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = by_network;
+    }
+
+    /// Held while a container's explicit addresses are picked and it is
+    /// created, so that two creates never pick the same one.
+    pub async fn picking(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.picking.lock().await
     }
 
     /// The leases of the network named `network` on the engine, if it is a
