@@ -338,3 +338,6 @@ impl Reconcile for Reconciler {
         });
     }
 }
+
+#[cfg(test)]
+mod live_tests;
