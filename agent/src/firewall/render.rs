@@ -5,7 +5,9 @@
 //!   addresses talk only when on the same network subnet, or when one is a
 //!   host's mesh address; a network that is not internal may leave the
 //!   range, an internal one may not. What it accepts gets [`MARK`], which
-//!   the `DOCKER-USER` rule lets past Docker's `FORWARD` drop.
+//!   the `DOCKER-USER` rule lets past Docker's `FORWARD` drop. Connections
+//!   to published ports (destination NAT) are left to Docker's rules, as
+//!   on any Docker host.
 //! - `postrouting`: masquerades what leaves the range from networks that
 //!   are not internal (Docker's own masquerade is off on these bridges).
 //! - `input`: with a mesh whose port only peers may use (VXLAN), its UDP
@@ -54,6 +56,8 @@ fn forward(out: &mut String, n: &NetworkRules) {
     let accept = format!("meta mark set meta mark | {MARK:#010x} accept");
     out.push_str("\tchain forward {\n");
     out.push_str("\t\ttype filter hook forward priority filter - 10; policy accept;\n");
+    // Published ports (and their replies): Docker's own rules decide.
+    out.push_str("\t\tct status dnat accept comment \"published ports\"\n");
     for net in &n.networks {
         let _ = writeln!(
             out,
@@ -165,6 +169,7 @@ mod tests {
         let expected = "table inet skiff {
 \tchain forward {
 \t\ttype filter hook forward priority filter - 10; policy accept;
+\t\tct status dnat accept comment \"published ports\"
 \t\tip saddr 10.66.8.0/22 ip daddr 10.66.8.0/22 meta mark set meta mark | 0x00100000 accept comment \"sk-1\"
 \t\tip saddr 10.66.12.0/22 ip daddr 10.66.12.0/22 meta mark set meta mark | 0x00100000 accept comment \"sk-2\"
 \t\tip saddr 10.66.0.0/22 ip daddr 10.66.0.0/16 meta mark set meta mark | 0x00100000 accept comment \"hosts\"

@@ -108,17 +108,19 @@ impl Reconciler {
     async fn observe_network(&self, n: bollard::models::Network) -> Option<Observed> {
         let labels = n.labels.unwrap_or_default();
         let name = n.name?;
-        // The list leaves out who is attached.
+        // Stopped containers too: they would not start again on a network
+        // remade under them (the engine's inspect lists running ones only).
         let in_use = match self
             .docker
-            .inspect_network(
-                &name,
-                None::<bollard::query_parameters::InspectNetworkOptions>,
-            )
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("network".to_owned(), vec![name.clone()])])),
+                ..Default::default()
+            }))
             .await
         {
-            Ok(i) => i.containers.is_some_and(|c| !c.is_empty()),
-            // Gone meanwhile, or unreadable: taken as used (never remade).
+            Ok(list) => !list.is_empty(),
+            // Unreadable: taken as used (never remade).
             Err(_) => true,
         };
         let bridge = n
