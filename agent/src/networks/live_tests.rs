@@ -84,6 +84,40 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
     assert!(cmd("iptables", &check).0, "the DOCKER-USER rule");
     assert_eq!(r.leases.extra(&name).map(|l| l.leases.len()), Some(2));
 
+    // Out of the range through the table's masquerade (Docker's is off):
+    // the host's resolver answers a container on the network.
+    let resolver = std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver ").map(|a| a.trim().to_owned()))
+        .filter(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| !a.is_loopback())
+        });
+    match resolver {
+        Some(ns) => {
+            let (_, out) = cmd(
+                "docker",
+                &[
+                    "run",
+                    "--rm",
+                    "--network",
+                    &name,
+                    "skiff-test/busybox:1",
+                    "nslookup",
+                    "-timeout=3",
+                    "example.com",
+                    &ns,
+                ],
+            );
+            assert!(
+                out.contains(&format!("Address:\t{ns}")) && !out.contains("timed out"),
+                "{out}"
+            );
+        }
+        None => eprintln!("no IPv4 resolver in /etc/resolv.conf: masquerade not checked"),
+    }
+
     // In use: drift is reported, the network kept; unused: remade.
     let (ok, id) = cmd(
         "docker",
