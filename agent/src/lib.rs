@@ -17,6 +17,9 @@
 //!   ([`start_controllers`]): [`containers`], [`networks`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
 //! - [`firewall`]: the agent's nftables table, which controllers add to.
+//! - [`leases`]: the cluster networks' leases on this host, which the
+//!   networks controller fills and the containers controller hands
+//!   addresses from.
 //!
 //! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
 //! cancels it and waits for every task at shutdown. The agent never talks
@@ -36,6 +39,7 @@ pub mod engine;
 pub mod facts;
 pub mod firewall;
 pub mod identity;
+pub mod leases;
 pub mod link;
 pub mod plan;
 pub mod supervisor;
@@ -80,6 +84,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
         data_dir: PathBuf::from(&identity.dir),
         engine: engine::EngineHandle::connect(tree),
         firewall: std::sync::Arc::default(),
+        leases: std::sync::Arc::default(),
     };
     let router = start_controllers(tree, &host);
     // The last signed plan is enforced from the start, coordinator or not.

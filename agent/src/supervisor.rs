@@ -26,6 +26,9 @@ pub struct Host {
     pub engine: EngineHandle,
     /// The agent's nftables table, shared by the controllers that add to it.
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// The cluster networks' leases here: filled by the networks
+    /// controller, asked by the containers controller.
+    pub leases: Arc<crate::leases::Leases>,
 }
 
 /// Starts controllers, each in a subtree of its own.
