@@ -88,10 +88,14 @@ if [ "$MODE" = wireguard ]; then
   for i in 0 1; do section "$i" "$(key_of $((1 - i)))" >"$WORK/${NS[$i]}/section.json"; done
 fi
 dev=$([ "$MODE" = wireguard ] && echo skw0 || echo skv0)
+# The lease behind B is routed through the mesh device (not the default
+# route, which would reach B too), and answers.
+wait_for "ip -n skmA route get ${HOSTIP[1]} from ${HOSTIP[0]} | grep -q 'dev $dev'" 30
 wait_for "ip netns exec skmA ping -c1 -W1 -I ${HOSTIP[0]} ${HOSTIP[1]}" 30
 say "ping between the leases over $dev works"
 ip netns exec skmA ping -c3 -i0.2 -I "${HOSTIP[0]}" "${HOSTIP[1]}" | tail -2 >&2
 ip -n skmA -d link show "$dev" >&2
+ip -n skmA -s link show "$dev" | grep -A1 RX >&2
 ip -n skmA route show proto 242 >&2
 
 # A TCP stream across an agent restart: a server in B, a client in A that

@@ -297,26 +297,16 @@ pub async fn create_link(spec: &LinkSpec) -> Result<(), MeshError> {
             let vni = vni.to_string();
             let port = port.to_string();
             let local = local.map(|l| l.to_string());
-            let mut args = vec![
-                "link",
-                "add",
-                name,
-                "type",
-                "vxlan",
-                "id",
-                &vni,
-                "dstport",
-                &port,
-                "nolearning",
-            ];
+            let mut args = vec!["link", "add", name];
+            if let Some(mac) = &spec.mac {
+                args.extend(["address", mac.as_str()]);
+            }
+            args.extend(["type", "vxlan", "id", &vni, "dstport", &port, "nolearning"]);
             if let Some(local) = &local {
                 args.extend(["local", local.as_str()]);
             }
             if let Some(dev) = dev {
                 args.extend(["dev", dev.as_str()]);
-            }
-            if let Some(mac) = &spec.mac {
-                args.extend(["address", mac.as_str()]);
             }
             ip(&args).await?;
         }
