@@ -145,6 +145,7 @@ echo null >"$WORK/skmA/section.json"
 wait_for "! ip -n skmA link show $dev" 20
 wait_for '[ -z "$(ip -n skmA route show proto 242)" ]' 20
 ip -n skmA link show lan0 >/dev/null
+# Its last report says nothing more of a mesh.
+wait_for '[ "$(tail -n1 "$WORK/skmA/reports.jsonl")" = "{}" ]' 20
 say "A left: no $dev, no proto 242 routes, its other interfaces untouched"
-tail -n1 "$WORK/skmA/reports.jsonl" >&2
 say "OK ($MODE); logs in $WORK"

@@ -258,7 +258,19 @@ impl Reconciler {
                         "no /dev/net/tun: load the tun module (modprobe tun), or give the agent's container --device /dev/net/tun".into(),
                     ));
                 }
-                ip::create_link(spec).await?;
+                ip::create_link(spec).await.map_err(|e| match (&spec.kind, e) {
+                    (LinkKind::Wireguard, MeshError::Command(e)) if e.contains("Unknown device type") => {
+                        MeshError::Command(format!(
+                            "the kernel has no WireGuard ({e}): load it (modprobe wireguard), or set wireguard = \"userspace\" (or \"auto\") in the agent's config"
+                        ))
+                    }
+                    (LinkKind::Vxlan { .. }, MeshError::Command(e)) if e.contains("Unknown device type") => {
+                        MeshError::Command(format!(
+                            "the kernel has no VXLAN ({e}): load it (modprobe vxlan)"
+                        ))
+                    }
+                    (_, e) => e,
+                })?;
                 info!(device = %spec.name, kind = ?spec.kind, mtu = spec.mtu, "Created the mesh device.");
             }
             Action::SetMtu { dev, mtu } => ip::set_mtu(dev, *mtu).await?,

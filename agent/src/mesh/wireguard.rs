@@ -176,7 +176,15 @@ impl Userspace {
         let device = DeviceBuilder::new()
             .with_default_udp()
             .create_tun(WIREGUARD_DEVICE)
-            .map_err(|e| MeshError::Tun(e.to_string()))?
+            .map_err(|e| {
+                let e = e.to_string();
+                let hint = if e.contains("ermission") || e.contains("not permitted") {
+                    ": the agent needs CAP_NET_ADMIN and access to /dev/net/tun (run it as root, or give its container --cap-add NET_ADMIN --device /dev/net/tun)"
+                } else {
+                    ""
+                };
+                MeshError::Tun(format!("opening the TUN device {WIREGUARD_DEVICE}: {e}{hint}"))
+            })?
             .with_private_key(keys.secret.clone())
             .build()
             .await
