@@ -361,6 +361,14 @@ impl Coordinator {
             .expect("skiff's output can be read")
     }
 
+    /// A stack's tasks; none while the API does not answer.
+    pub async fn tasks(&self, stack: &str) -> Vec<TaskView> {
+        self.client()
+            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
+            .await
+            .unwrap_or_default()
+    }
+
     /// Creates a join token.
     pub async fn create_token(
         &self,
@@ -664,11 +672,7 @@ impl Cluster {
 
     /// A stack's tasks; none while the API does not answer.
     pub async fn tasks(&self, stack: &str) -> Vec<TaskView> {
-        self.coordinator
-            .client()
-            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
-            .await
-            .unwrap_or_default()
+        self.coordinator.tasks(stack).await
     }
 }
 

@@ -490,11 +490,7 @@ impl Tier2 {
 
     /// A stack's replicas; none while the API does not answer.
     pub async fn tasks(&self, stack: &str) -> Vec<TaskView> {
-        self.coordinator
-            .client()
-            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
-            .await
-            .unwrap_or_default()
+        self.coordinator.tasks(stack).await
     }
 
     /// Waits until `n` replicas of `stack` run and each has an address on

@@ -108,15 +108,28 @@ impl Replica {
         got.map_err(|e| anyhow::anyhow!("{e}: {}", last.borrow()))
     }
 
-    /// This replica does not reach `ip`:8080 (refused or timed out).
-    async fn blocked(&self, ip: &str, what: &str) -> anyhow::Result<()> {
-        match self.get(ip, "").await {
-            Ok(body) => anyhow::bail!(
-                "{} reached {what} at {ip} (answer {body:?}); it must be blocked",
-                self.task
-            ),
-            Err(_) => Ok(()),
+    /// This replica reaches `own` on `network` (so its own traffic flows)
+    /// but none of `foreign` on `foreign_network`: each connection is
+    /// refused or times out.
+    async fn reaches_only(
+        &self,
+        own: &Replica,
+        network: &str,
+        foreign: &[&Replica],
+        foreign_network: &str,
+    ) -> anyhow::Result<()> {
+        self.reaches(own, network).await?;
+        for r in foreign {
+            let ip = r.addr(foreign_network);
+            if let Ok(body) = self.get(ip, "").await {
+                anyhow::bail!(
+                    "{} reached {} at {ip} (answer {body:?}); it must be blocked",
+                    self.task,
+                    r.task
+                );
+            }
         }
+        Ok(())
     }
 
     /// Starts a UDP server on port 7001 in this replica's network (and
@@ -137,7 +150,7 @@ impl Replica {
 
     /// Waits until a UDP datagram from this replica to `to` on `network`
     /// is answered by `to` (its hostname comes back).
-    async fn reaches_udp(&self, to: &Replica, network: &str, marker: &str) -> anyhow::Result<()> {
+    async fn reaches_udp(&self, to: &Replica, network: &str) -> anyhow::Result<()> {
         let ip = to.addr(network);
         let last = RefCell::new(String::new());
         let got = wait_for(
@@ -150,7 +163,7 @@ impl Replica {
                         .host
                         .exec_in_netns(
                             &self.container,
-                            &format!("echo {marker} | timeout 5 socat -T2 - UDP4:{ip}:7001"),
+                            &format!("echo {} | timeout 5 socat -T2 - UDP4:{ip}:7001", self.task),
                         )
                         .await;
                     if stdout(&out) == to.hostname {
@@ -165,6 +178,25 @@ impl Replica {
         .await;
         got.map_err(|e| anyhow::anyhow!("{e}: {}", last.borrow()))
     }
+}
+
+/// Every replica reaches every other on `back`, over TCP, or over UDP.
+async fn all_reach(replicas: &[&Replica], udp: bool) -> anyhow::Result<()> {
+    if udp {
+        for r in replicas {
+            r.udp_echo().await?;
+        }
+    }
+    for from in replicas {
+        for to in replicas.iter().filter(|r| r.task != from.task) {
+            if udp {
+                from.reaches_udp(to, "back").await?;
+            } else {
+                from.reaches(to, "back").await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `n` replicas of `stack` run with addresses, and finds their
@@ -379,28 +411,16 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
         .await;
 
     checks
-        .check("every replica reaches every other over TCP", async {
-            for from in &echo {
-                for to in echo.iter().filter(|r| r.task != from.task) {
-                    from.reaches(to, "back").await?;
-                }
-            }
-            Ok(())
-        })
+        .check(
+            "every replica reaches every other over TCP",
+            all_reach(&echo, false),
+        )
         .await;
     checks
-        .check("every replica reaches every other over UDP", async {
-            for r in &echo {
-                r.udp_echo().await?;
-            }
-            for from in &echo {
-                for to in echo.iter().filter(|r| r.task != from.task) {
-                    from.reaches_udp(to, "back", &format!("udp-{}", t2.run))
-                        .await?;
-                }
-            }
-            Ok(())
-        })
+        .check(
+            "every replica reaches every other over UDP",
+            all_reach(&echo, true),
+        )
         .await;
     checks
         .check(
@@ -408,11 +428,7 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
             async {
                 let b_echo = of(&rb, "echo");
                 let (b1, b2) = (on(&b_echo, "h1")?, on(&b_echo, "h2")?);
-                b1.reaches(b2, "back").await?;
-                for r in &echo {
-                    b1.blocked(r.addr("back"), &r.task).await?;
-                }
-                Ok(())
+                b1.reaches_only(b2, "back", &echo, "back").await
             },
         )
         .await;
@@ -422,11 +438,7 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
             async {
                 let side = on(&of(&ra, "side"), "h1")?;
                 let both = on(&of(&ra, "both"), "h2")?;
-                side.reaches(both, "side").await?;
-                for r in &echo {
-                    side.blocked(r.addr("back"), &r.task).await?;
-                }
-                Ok(())
+                side.reaches_only(both, "side", &echo, "back").await
             },
         )
         .await;
@@ -655,19 +667,16 @@ async fn vxlan_mesh_joins_two_hosts_and_carries_plaintext() {
         .await;
 
     checks
-        .check("the replicas reach each other over TCP", async {
-            e0.reaches(e1, "back").await?;
-            e1.reaches(e0, "back").await
-        })
+        .check(
+            "the replicas reach each other over TCP",
+            all_reach(&echo, false),
+        )
         .await;
     checks
-        .check("the replicas reach each other over UDP", async {
-            e0.udp_echo().await?;
-            e1.udp_echo().await?;
-            let marker = format!("udp-{run}");
-            e0.reaches_udp(e1, "back", &marker).await?;
-            e1.reaches_udp(e0, "back", &marker).await
-        })
+        .check(
+            "the replicas reach each other over UDP",
+            all_reach(&echo, true),
+        )
         .await;
     checks
         .check(
@@ -675,9 +684,7 @@ async fn vxlan_mesh_joins_two_hosts_and_carries_plaintext() {
             async {
                 let b_echo = of(&rb, "echo");
                 let (b0, b1) = (on(&b_echo, "h0")?, on(&b_echo, "h1")?);
-                b1.reaches(b0, "back").await?;
-                b1.blocked(e0.addr("back"), &e0.task).await?;
-                b1.blocked(e1.addr("back"), &e1.task).await
+                b1.reaches_only(b0, "back", &echo, "back").await
             },
         )
         .await;
