@@ -445,6 +445,30 @@ impl Tier2 {
             .ok_or_else(|| anyhow::anyhow!("no node {}", host.node))
     }
 
+    /// Restarts the agent in `host` and waits until it is connected again
+    /// (a new session: another `connected_since`).
+    pub async fn restart_agent(&self, host: &Host) -> anyhow::Result<()> {
+        let node = |id: String| async move { self.coordinator.node(&id).await.ok() };
+        let id = self.node_id(host).await?;
+        let before = node(id.clone())
+            .await
+            .and_then(|n| n.connected_since)
+            .unwrap_or_default();
+        host.restart_agent().await?;
+        wait_for(
+            &format!("the restarted agent of {} to connect", host.node),
+            START_DEADLINE * 2,
+            || async {
+                node(id.clone()).await.filter(|n| {
+                    n.status == NodeStatus::Connected
+                        && n.connected_since.as_deref().is_some_and(|s| s != before)
+                })
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Waits until `host`'s node is connected.
     pub async fn wait_connected(&self, host: &Host) -> anyhow::Result<()> {
         wait_for(

@@ -69,13 +69,13 @@ impl Replica {
     async fn get(&self, ip: &str, path: &str) -> Result<String, String> {
         let out = self
             .sh(&format!(
-                "wget -q -O- -T {BLOCKED_AFTER_SECS} http://{ip}:8080/{path}"
+                "wget -O- -T {BLOCKED_AFTER_SECS} http://{ip}:8080/{path}"
             ))
             .await;
         if out.status.success() {
             Ok(stdout(&out))
         } else {
-            Err(text(&out))
+            Err(format!("wget: {}: {}", out.status, text(&out)))
         }
     }
 
@@ -535,8 +535,7 @@ async fn stream_survives_agent_restarts(
     says("before-restart").await?;
     let pid = stdout(&client.sh("cat /tmp/stream.pid").await);
     for host in [&client.host, &server.host] {
-        host.restart_agent().await?;
-        t2.wait_connected(host).await?;
+        t2.restart_agent(host).await?;
     }
     says("after-restart").await?;
     let alive = client.sh(&format!("kill -0 {pid}")).await;
