@@ -109,7 +109,8 @@ impl crate::controller::Controller for Controller {
             .endpoint
             .as_deref()
             .and_then(|e| crate::config::mesh_endpoint(e).ok());
-        let r = Reconciler {
+        let mut r = Reconciler {
+            desired: watch::channel(None).1,
             data_dir: self.host.data_dir.clone(),
             choice: self.host.mesh.wireguard,
             endpoint,
@@ -118,6 +119,7 @@ impl crate::controller::Controller for Controller {
             state: Mutex::new(State::default()),
         };
         let desired = leave_when_absent(cx.desired, &cx.tree);
+        r.desired = desired.clone();
         drive(
             &r,
             desired,
@@ -187,6 +189,8 @@ struct State {
 }
 
 struct Reconciler {
+    /// The section being reconciled (observing depends on its mode).
+    desired: watch::Receiver<Option<Versioned<MeshSection>>>,
     data_dir: std::path::PathBuf,
     choice: WireguardChoice,
     endpoint: Option<Ipv4Addr>,
@@ -446,16 +450,29 @@ impl Reconcile for Reconciler {
             .iter()
             .find(|l| l.name == WIREGUARD_DEVICE)
             .map(|l| l.kind.clone());
-        let wireguard = self.wireguard(&mut state, skw.as_ref()).await;
-        // The key is made before the mesh is: the public key is reported
-        // (and reaches the peers) even while the device cannot be made.
-        let keys = self.keys(&mut state)?;
-        let running = match (&state.userspace, wireguard, skw.as_ref()) {
-            (Some(u), _, Some(LinkKind::Tun)) => Some(u.state().await),
-            (None, Wireguard::Kernel, Some(LinkKind::Wireguard)) => {
-                wireguard::kernel::state(&keys).await?.map(|(s, _)| s)
-            }
-            _ => None,
+        let mode = self
+            .desired
+            .borrow()
+            .as_ref()
+            .filter(|v| !diff::is_leave(&v.value))
+            .map(|v| v.value.mode);
+        let (wireguard, running) = if mode == Some(MeshMode::Wireguard) {
+            let wireguard = self.wireguard(&mut state, skw.as_ref()).await;
+            // The key is made before the device: the public key is
+            // reported (and reaches the peers) even while the device
+            // cannot be made.
+            let keys = self.keys(&mut state)?;
+            let running = match (&state.userspace, wireguard, skw.as_ref()) {
+                (Some(u), _, Some(LinkKind::Tun)) => Some(u.state().await),
+                (None, Wireguard::Kernel, Some(LinkKind::Wireguard)) => {
+                    wireguard::kernel::state(&keys).await?.map(|(s, _)| s)
+                }
+                _ => None,
+            };
+            (wireguard, running)
+        } else {
+            // No WireGuard wanted: whatever `skw0` is, it goes.
+            (state.wireguard.unwrap_or(Wireguard::Userspace), None)
         };
         let vxlan_present = links
             .iter()
