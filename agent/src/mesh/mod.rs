@@ -137,13 +137,16 @@ impl crate::controller::Controller for Controller {
     }
 }
 
-/// Passes sections on; a plan without one (after one with one) becomes an
-/// empty section, which [`diff`] reads as "leave the mesh".
+/// Passes sections on; a stored plan without one becomes an empty
+/// section, which [`diff`] reads as "leave the mesh" (also at start, when
+/// the agent was away as the host left the mesh).
 fn leave_when_absent(
     mut rx: watch::Receiver<Option<Versioned<MeshSection>>>,
     tree: &TaskTree,
 ) -> watch::Receiver<Option<Versioned<MeshSection>>> {
-    let (tx, out) = watch::channel(rx.borrow_and_update().clone());
+    // Not marked seen: a plan published before this task ran (the stored
+    // one, at start) still counts as a change below.
+    let (tx, out) = watch::channel(rx.borrow().clone());
     let tree2 = tree.clone();
     tree.spawn("mesh-sections", async move {
         loop {
@@ -161,7 +164,7 @@ fn leave_when_absent(
                     *current = Some(v);
                     true
                 }
-                None if current.as_ref().is_some_and(|c| !diff::is_leave(&c.value)) => {
+                None if current.as_ref().is_none_or(|c| !diff::is_leave(&c.value)) => {
                     *current = Some(Versioned {
                         generation: 0,
                         value: Arc::new(MeshSection::default()),
