@@ -320,11 +320,11 @@ impl Reconciler {
                 info!(peer = %key, "Mesh peer removed.");
             }
             Action::SetFdb(f) => {
-                ip::set_fdb(f).await?;
+                ip::fdb(true, f).await?;
                 info!(mac = %f.mac, endpoint = %f.dst, "Mesh peer added.");
             }
             Action::RemoveFdb(f) => {
-                ip::remove_fdb(f).await?;
+                ip::fdb(false, f).await?;
                 info!(mac = %f.mac, endpoint = %f.dst, "Mesh peer removed.");
             }
             Action::SetNeighbour(n) => ip::set_neighbour(n).await?,
