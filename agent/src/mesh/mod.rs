@@ -538,3 +538,40 @@ fn diff_env_placeholder() -> Environment {
         underlay: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(age_ms: Option<u64>, rx: u64) -> MeshReport {
+        MeshReport {
+            public_key: None,
+            implementation: Some(Implementation::UserspaceWireguard),
+            underlay_mtu: Some(1500),
+            peers: vec![PeerStatus {
+                node_id: "n2".into(),
+                handshake_age_ms: age_ms,
+                rx_bytes: rx,
+                tx_bytes: rx,
+                error: None,
+            }],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn counters_alone_are_not_a_change_but_handshakes_are() {
+        assert_eq!(
+            shape(&report(Some(1_000), 10)),
+            shape(&report(Some(90_000), 99_999))
+        );
+        assert_ne!(shape(&report(None, 0)), shape(&report(Some(1_000), 0)));
+        assert_ne!(
+            shape(&report(Some(1_000), 0)),
+            shape(&report(Some(200_000), 0))
+        );
+        let mut failing = report(Some(1_000), 0);
+        failing.error = Some("no /dev/net/tun".into());
+        assert_ne!(shape(&failing), shape(&report(Some(1_000), 0)));
+    }
+}
