@@ -189,6 +189,9 @@ struct State {
     /// The environment seen by the last observation.
     env: Option<Environment>,
     last_report: Option<(MeshReport, Instant)>,
+    /// The mesh was left and nothing of it remained: later rounds with no
+    /// section look at nothing (a host without the mesh runs no commands).
+    left: bool,
 }
 
 struct Reconciler {
@@ -447,6 +450,22 @@ impl Reconcile for Reconciler {
     type Error = MeshError;
 
     async fn observe(&self) -> Result<Observed, MeshError> {
+        let leaving = self
+            .desired
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| diff::is_leave(&v.value));
+        if leaving && self.state.lock().await.left {
+            return Ok(Observed {
+                env: diff_env_placeholder(),
+                links: Vec::new(),
+                wireguard: None,
+                fdb: Vec::new(),
+                neighbours: Vec::new(),
+                routes: Vec::new(),
+                firewall: None,
+            });
+        }
         let links = ip::links().await?;
         let mut state = self.state.lock().await;
         let skw = links
@@ -521,6 +540,8 @@ impl Reconcile for Reconciler {
         });
         let report = self.report(&desired.value, error).await;
         let mut state = self.state.lock().await;
+        // Once a round with no section succeeded, everything is gone.
+        state.left = diff::is_leave(&desired.value) && report.error.is_none();
         let due = match &state.last_report {
             None => true,
             Some((last, at)) => shape(last) != shape(&report) || at.elapsed() >= REPORT_EVERY,
