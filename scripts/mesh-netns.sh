@@ -148,4 +148,14 @@ ip -n skmA link show lan0 >/dev/null
 # Its last report says nothing more of a mesh.
 wait_for '[ "$(tail -n1 "$WORK/skmA/reports.jsonl")" = "{}" ]' 20
 say "A left: no $dev, no proto 242 routes, its other interfaces untouched"
+say "A joins again, stops, and starts with a plan without the mesh"
+section 0 "$( [ "$MODE" = wireguard ] && key_of 1 )" >"$WORK/skmA/section.json"
+wait_for "ip -n skmA link show $dev" 20
+kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+echo null >"$WORK/skmA/section.json"
+start 0
+wait_for "! ip -n skmA link show $dev" 20
+wait_for '[ -z "$(ip -n skmA route show proto 242)" ]' 20
+say "A left at start"
+
 say "OK ($MODE); logs in $WORK"

@@ -131,7 +131,9 @@ impl<C: Controller> Port for TypedPort<C> {
     fn absent(&self) -> Publish {
         let tx = self.desired.clone();
         Box::new(move || {
-            tx.send_if_modified(|current| current.take().is_some());
+            // Said even when there was none: a controller may have
+            // left things from before the agent started.
+            tx.send_modify(|current| *current = None);
         })
     }
 

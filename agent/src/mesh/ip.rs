@@ -352,41 +352,24 @@ pub async fn address(add: bool, dev: &str, address: Ipv4Net) -> Result<(), MeshE
         .map(drop)
 }
 
-pub async fn set_fdb(f: &Fdb) -> Result<(), MeshError> {
-    run(
-        "bridge",
-        &[
-            "fdb",
-            "replace",
-            &f.mac,
-            "dst",
-            &f.dst.to_string(),
-            "dev",
-            VXLAN_DEVICE,
-            "self",
-            "permanent",
-        ],
-    )
-    .await
-    .map(drop)
-}
-
-pub async fn remove_fdb(f: &Fdb) -> Result<(), MeshError> {
-    run(
-        "bridge",
-        &[
-            "fdb",
-            "del",
-            &f.mac,
-            "dst",
-            &f.dst.to_string(),
-            "dev",
-            VXLAN_DEVICE,
-            "self",
-        ],
-    )
-    .await
-    .map(drop)
+/// Sets (`replace`, permanent) or removes (`del`) one forwarding entry.
+pub async fn fdb(set: bool, f: &Fdb) -> Result<(), MeshError> {
+    let dst = f.dst.to_string();
+    let verb = if set { "replace" } else { "del" };
+    let mut args = vec![
+        "fdb",
+        verb,
+        &f.mac,
+        "dst",
+        &dst,
+        "dev",
+        VXLAN_DEVICE,
+        "self",
+    ];
+    if set {
+        args.push("permanent");
+    }
+    run("bridge", &args).await.map(drop)
 }
 
 pub async fn set_neighbour(n: &Neighbour) -> Result<(), MeshError> {

@@ -109,7 +109,8 @@ impl crate::controller::Controller for Controller {
             .endpoint
             .as_deref()
             .and_then(|e| crate::config::mesh_endpoint(e).ok());
-        let r = Reconciler {
+        let mut r = Reconciler {
+            desired: watch::channel(None).1,
             data_dir: self.host.data_dir.clone(),
             choice: self.host.mesh.wireguard,
             endpoint,
@@ -118,6 +119,7 @@ impl crate::controller::Controller for Controller {
             state: Mutex::new(State::default()),
         };
         let desired = leave_when_absent(cx.desired, &cx.tree);
+        r.desired = desired.clone();
         drive(
             &r,
             desired,
@@ -135,13 +137,16 @@ impl crate::controller::Controller for Controller {
     }
 }
 
-/// Passes sections on; a plan without one (after one with one) becomes an
-/// empty section, which [`diff`] reads as "leave the mesh".
+/// Passes sections on; a stored plan without one becomes an empty
+/// section, which [`diff`] reads as "leave the mesh" (also at start, when
+/// the agent was away as the host left the mesh).
 fn leave_when_absent(
     mut rx: watch::Receiver<Option<Versioned<MeshSection>>>,
     tree: &TaskTree,
 ) -> watch::Receiver<Option<Versioned<MeshSection>>> {
-    let (tx, out) = watch::channel(rx.borrow_and_update().clone());
+    // Not marked seen: a plan published before this task ran (the stored
+    // one, at start) still counts as a change below.
+    let (tx, out) = watch::channel(rx.borrow().clone());
     let tree2 = tree.clone();
     tree.spawn("mesh-sections", async move {
         loop {
@@ -159,7 +164,7 @@ fn leave_when_absent(
                     *current = Some(v);
                     true
                 }
-                None if current.as_ref().is_some_and(|c| !diff::is_leave(&c.value)) => {
+                None if current.as_ref().is_none_or(|c| !diff::is_leave(&c.value)) => {
                     *current = Some(Versioned {
                         generation: 0,
                         value: Arc::new(MeshSection::default()),
@@ -184,9 +189,14 @@ struct State {
     /// The environment seen by the last observation.
     env: Option<Environment>,
     last_report: Option<(MeshReport, Instant)>,
+    /// The mesh was left and nothing of it remained: later rounds with no
+    /// section look at nothing (a host without the mesh runs no commands).
+    left: bool,
 }
 
 struct Reconciler {
+    /// The section being reconciled (observing depends on its mode).
+    desired: watch::Receiver<Option<Versioned<MeshSection>>>,
     data_dir: std::path::PathBuf,
     choice: WireguardChoice,
     endpoint: Option<Ipv4Addr>,
@@ -313,11 +323,11 @@ impl Reconciler {
                 info!(peer = %key, "Mesh peer removed.");
             }
             Action::SetFdb(f) => {
-                ip::set_fdb(f).await?;
+                ip::fdb(true, f).await?;
                 info!(mac = %f.mac, endpoint = %f.dst, "Mesh peer added.");
             }
             Action::RemoveFdb(f) => {
-                ip::remove_fdb(f).await?;
+                ip::fdb(false, f).await?;
                 info!(mac = %f.mac, endpoint = %f.dst, "Mesh peer removed.");
             }
             Action::SetNeighbour(n) => ip::set_neighbour(n).await?,
@@ -440,22 +450,51 @@ impl Reconcile for Reconciler {
     type Error = MeshError;
 
     async fn observe(&self) -> Result<Observed, MeshError> {
+        let leaving = self
+            .desired
+            .borrow()
+            .as_ref()
+            .is_some_and(|v| diff::is_leave(&v.value));
+        if leaving && self.state.lock().await.left {
+            return Ok(Observed {
+                env: diff_env_placeholder(),
+                links: Vec::new(),
+                wireguard: None,
+                fdb: Vec::new(),
+                neighbours: Vec::new(),
+                routes: Vec::new(),
+                firewall: None,
+            });
+        }
         let links = ip::links().await?;
         let mut state = self.state.lock().await;
         let skw = links
             .iter()
             .find(|l| l.name == WIREGUARD_DEVICE)
             .map(|l| l.kind.clone());
-        let wireguard = self.wireguard(&mut state, skw.as_ref()).await;
-        // The key is made before the mesh is: the public key is reported
-        // (and reaches the peers) even while the device cannot be made.
-        let keys = self.keys(&mut state)?;
-        let running = match (&state.userspace, wireguard, skw.as_ref()) {
-            (Some(u), _, Some(LinkKind::Tun)) => Some(u.state().await),
-            (None, Wireguard::Kernel, Some(LinkKind::Wireguard)) => {
-                wireguard::kernel::state(&keys).await?.map(|(s, _)| s)
-            }
-            _ => None,
+        let mode = self
+            .desired
+            .borrow()
+            .as_ref()
+            .filter(|v| !diff::is_leave(&v.value))
+            .map(|v| v.value.mode);
+        let (wireguard, running) = if mode == Some(MeshMode::Wireguard) {
+            let wireguard = self.wireguard(&mut state, skw.as_ref()).await;
+            // The key is made before the device: the public key is
+            // reported (and reaches the peers) even while the device
+            // cannot be made.
+            let keys = self.keys(&mut state)?;
+            let running = match (&state.userspace, wireguard, skw.as_ref()) {
+                (Some(u), _, Some(LinkKind::Tun)) => Some(u.state().await),
+                (None, Wireguard::Kernel, Some(LinkKind::Wireguard)) => {
+                    wireguard::kernel::state(&keys).await?.map(|(s, _)| s)
+                }
+                _ => None,
+            };
+            (wireguard, running)
+        } else {
+            // No WireGuard wanted: whatever `skw0` is, it goes.
+            (state.wireguard.unwrap_or(Wireguard::Userspace), None)
         };
         let vxlan_present = links
             .iter()
@@ -501,6 +540,8 @@ impl Reconcile for Reconciler {
         });
         let report = self.report(&desired.value, error).await;
         let mut state = self.state.lock().await;
+        // Once a round with no section succeeded, everything is gone.
+        state.left = diff::is_leave(&desired.value) && report.error.is_none();
         let due = match &state.last_report {
             None => true,
             Some((last, at)) => shape(last) != shape(&report) || at.elapsed() >= REPORT_EVERY,
@@ -516,5 +557,42 @@ fn diff_env_placeholder() -> Environment {
     Environment {
         wireguard: Wireguard::Userspace,
         underlay: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(age_ms: Option<u64>, rx: u64) -> MeshReport {
+        MeshReport {
+            public_key: None,
+            implementation: Some(Implementation::UserspaceWireguard),
+            underlay_mtu: Some(1500),
+            peers: vec![PeerStatus {
+                node_id: "n2".into(),
+                handshake_age_ms: age_ms,
+                rx_bytes: rx,
+                tx_bytes: rx,
+                error: None,
+            }],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn counters_alone_are_not_a_change_but_handshakes_are() {
+        assert_eq!(
+            shape(&report(Some(1_000), 10)),
+            shape(&report(Some(90_000), 99_999))
+        );
+        assert_ne!(shape(&report(None, 0)), shape(&report(Some(1_000), 0)));
+        assert_ne!(
+            shape(&report(Some(1_000), 0)),
+            shape(&report(Some(200_000), 0))
+        );
+        let mut failing = report(Some(1_000), 0);
+        failing.error = Some("no /dev/net/tun".into());
+        assert_ne!(shape(&failing), shape(&report(Some(1_000), 0)));
     }
 }

@@ -432,6 +432,64 @@ mod tests {
         );
     }
 
+    /// The `wg` side against wireguard-go (which `wg` drives as it drives
+    /// the kernel's): a peer set reads back equal, so the diff settles.
+    /// Run as root in a scratch network namespace:
+    /// `ip netns add t; ip netns exec t cargo test -p skiff-agent -- --ignored wg_commands`.
+    #[tokio::test]
+    #[ignore = "needs root, wireguard-go and wireguard-tools"]
+    async fn wg_commands_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::load_or_create(dir.path()).unwrap();
+        let mut go = tokio::process::Command::new("wireguard-go")
+            .args(["-f", WIREGUARD_DEVICE])
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while run("wg", &["show", WIREGUARD_DEVICE]).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wireguard-go did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        kernel::start(&keys, 51999).await.unwrap();
+        let (state, _) = kernel::state(&keys).await.unwrap().unwrap();
+        assert_eq!(
+            state,
+            WgState {
+                port: 51999,
+                peers: vec![]
+            }
+        );
+        let peer = WgPeer {
+            key: B64.encode([7u8; 32]),
+            endpoint: Some("192.0.2.9:51999".parse().unwrap()),
+            allowed_ips: vec![
+                "10.66.0.9/32".parse().unwrap(),
+                "10.66.12.0/26".parse().unwrap(),
+            ],
+            keepalive: Some(25),
+        };
+        kernel::set_peer(&peer).await.unwrap();
+        let (state, counters) = kernel::state(&keys).await.unwrap().unwrap();
+        assert_eq!(state.peers, vec![peer.clone()]);
+        assert_eq!(counters[0].handshake_age, None);
+        kernel::remove_peer(&peer.key).await.unwrap();
+        assert!(
+            kernel::state(&keys)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .peers
+                .is_empty()
+        );
+        go.kill().await.unwrap();
+        let _ = run("ip", &["link", "del", "dev", WIREGUARD_DEVICE]).await;
+    }
+
     #[test]
     fn reads_wg_dump() {
         let text = "PRIV\tPUB\t51820\toff\nK1\t(none)\t192.0.2.2:51820\t10.66.0.2/32,10.66.4.0/26\t0\t10\t20\t25\n";
