@@ -252,33 +252,6 @@ async fn check(text: &str) -> Result<(), Failed> {
 mod tests {
     use super::*;
 
-    fn rules() -> (NetworkRules, MeshRules) {
-        (
-            NetworkRules {
-                range: "10.66.0.0/16".parse().unwrap(),
-                hosts: "10.66.0.0/22".parse().unwrap(),
-                networks: vec![
-                    NetworkRule {
-                        subnet: "10.66.8.0/22".parse().unwrap(),
-                        internal: false,
-                        bridge: "sk-1".into(),
-                    },
-                    NetworkRule {
-                        subnet: "10.66.12.0/22".parse().unwrap(),
-                        internal: true,
-                        bridge: "sk-2".into(),
-                    },
-                ],
-            },
-            MeshRules {
-                device: "skv0".into(),
-                port: 4789,
-                peers_only: true,
-                peers: vec![Ipv4Addr::new(192, 0, 2, 7), Ipv4Addr::new(192, 0, 2, 8)],
-            },
-        )
-    }
-
     #[test]
     fn the_docker_user_rule_matches_the_mark() {
         assert_eq!(
@@ -291,7 +264,7 @@ mod tests {
     /// (it needs the nftables package and CAP_NET_ADMIN).
     #[tokio::test]
     async fn nft_accepts_the_rendered_scripts() {
-        let (n, m) = rules();
+        let (n, m) = (render::tests::networks(), render::tests::vxlan());
         let mut open = m.clone();
         open.peers_only = false;
         let mut lonely = m.clone();
