@@ -94,7 +94,7 @@ pub struct Firewall {
 
 impl Firewall {
     /// The networks' part; none removes it. Nothing is done when it is
-    /// what the host already has.
+    /// what the host already has (and the table is still there).
     ///
     /// # Errors
     /// `nft` failed; the table is as it was.
@@ -103,7 +103,7 @@ impl Firewall {
     }
 
     /// The mesh's part; none removes it. Nothing is done when it is what
-    /// the host already has.
+    /// the host already has (and the table is still there).
     ///
     /// # Errors
     /// `nft` failed; the table is as it was.
@@ -115,7 +115,9 @@ impl Firewall {
         let mut applied = self.applied.lock().await;
         let mut next = applied.clone().unwrap_or_default();
         change(&mut next);
-        if applied.as_ref() == Some(&next) {
+        // Unchanged: loaded again only if the table went (a flushed
+        // ruleset, a firewall service restarted).
+        if applied.as_ref() == Some(&next) && (is_empty(&next) || present().await) {
             return Ok(());
         }
         apply(&next).await?;
@@ -178,13 +180,29 @@ pub fn docker_user_rule() -> Vec<String> {
     .collect()
 }
 
+fn is_empty(parts: &Parts) -> bool {
+    parts.networks.is_none() && parts.mesh.is_none()
+}
+
+/// Whether the host has the table; yes when that cannot be told (then
+/// nothing is loaded again).
+async fn present() -> bool {
+    match run("nft", &["list", "table", "inet", "skiff"], None).await {
+        Ok(()) | Err(Failed::Missing) => true,
+        Err(Failed::Status(e)) => {
+            info!(error = %e, "The firewall table inet skiff is gone; loading it again.");
+            false
+        }
+    }
+}
+
 /// Replaces the table with `parts` (removes it when both are none).
 async fn apply(parts: &Parts) -> Result<(), FirewallError> {
     let text = script(parts.networks.as_ref(), parts.mesh.as_ref());
     match run("nft", &["-f", "-"], Some(&text)).await {
         Ok(()) => Ok(()),
         // Without nft there is no table to remove.
-        Err(Failed::Missing) if parts.networks.is_none() && parts.mesh.is_none() => Ok(()),
+        Err(Failed::Missing) if is_empty(parts) => Ok(()),
         Err(Failed::Missing) => Err(FirewallError::Missing {
             tool: "nft",
             package: "nftables",

@@ -84,6 +84,11 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
     assert!(cmd("iptables", &check).0, "the DOCKER-USER rule");
     assert_eq!(r.leases.extra(&name).map(|l| l.leases.len()), Some(2));
 
+    // A table someone removed is loaded again next round.
+    assert!(cmd("nft", &["delete", "table", "inet", "skiff"]).0);
+    r.after_round(&versioned(s.clone()), None).await;
+    assert!(cmd("nft", &["list", "table", "inet", "skiff"]).0);
+
     // Out of the range through the table's masquerade (Docker's is off):
     // the host's resolver answers a container on the network.
     let resolver = std::fs::read_to_string("/etc/resolv.conf")
