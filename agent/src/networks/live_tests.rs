@@ -48,6 +48,7 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
         reporter: Reporter::new(Arc::new(Reports::default())),
         last: Mutex::default(),
         failed: Mutex::default(),
+        firewall_said: Mutex::default(),
     };
     let name = format!("skiff.live.default.{node}");
     let versioned = |s: NetworksSection| Versioned {
