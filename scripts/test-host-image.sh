@@ -7,7 +7,7 @@
 # Usage: scripts/test-host-image.sh [--force]
 #
 # Environment:
-#   SKIFF_TEST_HOST_IMAGE  image name (default skiff-test/host:2)
+#   SKIFF_TEST_HOST_IMAGE  image name (default skiff-test/host:3)
 #   DEBIAN_MIRROR          Debian mirror (default: the first non-security URI in
 #                          /etc/apt/sources.list.d/debian.sources or
 #                          /etc/apt/sources.list, else http://deb.debian.org/debian)
@@ -20,12 +20,14 @@
 
 set -eu
 
-IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:2}
+IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:3}
 SUITE=bookworm
 # openssh-server: the hosts stand in for real servers, whose SSH the agent
 # guards (brute-force bans); it is installed but not started. sudo: the
-# documented install snippet (README.md) runs the installer with it.
-PACKAGES=docker.io,iproute2,iptables,nftables,procps,ca-certificates,curl,openssh-server,sudo
+# documented install snippet (README.md) runs the installer with it. socat:
+# the cluster network tests' UDP echo, run in a container's network namespace
+# (the test image's busybox nc speaks TCP only).
+PACKAGES=docker.io,iproute2,iptables,nftables,procps,ca-certificates,curl,openssh-server,sudo,socat
 
 say() { printf 'test-host-image: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }

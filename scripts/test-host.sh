@@ -1,12 +1,14 @@
 #!/bin/sh
-# Tier-2 test hosts: a container from skiff-test/host:2 (scripts/test-host-image.sh)
+# Tier-2 test hosts: a container from skiff-test/host:3 (scripts/test-host-image.sh)
 # that runs its own Docker Engine and so stands in for a real server.
 #
 # Usage:
-#   scripts/test-host.sh start NAME NETWORK   start host NAME on Docker network NETWORK
+#   scripts/test-host.sh start NAME NETWORK [--no-tun]
+#                                             start host NAME on Docker network NETWORK
 #                                             (created as a bridge network if absent),
 #                                             wait until its inner 'docker info' works,
-#                                             print its IP address on NETWORK to stdout
+#                                             print its IP address on NETWORK to stdout;
+#                                             --no-tun: without /dev/net/tun (a fault test)
 #   scripts/test-host.sh stop NAME            remove host NAME and its inner containers
 #   scripts/test-host.sh gateway NETWORK      print NETWORK's gateway address: where a
 #                                             host reaches services on this machine
@@ -14,22 +16,28 @@
 # 'start' is idempotent: a running host NAME is reused, a stopped one replaced.
 # It builds the image first if it is absent (minutes; see test-host-image.sh).
 #
+# A host is what the agent needs of a server for the cluster network: the TUN
+# device (/dev/net/tun, for userspace WireGuard), writable /proc/sys (the agent
+# sets proxy_arp on its bridges) and IP forwarding on (checked at start).
+#
 # Environment:
-#   SKIFF_TEST_HOST_IMAGE    image (default skiff-test/host:2)
+#   SKIFF_TEST_HOST_IMAGE    image (default skiff-test/host:3)
 #   SKIFF_TEST_HOST_TIMEOUT  seconds to wait for the inner dockerd (default 90)
+#   SKIFF_TEST_HOST_TUN      0: start without /dev/net/tun, as --no-tun does
 #
 # Exit codes: 0 ok, 1 failed, 2 bad usage.
 
 set -eu
 
-IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:2}
+IMAGE=${SKIFF_TEST_HOST_IMAGE:-skiff-test/host:3}
+TUN=${SKIFF_TEST_HOST_TUN:-1}
 TIMEOUT=${SKIFF_TEST_HOST_TIMEOUT:-90}
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 say() { printf 'test-host: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 usage() {
-    say "usage: $0 start NAME NETWORK | stop NAME | gateway NETWORK"
+    say "usage: $0 start NAME NETWORK [--no-tun] | stop NAME | gateway NETWORK"
     exit 2
 }
 
@@ -68,6 +76,11 @@ start() {
     check_name "$network" NETWORK
 
     state=$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null || true)
+    if [ "$state" = true ] &&
+        [ "$(docker inspect -f '{{index .Config.Labels "skiff-test.tun"}}' "$name")" != "$TUN" ]; then
+        say "host $name is running with another TUN setting; replacing it."
+        state=false
+    fi
     if [ "$state" = true ]; then
         say "host $name is already running; reusing it."
     else
@@ -81,14 +94,21 @@ start() {
             say "creating Docker network $network."
             docker network create --label skiff-test=1 "$network" >/dev/null
         fi
+        tun=
+        [ "$TUN" = 0 ] || tun="--device /dev/net/tun"
         # --privileged and --cap-add ALL fail here ("unable to apply caps": no
         # CAP_SYS_RESOURCE in the sandbox), so the capabilities are named.
         # The inner dockerd needs the host's cgroup tree (rw, host cgroupns),
         # /var/lib/docker on a tmpfs with the vfs storage driver (what was seen
         # to work here) and its own cgroup parent. docker-init (--init) is PID 1 so
         # that detached processes started inside (the agent) are reaped.
+        # systempaths=unconfined: /proc/sys is writable (the host's own network
+        # namespace only), as on a server. The label records the TUN choice, so
+        # that a reused host is the one asked for.
+        # shellcheck disable=SC2086 # $tun is empty or two words.
         docker run -d --name "$name" --hostname "$name" --network "$network" \
-            --label skiff-test.host=1 \
+            --label skiff-test.host=1 --label skiff-test.tun="$TUN" \
+            $tun --security-opt systempaths=unconfined --sysctl net.ipv4.ip_forward=1 \
             --init \
             --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW --cap-add MKNOD \
             --cap-add SYS_PTRACE --cap-add SYS_CHROOT --cap-add SETUID --cap-add SETGID \
@@ -115,6 +135,14 @@ start() {
         fi
         sleep 0.2
     done
+    # What the cluster network needs of a server (see the header).
+    docker exec "$name" sh -c 'echo 1 >/proc/sys/net/ipv4/ip_forward' ||
+        die "host $name: /proc/sys is not writable"
+    [ "$(docker exec "$name" cat /proc/sys/net/ipv4/ip_forward)" = 1 ] ||
+        die "host $name: IP forwarding is off"
+    if [ "$TUN" != 0 ]; then
+        docker exec "$name" test -c /dev/net/tun || die "host $name has no /dev/net/tun"
+    fi
     ip=$(host_ip "$name" "$network")
     say "host $name is up at $ip on $network; its dockerd answers."
     printf '%s\n' "$ip"
@@ -142,7 +170,14 @@ command -v docker >/dev/null 2>&1 || die "docker is not installed"
 cmd=$1
 shift
 case $cmd in
-    start) [ $# -eq 2 ] || usage; start "$1" "$2" ;;
+    start)
+        [ $# -eq 2 ] || [ $# -eq 3 ] || usage
+        if [ $# -eq 3 ]; then
+            [ "$3" = --no-tun ] || usage
+            TUN=0
+        fi
+        start "$1" "$2"
+        ;;
     stop) [ $# -eq 1 ] || usage; stop "$1" ;;
     gateway)
         [ $# -eq 1 ] || usage
@@ -150,6 +185,6 @@ case $cmd in
         [ -n "$gw" ] || die "network $1 does not exist or has no gateway"
         printf '%s\n' "$gw"
         ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) usage ;;
 esac

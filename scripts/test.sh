@@ -5,7 +5,7 @@
 # Docker Engine, a tier-2 host with its own Docker Engine).
 #
 # Usage: scripts/test.sh            everything
-#        SKIFF_SKIP_TIER2=1 ...      skip building the tier-2 host image and its test
+#        SKIFF_SKIP_TIER2=1 ...      skip building the tier-2 host image and its tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,8 +15,9 @@ say() { printf '==> %s\n' "$*"; }
 # debootstrap for the tier-2 host image, curl for the install script,
 # docker-registry and apache2-utils (htpasswd) for the private-registry test,
 # nftables and iptables for the agent's firewall (its rendered table is
-# checked with nft).
-packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables)
+# checked with nft), tcpdump for the capture of the tier-2 hosts' network
+# (the mesh tests).
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

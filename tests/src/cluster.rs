@@ -331,6 +331,44 @@ impl Coordinator {
         format!("http://{}", self.api)
     }
 
+    /// Runs the `skiff` CLI against the coordinator, with the admin token,
+    /// in `dir`; `stdin` is piped in (none: an empty stdin). Fails the test
+    /// if it does not end within two minutes.
+    pub async fn skiff(&self, dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = Command::new(target_bin("skiff"));
+        cmd.args(args)
+            .current_dir(dir)
+            .env("SKIFF_URL", self.api_url())
+            .env("SKIFF_TOKEN", self.admin_token())
+            .env("SKIFF_CONFIG", self.root.path().join("cli.toml"))
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("skiff starts");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // The command may refuse its arguments and exit before reading.
+            let _ = pipe.write_all(text.as_bytes()).await;
+        }
+        tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("skiff ends within 2 minutes")
+            .expect("skiff's output can be read")
+    }
+
+    /// A stack's tasks; none while the API does not answer.
+    pub async fn tasks(&self, stack: &str) -> Vec<TaskView> {
+        self.client()
+            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
+            .await
+            .unwrap_or_default()
+    }
+
     /// Creates a join token.
     pub async fn create_token(
         &self,
@@ -627,44 +665,14 @@ pub async fn launch_cluster_with(
 }
 
 impl Cluster {
-    /// Runs the `skiff` CLI against the coordinator, with the admin token,
-    /// in `dir`; `stdin` is piped in (none: an empty stdin). Fails the test
-    /// if it does not end within two minutes.
+    /// Runs the `skiff` CLI against the coordinator (see [`Coordinator::skiff`]).
     pub async fn skiff(&self, dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        use tokio::io::AsyncWriteExt;
-        let coord = &self.coordinator;
-        let mut cmd = Command::new(target_bin("skiff"));
-        cmd.args(args)
-            .current_dir(dir)
-            .env("SKIFF_URL", coord.api_url())
-            .env("SKIFF_TOKEN", coord.admin_token())
-            .env("SKIFF_CONFIG", coord.root.path().join("cli.toml"))
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("skiff starts");
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // The command may refuse its arguments and exit before reading.
-            let _ = pipe.write_all(text.as_bytes()).await;
-        }
-        tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("skiff ends within 2 minutes")
-            .expect("skiff's output can be read")
+        self.coordinator.skiff(dir, args, stdin).await
     }
 
     /// A stack's tasks; none while the API does not answer.
     pub async fn tasks(&self, stack: &str) -> Vec<TaskView> {
-        self.coordinator
-            .client()
-            .call(Method::GET, &format!("/stacks/{stack}/tasks"), None::<&()>)
-            .await
-            .unwrap_or_default()
+        self.coordinator.tasks(stack).await
     }
 }
 

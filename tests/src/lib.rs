@@ -9,6 +9,9 @@
 //! - [`image`]: builds the busybox-static test image and imports it into
 //!   the Docker Engine (no registry can be reached).
 //! - [`wait`]: wait on a condition with a deadline; never sleep to synchronise.
+//! - [`tier2`]: clusters of tier-2 hosts (containers with their own Docker
+//!   Engine, `scripts/test-host.sh`), agents installed by the install script,
+//!   for the cluster network across hosts; packet captures of their network.
 //!
 //! The binaries come from the workspace's target dir: run
 //! `cargo build --workspace --bins` before the tests (`scripts/test.sh` does).
@@ -19,6 +22,7 @@
 pub mod cluster;
 pub mod image;
 pub mod proxy;
+pub mod tier2;
 pub mod wait;
 
 pub use cluster::{

@@ -4,35 +4,12 @@
 //! its environment: it checks the CA against the token, fetches the
 //! install script with that CA, and joins.
 
-use std::path::PathBuf;
-use std::process::Output;
 use std::time::Duration;
 
 use skiff_api_types::NodeStatus;
 use skiff_tests::cluster::{Coordinator, CoordinatorOptions};
+use skiff_tests::tier2::{gateway, install_snippet, run, skipped, start_host, stop_host, text};
 use skiff_tests::wait_for;
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("scripts")
-        .join(name)
-}
-
-async fn run(cmd: &mut tokio::process::Command) -> Output {
-    tokio::time::timeout(Duration::from_secs(600), cmd.kill_on_drop(true).output())
-        .await
-        .expect("command finished in time")
-        .expect("command ran")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Removes the host and its network however the test ends.
 struct Host {
@@ -42,9 +19,7 @@ struct Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(script("test-host.sh"))
-            .args(["stop", &self.name])
-            .output();
+        stop_host(&self.name);
         let _ = std::process::Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
@@ -52,14 +27,14 @@ impl Drop for Host {
 }
 
 impl Host {
-    async fn exec(&self, shell: &str) -> Output {
+    async fn exec(&self, shell: &str) -> std::process::Output {
         run(tokio::process::Command::new("docker").args(["exec", &self.name, "sh", "-c", shell]))
             .await
     }
 
     /// Runs `shell` with `SKIFF_JOIN_TOKEN` in its environment (passed by
     /// name, so the value is on no command line here either).
-    async fn exec_with_token(&self, shell: &str, token: &str) -> Output {
+    async fn exec_with_token(&self, shell: &str, token: &str) -> std::process::Output {
         run(tokio::process::Command::new("docker")
             .env("SKIFF_JOIN_TOKEN", token)
             .args([
@@ -75,52 +50,9 @@ impl Host {
     }
 }
 
-/// The install snippet of README.md ("Installing on servers"), exactly,
-/// with `coordinator` in place of the example address and `options` after
-/// `--token-stdin`, as the README says to add them.
-fn install_snippet(coordinator: &str, options: &str) -> String {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
-    let start = readme
-        .find("<!-- install-snippet")
-        .expect("the snippet's marker");
-    let end = readme[start..]
-        .find("<!-- /install-snippet -->")
-        .expect("the snippet's end marker");
-    let block = &readme[start..start + end];
-    let fence = block
-        .lines()
-        .find(|l| l.trim_start().starts_with("```sh"))
-        .expect("a sh code block");
-    let indent = fence.len() - fence.trim_start().len();
-    let code: Vec<&str> = block
-        .lines()
-        .skip_while(|l| !l.trim_start().starts_with("```sh"))
-        .skip(1)
-        .take_while(|l| !l.trim_start().starts_with("```"))
-        .map(|l| l.get(indent..).unwrap_or(""))
-        .collect();
-    let code = code.join("\n");
-    assert!(code.contains("COORD=coord.example.com:7443"), "{code}");
-    assert_eq!(code.matches("--token-stdin").count(), 1, "{code}");
-    assert!(
-        code.lines()
-            .filter(|l| l.contains("curl") && l.contains("install.sh"))
-            .all(|l| l.contains("--cacert") && !l.contains(" -k")),
-        "the script is fetched only over TLS checked against the CA: {code}"
-    );
-    code.replace(
-        "COORD=coord.example.com:7443",
-        &format!("COORD={coordinator}"),
-    )
-    .replace("--token-stdin", &format!("--token-stdin {options}"))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
-    if std::env::var_os("SKIFF_SKIP_TIER2").is_some() {
-        eprintln!("SKIFF_SKIP_TIER2 is set: skipping the tier-2 install test");
+    if skipped("the tier-2 install test") {
         return;
     }
     let id = std::process::id();
@@ -128,22 +60,8 @@ async fn install_script_installs_joins_and_starts_the_agent_on_a_fresh_host() {
         name: format!("skiff-t2-host-{id}"),
         network: format!("skiff-t2-net-{id}"),
     };
-    let out = run(tokio::process::Command::new(script("test-host.sh")).args([
-        "start",
-        &host.name,
-        &host.network,
-    ]))
-    .await;
-    assert!(out.status.success(), "{}", text(&out));
-    let out =
-        run(tokio::process::Command::new(script("test-host.sh")).args(["gateway", &host.network]))
-            .await;
-    let gateway = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        gateway.parse::<std::net::IpAddr>().is_ok(),
-        "gateway: {}",
-        text(&out)
-    );
+    start_host(&host.name, &host.network, true).await.unwrap();
+    let gateway = gateway(&host.network).await.unwrap();
 
     let coord = Coordinator::launch(CoordinatorOptions {
         agent_ip: gateway.clone(),

@@ -15,6 +15,7 @@ mod joins;
 mod leaks;
 mod link;
 mod listeners;
+mod mesh;
 mod networks;
 mod plans;
 mod policy;
