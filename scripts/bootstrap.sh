@@ -346,8 +346,8 @@ check_host() {
         die 3 "neither curl nor wget is installed; install curl (apt-get install curl) and rerun"
     fi
 
-    check_docker
     check_firewall
+    check_docker
 }
 
 # The agent's cluster network needs nft (its table inet skiff) and iptables

@@ -10,12 +10,13 @@
 use std::io::ErrorKind;
 use std::net::Ipv4Addr;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Mutex;
-use tracing::info;
+use tracing::{debug, info};
 
 pub mod render;
 
@@ -84,38 +85,90 @@ pub enum FirewallError {
     Iptables(String),
 }
 
-/// The table, as both controllers last had it set.
-#[derive(Debug, Default)]
+/// How long after start a part waits for the other before it replaces a
+/// table an earlier run left: an agent restart keeps the old table, whole,
+/// until both controllers have said what they want (a part alone would
+/// drop the other's rules, and with the networks' the cross-host traffic).
+pub const RESTART_GRACE: Duration = Duration::from_secs(20);
+
+/// The table, as both controllers want it and as the host last had it.
+#[derive(Debug)]
 pub struct Firewall {
+    state: Mutex<State>,
+    started: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Both parts as last asked for.
+    wanted: Parts,
+    /// Which parts were asked for since start: networks, mesh.
+    known: (bool, bool),
     /// What the host has, once set: none until the first successful set
     /// (an earlier run's table is then replaced or removed).
-    applied: Mutex<Option<Parts>>,
+    applied: Option<Parts>,
+}
+
+impl Default for Firewall {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Whether a part is held back instead of replacing the table: only while
+/// the first set since start waits for the other part, within the grace,
+/// and only over a table an earlier run left.
+fn hold(first: bool, both_known: bool, since_start: Duration, table_exists: bool) -> bool {
+    first && !both_known && since_start < RESTART_GRACE && table_exists
 }
 
 impl Firewall {
     /// The networks' part; none removes it. Nothing is done when it is
-    /// what the host already has.
+    /// what the host already has (and the table is still there).
     ///
     /// # Errors
     /// `nft` failed; the table is as it was.
     pub async fn set_networks(&self, rules: Option<NetworkRules>) -> Result<(), FirewallError> {
-        self.set(|p| p.networks = rules).await
+        self.set(|s| {
+            s.wanted.networks = rules;
+            s.known.0 = true;
+        })
+        .await
     }
 
     /// The mesh's part; none removes it. Nothing is done when it is what
-    /// the host already has.
+    /// the host already has (and the table is still there).
     ///
     /// # Errors
     /// `nft` failed; the table is as it was.
     pub async fn set_mesh(&self, rules: Option<MeshRules>) -> Result<(), FirewallError> {
-        self.set(|p| p.mesh = rules).await
+        self.set(|s| {
+            s.wanted.mesh = rules;
+            s.known.1 = true;
+        })
+        .await
     }
 
-    async fn set(&self, change: impl FnOnce(&mut Parts)) -> Result<(), FirewallError> {
-        let mut applied = self.applied.lock().await;
-        let mut next = applied.clone().unwrap_or_default();
-        change(&mut next);
-        if applied.as_ref() == Some(&next) {
+    async fn set(&self, change: impl FnOnce(&mut State)) -> Result<(), FirewallError> {
+        let mut state = self.state.lock().await;
+        change(&mut state);
+        let next = state.wanted.clone();
+        // Unchanged: loaded again only if the table went (a flushed
+        // ruleset, a firewall service restarted).
+        if state.applied.as_ref() == Some(&next) && (is_empty(&next) || present().await) {
+            return Ok(());
+        }
+        let (n, m) = state.known;
+        if hold(
+            state.applied.is_none(),
+            n && m,
+            self.started.elapsed(),
+            exists().await,
+        ) {
+            debug!("Keeping the table an earlier run left until both parts are known.");
             return Ok(());
         }
         apply(&next).await?;
@@ -124,7 +177,7 @@ impl Firewall {
             mesh = next.mesh.is_some(),
             "Firewall table inet skiff set."
         );
-        *applied = Some(next);
+        state.applied = Some(next);
         Ok(())
     }
 
@@ -178,13 +231,36 @@ pub fn docker_user_rule() -> Vec<String> {
     .collect()
 }
 
+fn is_empty(parts: &Parts) -> bool {
+    parts.networks.is_none() && parts.mesh.is_none()
+}
+
+/// Whether the host surely has the table.
+async fn exists() -> bool {
+    run("nft", &["list", "table", "inet", "skiff"], None)
+        .await
+        .is_ok()
+}
+
+/// Whether the host has the table; yes when that cannot be told (then
+/// nothing is loaded again).
+async fn present() -> bool {
+    match run("nft", &["list", "table", "inet", "skiff"], None).await {
+        Ok(()) | Err(Failed::Missing) => true,
+        Err(Failed::Status(e)) => {
+            info!(error = %e, "The firewall table inet skiff is gone; loading it again.");
+            false
+        }
+    }
+}
+
 /// Replaces the table with `parts` (removes it when both are none).
 async fn apply(parts: &Parts) -> Result<(), FirewallError> {
     let text = script(parts.networks.as_ref(), parts.mesh.as_ref());
     match run("nft", &["-f", "-"], Some(&text)).await {
         Ok(()) => Ok(()),
         // Without nft there is no table to remove.
-        Err(Failed::Missing) if parts.networks.is_none() && parts.mesh.is_none() => Ok(()),
+        Err(Failed::Missing) if is_empty(parts) => Ok(()),
         Err(Failed::Missing) => Err(FirewallError::Missing {
             tool: "nft",
             package: "nftables",
@@ -252,31 +328,17 @@ async fn check(text: &str) -> Result<(), Failed> {
 mod tests {
     use super::*;
 
-    fn rules() -> (NetworkRules, MeshRules) {
-        (
-            NetworkRules {
-                range: "10.66.0.0/16".parse().unwrap(),
-                hosts: "10.66.0.0/22".parse().unwrap(),
-                networks: vec![
-                    NetworkRule {
-                        subnet: "10.66.8.0/22".parse().unwrap(),
-                        internal: false,
-                        bridge: "sk-1".into(),
-                    },
-                    NetworkRule {
-                        subnet: "10.66.12.0/22".parse().unwrap(),
-                        internal: true,
-                        bridge: "sk-2".into(),
-                    },
-                ],
-            },
-            MeshRules {
-                device: "skv0".into(),
-                port: 4789,
-                peers_only: true,
-                peers: vec![Ipv4Addr::new(192, 0, 2, 7), Ipv4Addr::new(192, 0, 2, 8)],
-            },
-        )
+    #[test]
+    fn a_restarted_agent_keeps_the_old_table_until_both_parts_are_known() {
+        let soon = Duration::from_secs(1);
+        assert!(hold(true, false, soon, true));
+        assert!(!hold(true, true, soon, true), "both known");
+        assert!(!hold(true, false, soon, false), "a fresh host");
+        assert!(
+            !hold(true, false, RESTART_GRACE, true),
+            "waited long enough"
+        );
+        assert!(!hold(false, false, soon, true), "set once already");
     }
 
     #[test]
@@ -291,7 +353,7 @@ mod tests {
     /// (it needs the nftables package and CAP_NET_ADMIN).
     #[tokio::test]
     async fn nft_accepts_the_rendered_scripts() {
-        let (n, m) = rules();
+        let (n, m) = (render::tests::networks(), render::tests::vxlan());
         let mut open = m.clone();
         open.peers_only = false;
         let mut lonely = m.clone();

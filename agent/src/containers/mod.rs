@@ -252,3 +252,6 @@ mod tests {
         assert!(e.contains("s.web.1@2") && e.contains("secret db"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod live_tests;

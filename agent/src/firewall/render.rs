@@ -129,13 +129,14 @@ fn input(out: &mut String, m: &MeshRules) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
     use crate::firewall::NetworkRule;
 
-    fn networks() -> NetworkRules {
+    /// Two networks, the second internal.
+    pub(in crate::firewall) fn networks() -> NetworkRules {
         NetworkRules {
             range: "10.66.0.0/16".parse().unwrap(),
             hosts: "10.66.0.0/22".parse().unwrap(),
@@ -154,7 +155,8 @@ mod tests {
         }
     }
 
-    fn vxlan() -> MeshRules {
+    /// A VXLAN mesh with two peers.
+    pub(in crate::firewall) fn vxlan() -> MeshRules {
         MeshRules {
             device: "skv0".into(),
             port: 4789,

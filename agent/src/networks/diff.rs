@@ -261,19 +261,20 @@ pub fn diff(desired: &NetworksSection, host: &Host) -> Vec<Action> {
     let mut arp = Vec::new();
     for (key, spec) in &want {
         let current = have.get(key).copied();
-        match verdict(spec, cluster, current, &host.routes) {
-            Verdict::Fine => {
-                if let Some(b) = current.and_then(|o| o.bridge.as_ref())
-                    && !b.proxy_arp
-                    && spec.bridge_name().as_deref() == Some(b.name.as_str())
-                {
-                    arp.push(Action::ProxyArp {
-                        stack: spec.stack.clone(),
-                        name: spec.name.clone(),
-                        bridge: b.name.clone(),
-                    });
-                }
-            }
+        let verdict = verdict(spec, cluster, current, &host.routes);
+        // A bridge that stays, as wanted or not, keeps serving.
+        if matches!(verdict, Verdict::Fine | Verdict::Problem(_))
+            && let Some(b) = current.and_then(|o| o.bridge.as_ref())
+            && !b.proxy_arp
+        {
+            arp.push(Action::ProxyArp {
+                stack: spec.stack.clone(),
+                name: spec.name.clone(),
+                bridge: b.name.clone(),
+            });
+        }
+        match verdict {
+            Verdict::Fine | Verdict::Problem(_) => {}
             Verdict::Create(settings) => creates.push(Action::Create {
                 spec: (*spec).clone(),
                 settings,
@@ -283,7 +284,6 @@ pub fn diff(desired: &NetworksSection, host: &Host) -> Vec<Action> {
                 spec: (*spec).clone(),
                 settings,
             }),
-            Verdict::Problem(_) => {}
         }
     }
     let mut removes: Vec<&Observed> = host

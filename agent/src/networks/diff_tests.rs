@@ -137,6 +137,20 @@ fn a_network_made_with_other_settings_is_remade_only_once_unused() {
         ..old.clone()
     };
     assert!(diff(&desired, &host(vec![busy.clone()])).is_empty());
+    // It keeps serving meanwhile: proxy ARP stays on its bridge.
+    let mut rebooted = busy.clone();
+    rebooted.bridge = Some(Bridge {
+        name: "sk-2".into(),
+        proxy_arp: false,
+    });
+    assert_eq!(
+        diff(&desired, &host(vec![rebooted])),
+        vec![Action::ProxyArp {
+            stack: "shop".into(),
+            name: "default".into(),
+            bridge: "sk-2".into()
+        }]
+    );
     let p = problems(&desired, &host(vec![busy]));
     assert_eq!(p.len(), 1);
     assert_eq!(

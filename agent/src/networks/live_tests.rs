@@ -48,6 +48,7 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
         reporter: Reporter::new(Arc::new(Reports::default())),
         last: Mutex::default(),
         failed: Mutex::default(),
+        firewall_said: Mutex::default(),
     };
     let name = format!("skiff.live.default.{node}");
     let versioned = |s: NetworksSection| Versioned {
@@ -83,6 +84,26 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
     check.extend(rule.iter().map(String::as_str));
     assert!(cmd("iptables", &check).0, "the DOCKER-USER rule");
     assert_eq!(r.leases.extra(&name).map(|l| l.leases.len()), Some(2));
+
+    // A restarted agent keeps the table until both parts are known.
+    let restarted = crate::firewall::Firewall::default();
+    let mut rules = diff::rules(&s).unwrap();
+    if let Some(r) = rules.as_mut() {
+        r.networks.clear();
+    }
+    restarted.set_networks(rules).await.unwrap();
+    let (_, table) = cmd("nft", &["list", "table", "inet", "skiff"]);
+    assert!(table.contains("10.231.8.0/22"), "kept: {table}");
+    restarted.set_mesh(None).await.unwrap();
+    let (_, table) = cmd("nft", &["list", "table", "inet", "skiff"]);
+    assert!(!table.contains("10.231.8.0/22"), "replaced: {table}");
+    r.firewall.set_networks(None).await.unwrap();
+    r.after_round(&versioned(s.clone()), None).await;
+
+    // A table someone removed is loaded again next round.
+    assert!(cmd("nft", &["delete", "table", "inet", "skiff"]).0);
+    r.after_round(&versioned(s.clone()), None).await;
+    assert!(cmd("nft", &["list", "table", "inet", "skiff"]).0);
 
     // Out of the range through the table's masquerade (Docker's is off):
     // the host's resolver answers a container on the network.

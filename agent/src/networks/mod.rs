@@ -79,6 +79,7 @@ impl crate::controller::Controller for Controller {
             reporter: cx.reports,
             last: Mutex::default(),
             failed: Mutex::default(),
+            firewall_said: Mutex::default(),
         };
         drive(&r, cx.desired, &cx.tree, Pace::default(), None).await;
     }
@@ -102,6 +103,8 @@ struct Reconciler {
     last: Mutex<Option<diff::Host>>,
     /// The changes that failed in the last round, by network.
     failed: Mutex<Vec<NetworkProblem>>,
+    /// The firewall error last logged.
+    firewall_said: Mutex<Option<String>>,
 }
 
 impl Reconciler {
@@ -313,8 +316,20 @@ impl Reconcile for Reconciler {
                 }
             }
         };
-        if let Some(e) = &firewall_error {
-            debug!(error = %e, "Firewall not set.");
+        {
+            // Said once per distinct error, not every round.
+            let mut said = self
+                .firewall_said
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if firewall_error != *said {
+                match &firewall_error {
+                    Some(e) => warn!(error = %e, "The firewall is not set; retrying every round."),
+                    None if said.is_some() => info!("The firewall is set."),
+                    None => {}
+                }
+                said.clone_from(&firewall_error);
+            }
         }
         let last = self
             .last
@@ -334,10 +349,13 @@ impl Reconcile for Reconciler {
         if let Some(e) = error {
             debug!(error = %e, "Networks not observed this round.");
         }
-        self.reporter.send(&NetworksReport {
-            problems,
-            firewall_error,
-        });
+        self.reporter.send(
+            &NetworksReport {
+                problems,
+                firewall_error,
+            }
+            .fit(),
+        );
     }
 }
 
