@@ -2,7 +2,8 @@
 # Quick start on this machine: builds Skiff, starts a coordinator and one
 # agent with the embedded defaults (coordinator data in
 # /var/lib/skiff/coordinator, API on 127.0.0.1:7070, agent port 7443; agent
-# data in /var/lib/skiff/agent), and shows the node connected.
+# data in /var/lib/skiff/agent), shows the node connected, deploys the
+# example app (examples/hello) and fetches its page.
 #
 # Usage: scripts/quickstart.sh         start (again: reuses what runs)
 #        scripts/quickstart.sh stop    stop both
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 run=/run/skiff-quickstart
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 coord_pid=$run/coordinator.pid
 agent_pid=$run/agent.pid
 
@@ -68,7 +69,35 @@ done
 echo
 "$bin/skiff" node ls
 echo
+
+# The example app's image, made from this machine's busybox (no registry).
+image=skiff-example/busybox:1
+if ! docker image inspect "$image" >/dev/null 2>&1; then
+  if [ ! -x /bin/busybox ]; then
+    echo "quickstart.sh: /bin/busybox is missing; install it: apt-get install busybox-static" >&2
+    exit 1
+  fi
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp"
+  cp /bin/busybox "$root/bin/"
+  for a in sh httpd wget mkdir echo sleep; do ln -s busybox "$root/bin/$a"; done
+  tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' - "$image" >/dev/null
+  rm -rf "$root"
+fi
+echo "==> Deploying the example app (examples/hello/compose.yml)"
+"$bin/skiff" deploy -f examples/hello/compose.yml hello
+"$bin/skiff" stack ps hello
+echo
+echo "==> GET http://127.0.0.1:18080/"
+for _ in $(seq 50); do
+  if page=$(curl -fsS http://127.0.0.1:18080/ 2>/dev/null); then break; fi
+  sleep 0.2
+done
+printf '%s\n' "${page:?the example app did not answer on port 18080}"
+echo
 echo "The admin API token is in $token_file. Try:"
 echo "  export SKIFF_URL=$SKIFF_URL SKIFF_TOKEN=\$(cat $token_file)"
 echo "  $bin/skiff node show \$(hostname)"
+echo "  $bin/skiff network show"
+echo "Remove the app with: $bin/skiff stack rm hello"
 echo "Stop with: scripts/quickstart.sh stop"
