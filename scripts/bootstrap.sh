@@ -346,7 +346,20 @@ check_host() {
         die 3 "neither curl nor wget is installed; install curl (apt-get install curl) and rerun"
     fi
 
+    check_firewall
     check_docker
+}
+
+# The agent's cluster network needs nft (its table inet skiff) and iptables
+# (one rule in Docker's DOCKER-USER chain); both live in sbin.
+check_firewall() {
+    missing=
+    for tool in nft iptables; do
+        command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] ||
+            missing="$missing $tool"
+    done
+    [ -z "$missing" ] ||
+        die 3 "missing commands:$missing; the agent needs nft and iptables for the cluster network's firewall; install them (on Debian and Ubuntu: apt-get install nftables iptables) and rerun"
 }
 
 check_docker() {

@@ -1,5 +1,6 @@
 //! Agent configuration: an optional TOML file, overridden by flags.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -13,6 +14,12 @@ pub struct Config {
     /// Overrides the coordinator address stored at join (HOST:PORT), e.g.
     /// after the coordinator moved.
     pub coordinator: Option<String>,
+    /// Which WireGuard carries a WireGuard mesh.
+    pub wireguard: WireguardChoice,
+    /// The address the other hosts reach this host's mesh port at, when it
+    /// is not the one its link to the coordinator comes from (NAT, a
+    /// private network beside a public one).
+    pub mesh_endpoint: Option<String>,
 }
 
 impl Default for Config {
@@ -20,8 +27,24 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("/var/lib/skiff/agent"),
             coordinator: None,
+            wireguard: WireguardChoice::Auto,
+            mesh_endpoint: None,
         }
     }
+}
+
+/// Which WireGuard the agent uses for a WireGuard mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireguardChoice {
+    /// The kernel's where it has the module and `wg` is installed, else
+    /// the agent's own over `/dev/net/tun`.
+    #[default]
+    Auto,
+    /// The kernel's only: the mesh reports an error without it.
+    Kernel,
+    /// The agent's own, over `/dev/net/tun`.
+    Userspace,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +73,71 @@ impl Config {
                 message: "must not be empty".into(),
             });
         }
+        if let Some(e) = &self.mesh_endpoint {
+            mesh_endpoint(e).map_err(|message| ConfigError::Invalid {
+                key: "mesh_endpoint",
+                message,
+            })?;
+        }
         Ok(())
+    }
+}
+
+/// Checks a `mesh_endpoint`: one IPv4 address other hosts can reach (the
+/// mesh's port is the cluster's, so none is given here).
+///
+/// # Errors
+/// Why it is not one.
+pub fn mesh_endpoint(value: &str) -> Result<Ipv4Addr, String> {
+    let addr: Ipv4Addr = value.parse().map_err(|_| {
+        format!("{value:?} is not an IPv4 address (give the address only, e.g. \"203.0.113.7\"; the port is the cluster's)")
+    })?;
+    if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || addr.is_broadcast() {
+        return Err(format!(
+            "{addr} cannot be reached from other hosts: give an address of this host they can reach"
+        ));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn wireguard_defaults_to_auto_and_takes_the_three_choices() {
+        assert_eq!(parse("").unwrap().wireguard, WireguardChoice::Auto);
+        assert_eq!(
+            parse("wireguard = \"kernel\"").unwrap().wireguard,
+            WireguardChoice::Kernel
+        );
+        assert_eq!(
+            parse("wireguard = \"userspace\"").unwrap().wireguard,
+            WireguardChoice::Userspace
+        );
+        let err = parse("wireguard = \"fast\"").unwrap_err();
+        assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn mesh_endpoint_must_be_a_reachable_ipv4_address() {
+        let cfg = parse("mesh_endpoint = \"203.0.113.7\"").unwrap();
+        assert_eq!(cfg.mesh_endpoint.as_deref(), Some("203.0.113.7"));
+        for bad in [
+            "203.0.113.7:51820",
+            "host.example",
+            "127.0.0.1",
+            "0.0.0.0",
+            "::1",
+        ] {
+            let err = parse(&format!("mesh_endpoint = \"{bad}\"")).unwrap_err();
+            assert!(err.contains("mesh_endpoint"), "{bad}: {err}");
+        }
     }
 }

@@ -82,6 +82,9 @@ pub trait Port: Send + Sync {
     /// Parses and checks a section; the returned step publishes it to the
     /// controller once the plan is stored.
     fn prepare(&self, section: &Section) -> Result<Publish, String>;
+    /// The step that tells the controller a stored plan has no section
+    /// for it (any more).
+    fn absent(&self) -> Publish;
     /// Parses a delivery and hands it to the controller.
     fn deliver(&self, body: serde_json::Value) -> Result<(), String>;
 }
@@ -123,6 +126,15 @@ impl<C: Controller> Port for TypedPort<C> {
                 true
             });
         }))
+    }
+
+    fn absent(&self) -> Publish {
+        let tx = self.desired.clone();
+        Box::new(move || {
+            // Said even when there was none: a controller may have
+            // left things from before the agent started.
+            tx.send_modify(|current| *current = None);
+        })
     }
 
     fn deliver(&self, body: serde_json::Value) -> Result<(), String> {

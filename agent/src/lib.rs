@@ -14,9 +14,12 @@
 //! - [`supervisor`]: runs controllers and routes sections to them.
 //! - [`engine`]: the connection to the Docker Engine the controllers share.
 //! - The controllers, one folder each, listed at the end of this file
-//!   ([`start_controllers`]): [`containers`], [`networks`].
+//!   ([`start_controllers`]): [`containers`], [`networks`], [`mesh`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
 //! - [`firewall`]: the agent's nftables table, which controllers add to.
+//! - [`leases`]: the cluster networks' leases on this host, which the
+//!   networks controller fills and the containers controller hands
+//!   addresses from.
 //!
 //! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
 //! cancels it and waits for every task at shutdown. The agent never talks
@@ -36,6 +39,7 @@ pub mod engine;
 pub mod facts;
 pub mod firewall;
 pub mod identity;
+pub mod leases;
 pub mod link;
 pub mod plan;
 pub mod supervisor;
@@ -80,6 +84,11 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
         data_dir: PathBuf::from(&identity.dir),
         engine: engine::EngineHandle::connect(tree),
         firewall: std::sync::Arc::default(),
+        leases: std::sync::Arc::default(),
+        mesh: mesh::MeshOptions {
+            wireguard: cfg.wireguard,
+            endpoint: cfg.mesh_endpoint.clone(),
+        },
     };
     let router = start_controllers(tree, &host);
     // The last signed plan is enforced from the start, coordinator or not.
@@ -93,13 +102,18 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
             warn!(error = %error, "The stored plan is unusable; waiting for the coordinator's.");
         }
     }
-    link::run(identity, link::LinkOptions::default(), router, tree.child()).await?;
+    let options = link::LinkOptions {
+        mesh_endpoint: cfg.mesh_endpoint.clone(),
+        ..link::LinkOptions::default()
+    };
+    link::run(identity, options, router, tree.child()).await?;
     info!("Agent stopped.");
     Ok(())
 }
 
 // The controllers: one folder each, and one line in `start_controllers`.
 pub mod containers;
+pub mod mesh;
 pub mod networks;
 
 /// Starts every controller in a subtree of `tree`.
@@ -107,5 +121,6 @@ pub fn start_controllers(tree: &TaskTree, host: &supervisor::Host) -> supervisor
     let mut s = supervisor::Supervisor::new(tree.child());
     s.add(containers::Controller::new(host));
     s.add(networks::Controller::new(host));
+    s.add(mesh::Controller::new(host));
     s.router()
 }

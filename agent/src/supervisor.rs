@@ -26,6 +26,11 @@ pub struct Host {
     pub engine: EngineHandle,
     /// The agent's nftables table, shared by the controllers that add to it.
     pub firewall: Arc<crate::firewall::Firewall>,
+    /// The cluster networks' leases here: filled by the networks
+    /// controller, asked by the containers controller.
+    pub leases: Arc<crate::leases::Leases>,
+    /// The agent's WireGuard choice and `mesh_endpoint` setting.
+    pub mesh: crate::mesh::MeshOptions,
 }
 
 /// Starts controllers, each in a subtree of its own.
@@ -110,8 +115,11 @@ impl Router {
     /// Parses and checks every section of `plan`; the steps publish them
     /// once the plan is stored. A section no controller runs, or one that
     /// is invalid, refuses the plan.
+    /// The controllers whose section the plan does not hold are told it is
+    /// absent (a controller that had one may then undo what it made).
     pub fn prepare(&self, plan: &HostPlan) -> Result<Vec<Publish>, String> {
-        plan.sections
+        let mut steps = plan
+            .sections
             .iter()
             .map(|(name, section)| {
                 let port = self.ports.get(name.as_str()).ok_or_else(|| {
@@ -119,7 +127,14 @@ impl Router {
                 })?;
                 port.prepare(section)
             })
-            .collect()
+            .collect::<Result<Vec<_>, String>>()?;
+        steps.extend(
+            self.ports
+                .iter()
+                .filter(|(name, _)| !plan.sections.contains_key(**name))
+                .map(|(_, port)| port.absent()),
+        );
+        Ok(steps)
     }
 
     /// Hands a delivery to its section's controller.

@@ -3,7 +3,9 @@
 //! secrets, report their status, and apply [`Action`]s.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::models::ContainerSummaryStateEnum;
@@ -21,6 +23,21 @@ use tracing::{debug, info};
 
 use super::diff::{Action, Host, Observed, State, network_name};
 use crate::engine::node_filter;
+use crate::leases::Leases;
+
+/// The endpoint setting that asks for a network's explicit address, if
+/// the container has one there.
+pub(super) fn endpoint_address(
+    addresses: &Addresses,
+    network: &str,
+) -> Option<bollard::models::EndpointIpamConfig> {
+    addresses
+        .get(network)
+        .map(|a| bollard::models::EndpointIpamConfig {
+            ipv4_address: Some(a.to_string()),
+            ..Default::default()
+        })
+}
 
 /// Default time between SIGTERM and SIGKILL.
 const DEFAULT_GRACE_SECS: i32 = 10;
@@ -66,7 +83,12 @@ pub struct Engine {
     secrets_dir: Option<PathBuf>,
     /// Where delivered registry credentials are stored (see [`super::registries`]).
     pub(super) registries_file: Option<PathBuf>,
+    /// The cluster networks' leases here, for addresses beyond the first.
+    leases: Option<Arc<Leases>>,
 }
+
+/// The explicit addresses a new container gets, by engine network name.
+pub(super) type Addresses = HashMap<String, Ipv4Addr>;
 
 pub(super) fn docker_err(
     what: impl Into<String>,
@@ -82,7 +104,56 @@ impl Engine {
             node_id: node_id.into(),
             secrets_dir: None,
             registries_file: None,
+            leases: None,
         }
+    }
+
+    /// Gives containers addresses from later leases once a cluster
+    /// network's first lease is full.
+    pub fn with_leases(mut self, leases: Arc<Leases>) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// The addresses `spec`'s container gets on the networks whose first
+    /// lease is full here (the engine picks the others), each the lowest
+    /// free one of the later leases.
+    async fn addresses(&self, spec: &ContainerSpec) -> Result<Addresses, ApplyError> {
+        let mut out = Addresses::new();
+        let Some(leases) = &self.leases else {
+            return Ok(out);
+        };
+        if spec.runtime.host_network {
+            return Ok(out);
+        }
+        for net in &spec.networks {
+            let name = network_name(&self.node_id, &spec.stack, net);
+            let Some(these) = leases.extra(&name) else {
+                continue;
+            };
+            let network = self
+                .docker
+                .inspect_network(
+                    &name,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .map_err(docker_err(format!("inspecting network {name}")))?;
+            let used = network
+                .containers
+                .unwrap_or_default()
+                .into_values()
+                .filter_map(|e| {
+                    let a = e.ipv4_address?;
+                    a.split('/').next()?.parse::<Ipv4Addr>().ok()
+                })
+                .collect();
+            if let Some(a) = crate::leases::pick(&these, &used) {
+                info!(container = %spec.name(), network = %name, address = %a, "The network's first lease is full; using a later one.");
+                out.insert(name, a);
+            }
+        }
+        Ok(out)
     }
 
     /// Pulls with the registry credentials stored in `data_dir`.
@@ -413,6 +484,19 @@ impl Engine {
                 }
                 let secrets = self.secret_files(spec)?;
                 let name = self.container_name(spec);
+                // Two creates must not pick the same address.
+                let _picking = match &self.leases {
+                    Some(l)
+                        if spec.networks.iter().any(|n| {
+                            l.extra(&network_name(&self.node_id, &spec.stack, n))
+                                .is_some()
+                        }) =>
+                    {
+                        Some(l.picking().await)
+                    }
+                    _ => None,
+                };
+                let addresses = self.addresses(spec).await?;
                 let created = self
                     .docker
                     .create_container(
@@ -420,11 +504,11 @@ impl Engine {
                             name: Some(name.clone()),
                             ..Default::default()
                         }),
-                        self.create_body(spec, &secrets),
+                        self.create_body(spec, &secrets, &addresses),
                     )
                     .await
                     .map_err(docker_err(format!("creating {}", spec.name())))?;
-                let prepared = match self.join_networks(&created.id, spec).await {
+                let prepared = match self.join_networks(&created.id, spec, &addresses).await {
                     Ok(()) => self.write_configs(&created.id, spec).await,
                     Err(e) => Err(e),
                 };
@@ -444,7 +528,12 @@ impl Engine {
 
     /// Connects a created container to its networks after the first (the
     /// engine takes one at create).
-    async fn join_networks(&self, id: &str, spec: &ContainerSpec) -> Result<(), ApplyError> {
+    async fn join_networks(
+        &self,
+        id: &str,
+        spec: &ContainerSpec,
+        addresses: &Addresses,
+    ) -> Result<(), ApplyError> {
         for net in spec.networks.iter().skip(1) {
             let name = network_name(&self.node_id, &spec.stack, net);
             self.docker
@@ -454,6 +543,7 @@ impl Engine {
                         container: id.to_owned(),
                         endpoint_config: Some(bollard::models::EndpointSettings {
                             aliases: Some(net.aliases.clone()),
+                            ipam_config: endpoint_address(addresses, &name),
                             ..Default::default()
                         }),
                     },

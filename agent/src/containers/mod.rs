@@ -53,6 +53,7 @@ pub struct Controller {
     /// container may bind-mount.
     own_dirs: Vec<PathBuf>,
     engine: EngineHandle,
+    leases: Arc<crate::leases::Leases>,
 }
 
 impl Controller {
@@ -62,6 +63,7 @@ impl Controller {
             data_dir: host.data_dir.clone(),
             own_dirs: mounts::own_dirs(&host.data_dir),
             engine: host.engine.clone(),
+            leases: host.leases.clone(),
         }
     }
 }
@@ -98,7 +100,8 @@ impl crate::controller::Controller for Controller {
         };
         let engine = Engine::new(docker, self.node_id.clone())
             .with_secrets_from(&self.data_dir)
-            .with_registry_credentials_from(&self.data_dir);
+            .with_registry_credentials_from(&self.data_dir)
+            .with_leases(self.leases.clone());
         let prober = probe::Prober::new(cx.tree.child());
         let wake = prober.changed();
         let r = Reconciler {
@@ -249,3 +252,6 @@ mod tests {
         assert!(e.contains("s.web.1@2") && e.contains("secret db"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod live_tests;

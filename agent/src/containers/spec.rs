@@ -51,6 +51,7 @@ impl Engine {
         &self,
         spec: &ContainerSpec,
         secrets: &[(std::path::PathBuf, String)],
+        addresses: &super::engine::Addresses,
     ) -> ContainerCreateBody {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.insert(LABEL_NODE.into(), self.node_id.clone());
@@ -151,14 +152,18 @@ impl Engine {
                 .networks
                 .first()
                 .filter(|_| !spec.runtime.host_network)
-                .map(|net| bollard::models::NetworkingConfig {
-                    endpoints_config: Some(HashMap::from([(
-                        super::diff::network_name(&self.node_id, &spec.stack, net),
-                        bollard::models::EndpointSettings {
-                            aliases: Some(net.aliases.clone()),
-                            ..Default::default()
-                        },
-                    )])),
+                .map(|net| {
+                    let name = super::diff::network_name(&self.node_id, &spec.stack, net);
+                    bollard::models::NetworkingConfig {
+                        endpoints_config: Some(HashMap::from([(
+                            name.clone(),
+                            bollard::models::EndpointSettings {
+                                aliases: Some(net.aliases.clone()),
+                                ipam_config: super::engine::endpoint_address(addresses, &name),
+                                ..Default::default()
+                            },
+                        )])),
+                    }
                 }),
             host_config: Some(HostConfig {
                 network_mode: if spec.runtime.host_network {

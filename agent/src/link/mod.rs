@@ -25,6 +25,9 @@ pub struct LinkOptions {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
+    /// The agent's `mesh_endpoint` setting, told to the coordinator in
+    /// the host facts.
+    pub mesh_endpoint: Option<String>,
 }
 
 impl Default for LinkOptions {
@@ -35,6 +38,7 @@ impl Default for LinkOptions {
             // coordinator's return, however long it was away.
             backoff_max: Duration::from_secs(8),
             connect_timeout: Duration::from_secs(15),
+            mesh_endpoint: None,
         }
     }
 }
@@ -219,7 +223,7 @@ async fn connect_once(
         }
         Err(e) => return Err(e.into()),
     };
-    session::Session::new(identity, router)
+    session::Session::new(identity, router, opts.mesh_endpoint.clone())
         .run(&mut ws, tree)
         .await
 }

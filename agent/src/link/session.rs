@@ -26,16 +26,22 @@ pub(crate) struct Session<'a> {
     renewal_pending: Option<u64>,
     /// Capabilities both sides have, from the welcome.
     accepted: Vec<String>,
+    mesh_endpoint: Option<String>,
 }
 
 impl<'a> Session<'a> {
-    pub(crate) fn new(identity: &'a Identity, router: &'a Router) -> Self {
+    pub(crate) fn new(
+        identity: &'a Identity,
+        router: &'a Router,
+        mesh_endpoint: Option<String>,
+    ) -> Self {
         Self {
             identity,
             router,
             next_id: 0,
             renewal_pending: None,
             accepted: Vec::new(),
+            mesh_endpoint,
         }
     }
 
@@ -57,7 +63,8 @@ impl<'a> Session<'a> {
         ws: &mut WebSocketStream<S>,
         tree: &TaskTree,
     ) -> Result<Ended, ConnectError> {
-        let facts = crate::facts::collect().await;
+        let mut facts = crate::facts::collect().await;
+        facts.mesh_endpoint.clone_from(&self.mesh_endpoint);
         let mut capabilities = vec![CAP_CERT_RENEWAL.to_owned()];
         capabilities.extend(self.router.capabilities());
         let hello = AgentMessage::Hello(Box::new(Hello {

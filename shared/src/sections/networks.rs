@@ -147,6 +147,21 @@ pub struct NetworkProblem {
 }
 
 impl NetworksReport {
+    /// Trims the report into its bounds: errors cut, the problems list
+    /// shortened (networks and stacks are names the plan gave).
+    #[must_use]
+    pub fn fit(mut self) -> Self {
+        use crate::bounds::{MAX_REPORT_ERROR_BYTES, MAX_REPORT_STRING_BYTES, truncate};
+        if let Some(e) = self.firewall_error.as_mut() {
+            truncate(e, MAX_REPORT_ERROR_BYTES);
+        }
+        self.problems.truncate(MAX_REPORTED_PROBLEMS);
+        for p in &mut self.problems {
+            truncate(&mut p.error, MAX_REPORT_STRING_BYTES);
+        }
+        self
+    }
+
     /// Checks the report's size: bounded lists and strings.
     ///
     /// # Errors
@@ -183,5 +198,27 @@ impl NetworksReport {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_brings_a_report_into_its_bounds() {
+        let problem = NetworkProblem {
+            stack: "s".into(),
+            name: "n".into(),
+            error: "é".repeat(2000),
+        };
+        let report = NetworksReport {
+            problems: vec![problem; MAX_REPORTED_PROBLEMS + 1],
+            firewall_error: Some("x".repeat(100_000)),
+        };
+        assert!(report.check().is_err());
+        let fitted = report.fit();
+        assert_eq!(fitted.check(), Ok(()));
+        assert_eq!(fitted.problems.len(), MAX_REPORTED_PROBLEMS);
     }
 }
