@@ -501,13 +501,15 @@ impl Tier2 {
         self.coordinator.skiff(self.dir.path(), args, None).await
     }
 
-    /// Deploys `compose` as `stack` (waiting for the release as `skiff
-    /// deploy` does).
+    /// Deploys `compose` as `stack`, without waiting for the release (see
+    /// [`Tier2::wait_running`]).
     pub async fn deploy(&self, stack: &str, compose: &str) -> anyhow::Result<()> {
         let file = self.dir.path().join(format!("{stack}.yml"));
         std::fs::write(&file, compose)?;
         let file = file.to_string_lossy().into_owned();
-        let out = self.skiff(&["deploy", "-f", &file, stack]).await;
+        let out = self
+            .skiff(&["deploy", "--detach", "-f", &file, stack])
+            .await;
         anyhow::ensure!(out.status.success(), "deploy of {stack}: {}", text(&out));
         Ok(())
     }
@@ -520,18 +522,38 @@ impl Tier2 {
     /// Waits until `n` replicas of `stack` run and each has an address on
     /// every network it is on; returns them.
     pub async fn wait_running(&self, stack: &str, n: usize) -> anyhow::Result<Vec<TaskView>> {
+        let last = std::sync::Mutex::new(Vec::new());
         wait_for(
             &format!("{n} running replicas of {stack} with cluster addresses"),
             Duration::from_secs(120),
             || async {
                 let t = self.tasks(stack).await;
-                (t.len() == n
+                let done = t.len() == n
                     && t.iter()
-                        .all(|t| t.up_to_date && t.state == "running" && !t.addresses.is_empty()))
-                .then_some(t)
+                        .all(|t| t.up_to_date && t.state == "running" && !t.addresses.is_empty());
+                if let Ok(mut last) = last.lock() {
+                    last.clone_from(&t);
+                }
+                done.then_some(t)
             },
         )
         .await
+        .map_err(|e| {
+            let seen: Vec<String> = last
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .map(|t| {
+                            format!(
+                                "{} on {}: {} {:?} {:?}",
+                                t.name, t.node, t.state, t.addresses, t.error
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{e}; last seen:\n{}", seen.join("\n"))
+        })
     }
 
     /// The cluster network as the API shows it.
