@@ -5,7 +5,9 @@
 //!
 //! Every cluster has a unique run id in its hosts' and network's names, so
 //! parallel and leftover runs never clash; dropping the cluster removes its
-//! hosts (and everything in them) and its network.
+//! hosts (and everything in them) and its network, unless `SKIFF_T2_KEEP`
+//! is set (to look into them after a failure; remove them with
+//! `scripts/test-host.sh stop` and `docker network rm`).
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -298,6 +300,14 @@ pub struct Tier2 {
 
 impl Drop for Tier2 {
     fn drop(&mut self) {
+        if std::env::var_os("SKIFF_T2_KEEP").is_some() {
+            eprintln!(
+                "SKIFF_T2_KEEP is set: keeping hosts {:?} and network {}",
+                self.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+                self.network
+            );
+            return;
+        }
         for h in &self.hosts {
             stop_host(&h.name);
         }
@@ -467,6 +477,28 @@ impl Tier2 {
         )
         .await?;
         Ok(())
+    }
+
+    /// The tail of every host's agent log.
+    pub async fn agent_logs(&self) -> String {
+        let mut logs = String::new();
+        for h in &self.hosts {
+            logs.push_str(&format!(
+                "\n--- agent log of {} ({}):\n{}",
+                h.node,
+                h.name,
+                h.agent_log().await
+            ));
+        }
+        logs
+    }
+
+    /// The value of `r`, or fails the test with the error and the hosts' agent logs.
+    pub async fn expect<T>(&self, r: anyhow::Result<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("{e:#}\n{}", self.agent_logs().await),
+        }
     }
 
     /// Waits until `host`'s node is connected.
@@ -730,15 +762,7 @@ impl Checks {
         if self.failures.is_empty() {
             return;
         }
-        let mut logs = String::new();
-        for h in &cluster.hosts {
-            logs.push_str(&format!(
-                "\n--- agent log of {} ({}):\n{}",
-                h.node,
-                h.name,
-                h.agent_log().await
-            ));
-        }
+        let logs = cluster.agent_logs().await;
         panic!(
             "{} check(s) failed:\n{}\n{logs}",
             self.failures.len(),

@@ -394,10 +394,10 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
         format!("b{}", t2.run.replace('-', "")),
     );
     let (compose_a, compose_b) = wireguard_stacks(&t2.run);
-    t2.deploy(&a, &compose_a).await.unwrap();
-    t2.deploy(&b, &compose_b).await.unwrap();
-    let ra = replicas(&t2, &a, 5).await.unwrap();
-    let rb = replicas(&t2, &b, 2).await.unwrap();
+    t2.expect(t2.deploy(&a, &compose_a).await).await;
+    t2.expect(t2.deploy(&b, &compose_b).await).await;
+    let ra = t2.expect(replicas(&t2, &a, 5).await).await;
+    let rb = t2.expect(replicas(&t2, &b, 2).await).await;
     let echo = of(&ra, "echo");
     let mut nodes: Vec<&str> = echo.iter().map(|r| r.host.node.as_str()).collect();
     nodes.dedup();
@@ -659,10 +659,10 @@ async fn vxlan_mesh_joins_two_hosts_and_carries_plaintext() {
         "services:\n  echo:\n{}networks:\n  back: {{}}\n",
         service("[back]", &spread)
     );
-    t2.deploy(&a, &compose).await.unwrap();
-    t2.deploy(&b, &compose).await.unwrap();
-    let ra = replicas(&t2, &a, 2).await.unwrap();
-    let rb = replicas(&t2, &b, 2).await.unwrap();
+    t2.expect(t2.deploy(&a, &compose).await).await;
+    t2.expect(t2.deploy(&b, &compose).await).await;
+    let ra = t2.expect(replicas(&t2, &a, 2).await).await;
+    let rb = t2.expect(replicas(&t2, &b, 2).await).await;
     let echo = of(&ra, "echo");
     let (e0, e1) = (on(&echo, "h0").unwrap(), on(&echo, "h1").unwrap());
     let all: Vec<&Replica> = ra.iter().chain(&rb).collect();
