@@ -20,6 +20,9 @@ pub fn routes() -> Vec<Route> {
         .unwrap_or_default()
 }
 
+/// The flag of a reject route in `/proc/net/route`.
+const RTF_REJECT: u32 = 0x0200;
+
 /// Parses `/proc/net/route`: device, then destination and mask in hex
 /// (host byte order).
 fn parse_routes(text: &str) -> Vec<Route> {
@@ -33,6 +36,13 @@ fn parse_routes(text: &str) -> Vec<Route> {
             };
             let net = Ipv4Net::with_netmask(hex(1)?, hex(7)?).ok()?;
             let device = (*f.first()?).to_owned();
+            // A reject route (unreachable, prohibit, blackhole; the mesh's
+            // own guard of the cluster range is one) uses no address on
+            // any link: a bridge's subnet does not clash with it.
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            if flags & RTF_REJECT != 0 {
+                return None;
+            }
             (net.prefix_len() > 0).then(|| Route {
                 net: net.trunc(),
                 device,
@@ -114,6 +124,7 @@ mod tests {
 eth0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
 eth0\t0000A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0
 sk-3\t0008420A\t00000000\t0001\t0\t0\t0\t00FCFFFF\t0\t0\t0
+*\t0000420A\t00000000\t0201\t0\t0\t4242\t0000FFFF\t0\t0\t0
 bad line
 ";
         assert_eq!(
