@@ -66,10 +66,11 @@ impl Replica {
     }
 
     /// One HTTP GET of `ip`:8080 from this replica: the body, or why not.
+    /// (Debian's busybox 1.35 `wget -T` crashes: `timeout` bounds it.)
     async fn get(&self, ip: &str, path: &str) -> Result<String, String> {
         let out = self
             .sh(&format!(
-                "wget -O- -T {BLOCKED_AFTER_SECS} http://{ip}:8080/{path}"
+                "busybox timeout {BLOCKED_AFTER_SECS} wget -q -O- http://{ip}:8080/{path}"
             ))
             .await;
         if out.status.success() {
