@@ -605,21 +605,28 @@ impl Tier2 {
         Ok(())
     }
 
-    /// The Linux bridge of the cluster's Docker network on this machine:
-    /// where every packet between hosts passes.
-    pub async fn bridge_interface(&self) -> anyhow::Result<String> {
-        let out = run_cmd(&[
-            "docker",
-            "network",
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            &self.network,
-        ])
-        .await;
-        let id = stdout(&out);
-        anyhow::ensure!(id.len() >= 12, "{}", text(&out));
-        Ok(format!("br-{}", &id[..12]))
+    /// The interface on this machine that carries `host`'s traffic on
+    /// the cluster's network: the machine's end of its veth. (The
+    /// network's bridge itself does not show frames it forwards between
+    /// hosts.)
+    pub async fn host_interface(&self, host: &Host) -> anyhow::Result<String> {
+        let out = host.exec("cat /sys/class/net/eth0/iflink").await;
+        let index = stdout(&out);
+        anyhow::ensure!(
+            index.parse::<u32>().is_ok(),
+            "iflink of {}: {}",
+            host.name,
+            text(&out)
+        );
+        let out = run_cmd(&["ip", "-o", "link"]).await;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let (idx, rest) = l.split_once(": ")?;
+                let name = rest.split([':', '@']).next()?;
+                (idx == index).then(|| name.to_owned())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no interface {index} here for {}", host.name))
     }
 }
 

@@ -328,7 +328,7 @@ async fn capture_marker(
     marker: &str,
     port: u16,
 ) -> anyhow::Result<(bool, usize)> {
-    let capture = Capture::start(&t2.bridge_interface().await?, "udp").await?;
+    let capture = Capture::start(&t2.host_interface(&from.host).await?, "udp").await?;
     // Over TCP to the echo, which sends it back: it crossed both ways.
     let out = from
         .sh(&format!(
@@ -482,16 +482,23 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
             stream_survives_agent_restarts(&t2, on(&echo, "h0").unwrap(), on(&echo, "h1").unwrap()),
         )
         .await;
+    let c = format!("c{}", t2.run.replace('-', ""));
     checks
         .check(
             "a removed host leaves every peer list; a joined one is added and reached",
-            remove_and_join(&mut t2, &a),
+            remove_and_join(&mut t2, &c),
+        )
+        .await;
+    checks
+        .check(
+            "a replica of the removed host moves to the joined one",
+            replica_moves_to_joined_host(&t2, &a),
         )
         .await;
     checks
         .check(
             "a host cut off shows as unreachable while the others keep talking",
-            cut_off_peer(&t2, &a),
+            cut_off_peer(&t2, &c),
         )
         .await;
     checks.finish(&t2).await;
@@ -547,8 +554,9 @@ async fn stream_survives_agent_restarts(
     Ok(())
 }
 
-/// `skiff node rm` of h2: it leaves every peer list; a new host h3 joins,
-/// becomes everyone's peer, gets the echo replica h2 had, and is reached.
+/// `skiff node rm` of h2: it leaves every peer list; a new host h3 joins
+/// and becomes everyone's peer, and a stack deployed then (`stack`, one
+/// echo replica on each of h0, h1, h3) reaches across all three.
 async fn remove_and_join(t2: &mut Tier2, stack: &str) -> anyhow::Result<()> {
     let h2 = t2.host("h2").clone();
     let id = t2.node_id(&h2).await?;
@@ -558,33 +566,42 @@ async fn remove_and_join(t2: &mut Tier2, stack: &str) -> anyhow::Result<()> {
     // Its containers go with it (it is no longer part of the cluster).
     skiff_tests::tier2::stop_host(&h2.name);
 
-    let h3 = t2.add_host(true).await?;
+    t2.add_host(true).await?;
     mesh_is(t2, &["h0", "h1", "h3"], "userspace-wireguard").await?;
-    let moved = wait_for(
-        "the third echo replica to run on the new host",
-        Duration::from_secs(120),
+    let spread = format!(
+        "      replicas: 3\n      placement:\n        max_replicas_per_node: 1\n        constraints: [\"node.labels.t2 == {}\"]",
+        t2.run
+    );
+    let compose = format!(
+        "services:\n  echo:\n{}networks:\n  back: {{}}\n",
+        service("[back]", &spread)
+    );
+    t2.deploy(stack, &compose).await?;
+    let rc = replicas(t2, stack, 3).await?;
+    all_reach(&of(&rc, "echo"), false).await
+}
+
+/// The echo replica of `stack` that was on the removed h2 runs on the
+/// joined h3 (3 replicas, at most one per host).
+async fn replica_moves_to_joined_host(t2: &Tier2, stack: &str) -> anyhow::Result<()> {
+    let last = RefCell::new(Vec::new());
+    wait_for(
+        "the third echo replica to run on the joined host h3",
+        CONVERGE,
         || async {
-            t2.tasks(stack).await.into_iter().find(|t| {
-                t.service == "echo"
-                    && t.node == h3.node
-                    && t.state == "running"
-                    && !t.addresses.is_empty()
-            })
+            let tasks = t2.tasks(stack).await;
+            let found = tasks
+                .iter()
+                .any(|t| t.service == "echo" && t.node == "h3" && t.state == "running");
+            *last.borrow_mut() = tasks
+                .into_iter()
+                .map(|t| format!("{} on {}: {} {:?}", t.name, t.node, t.state, t.error))
+                .collect();
+            found.then_some(())
         },
     )
-    .await?;
-    let on_h3 = replica(t2, &moved).await?;
-    let on_h0 = replica(
-        t2,
-        &t2.tasks(stack)
-            .await
-            .into_iter()
-            .find(|t| t.service == "echo" && t.node == "h0")
-            .ok_or_else(|| anyhow::anyhow!("no echo replica on h0"))?,
-    )
-    .await?;
-    on_h0.reaches(&on_h3, "back").await?;
-    on_h3.reaches(&on_h0, "back").await
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}; last seen: {:?}", last.borrow()))
 }
 
 /// How old a WireGuard handshake is when the agent calls it stale
