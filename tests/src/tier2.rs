@@ -650,7 +650,18 @@ impl Capture {
             .suffix(".pcap")
             .tempfile()?;
         let mut child = Command::new("tcpdump")
-            .args(["-i", interface, "-nn", "-U", "-s", "0", "-w"])
+            // Immediate mode: packets reach the file as they come, not
+            // in blocks that a stop could leave unwritten.
+            .args([
+                "-i",
+                interface,
+                "-nn",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(file.path())
             .arg(filter)
             .stdin(Stdio::null())

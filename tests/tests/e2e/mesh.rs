@@ -344,6 +344,12 @@ async fn capture_marker(
     );
     let seen = bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
     let packets = count_packets(file.path(), &format!("udp port {port}")).await?;
+    eprintln!(
+        "capture on {}'s link: {} bytes, {} UDP packets, {packets} on port {port}",
+        from.host.node,
+        bytes.len(),
+        count_packets(file.path(), "udp").await?
+    );
     Ok((seen, packets))
 }
 
