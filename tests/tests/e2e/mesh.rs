@@ -495,12 +495,7 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
             remove_and_join(&mut t2, &c),
         )
         .await;
-    checks
-        .check(
-            "a replica of the removed host moves to the joined one",
-            replica_moves_to_joined_host(&t2, &a),
-        )
-        .await;
+
     checks
         .check(
             "a host cut off shows as unreachable while the others keep talking",
@@ -585,29 +580,6 @@ async fn remove_and_join(t2: &mut Tier2, stack: &str) -> anyhow::Result<()> {
     t2.deploy(stack, &compose).await?;
     let rc = replicas(t2, stack, 3).await?;
     all_reach(&of(&rc, "echo"), false).await
-}
-
-/// The echo replica of `stack` that was on the removed h2 runs on the
-/// joined h3 (3 replicas, at most one per host).
-async fn replica_moves_to_joined_host(t2: &Tier2, stack: &str) -> anyhow::Result<()> {
-    let last = RefCell::new(Vec::new());
-    wait_for(
-        "the third echo replica to run on the joined host h3",
-        CONVERGE,
-        || async {
-            let tasks = t2.tasks(stack).await;
-            let found = tasks
-                .iter()
-                .any(|t| t.service == "echo" && t.node == "h3" && t.state == "running");
-            *last.borrow_mut() = tasks
-                .into_iter()
-                .map(|t| format!("{} on {}: {} {:?}", t.name, t.node, t.state, t.error))
-                .collect();
-            found.then_some(())
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}; last seen: {:?}", last.borrow()))
 }
 
 /// How old a WireGuard handshake is when the agent calls it stale
