@@ -5,7 +5,9 @@
 //!
 //! Every cluster has a unique run id in its hosts' and network's names, so
 //! parallel and leftover runs never clash; dropping the cluster removes its
-//! hosts (and everything in them) and its network.
+//! hosts (and everything in them) and its network, unless `SKIFF_T2_KEEP`
+//! is set (to look into them after a failure; remove them with
+//! `scripts/test-host.sh stop` and `docker network rm`).
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -298,6 +300,14 @@ pub struct Tier2 {
 
 impl Drop for Tier2 {
     fn drop(&mut self) {
+        if std::env::var_os("SKIFF_T2_KEEP").is_some() {
+            eprintln!(
+                "SKIFF_T2_KEEP is set: keeping hosts {:?} and network {}",
+                self.hosts.iter().map(|h| &h.name).collect::<Vec<_>>(),
+                self.network
+            );
+            return;
+        }
         for h in &self.hosts {
             stop_host(&h.name);
         }
@@ -469,6 +479,28 @@ impl Tier2 {
         Ok(())
     }
 
+    /// The tail of every host's agent log.
+    pub async fn agent_logs(&self) -> String {
+        let mut logs = String::new();
+        for h in &self.hosts {
+            logs.push_str(&format!(
+                "\n--- agent log of {} ({}):\n{}",
+                h.node,
+                h.name,
+                h.agent_log().await
+            ));
+        }
+        logs
+    }
+
+    /// The value of `r`, or fails the test with the error and the hosts' agent logs.
+    pub async fn expect<T>(&self, r: anyhow::Result<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => panic!("{e:#}\n{}", self.agent_logs().await),
+        }
+    }
+
     /// Waits until `host`'s node is connected.
     pub async fn wait_connected(&self, host: &Host) -> anyhow::Result<()> {
         wait_for(
@@ -501,13 +533,15 @@ impl Tier2 {
         self.coordinator.skiff(self.dir.path(), args, None).await
     }
 
-    /// Deploys `compose` as `stack` (waiting for the release as `skiff
-    /// deploy` does).
+    /// Deploys `compose` as `stack`, without waiting for the release (see
+    /// [`Tier2::wait_running`]).
     pub async fn deploy(&self, stack: &str, compose: &str) -> anyhow::Result<()> {
         let file = self.dir.path().join(format!("{stack}.yml"));
         std::fs::write(&file, compose)?;
         let file = file.to_string_lossy().into_owned();
-        let out = self.skiff(&["deploy", "-f", &file, stack]).await;
+        let out = self
+            .skiff(&["deploy", "--detach", "-f", &file, stack])
+            .await;
         anyhow::ensure!(out.status.success(), "deploy of {stack}: {}", text(&out));
         Ok(())
     }
@@ -520,18 +554,38 @@ impl Tier2 {
     /// Waits until `n` replicas of `stack` run and each has an address on
     /// every network it is on; returns them.
     pub async fn wait_running(&self, stack: &str, n: usize) -> anyhow::Result<Vec<TaskView>> {
+        let last = std::sync::Mutex::new(Vec::new());
         wait_for(
             &format!("{n} running replicas of {stack} with cluster addresses"),
             Duration::from_secs(120),
             || async {
                 let t = self.tasks(stack).await;
-                (t.len() == n
+                let done = t.len() == n
                     && t.iter()
-                        .all(|t| t.up_to_date && t.state == "running" && !t.addresses.is_empty()))
-                .then_some(t)
+                        .all(|t| t.up_to_date && t.state == "running" && !t.addresses.is_empty());
+                if let Ok(mut last) = last.lock() {
+                    last.clone_from(&t);
+                }
+                done.then_some(t)
             },
         )
         .await
+        .map_err(|e| {
+            let seen: Vec<String> = last
+                .lock()
+                .map(|l| {
+                    l.iter()
+                        .map(|t| {
+                            format!(
+                                "{} on {}: {} {:?} {:?}",
+                                t.name, t.node, t.state, t.addresses, t.error
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("{e}; last seen:\n{}", seen.join("\n"))
+        })
     }
 
     /// The cluster network as the API shows it.
@@ -551,21 +605,28 @@ impl Tier2 {
         Ok(())
     }
 
-    /// The Linux bridge of the cluster's Docker network on this machine:
-    /// where every packet between hosts passes.
-    pub async fn bridge_interface(&self) -> anyhow::Result<String> {
-        let out = run_cmd(&[
-            "docker",
-            "network",
-            "inspect",
-            "-f",
-            "{{.Id}}",
-            &self.network,
-        ])
-        .await;
-        let id = stdout(&out);
-        anyhow::ensure!(id.len() >= 12, "{}", text(&out));
-        Ok(format!("br-{}", &id[..12]))
+    /// The interface on this machine that carries `host`'s traffic on
+    /// the cluster's network: the machine's end of its veth. (The
+    /// network's bridge itself does not show frames it forwards between
+    /// hosts.)
+    pub async fn host_interface(&self, host: &Host) -> anyhow::Result<String> {
+        let out = host.exec("cat /sys/class/net/eth0/iflink").await;
+        let index = stdout(&out);
+        anyhow::ensure!(
+            index.parse::<u32>().is_ok(),
+            "iflink of {}: {}",
+            host.name,
+            text(&out)
+        );
+        let out = run_cmd(&["ip", "-o", "link"]).await;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let (idx, rest) = l.split_once(": ")?;
+                let name = rest.split([':', '@']).next()?;
+                (idx == index).then(|| name.to_owned())
+            })
+            .ok_or_else(|| anyhow::anyhow!("no interface {index} here for {}", host.name))
     }
 }
 
@@ -589,7 +650,18 @@ impl Capture {
             .suffix(".pcap")
             .tempfile()?;
         let mut child = Command::new("tcpdump")
-            .args(["-i", interface, "-nn", "-U", "-s", "0", "-w"])
+            // Immediate mode: packets reach the file as they come, not
+            // in blocks that a stop could leave unwritten.
+            .args([
+                "-i",
+                interface,
+                "-nn",
+                "--immediate-mode",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+            ])
             .arg(file.path())
             .arg(filter)
             .stdin(Stdio::null())
@@ -708,15 +780,7 @@ impl Checks {
         if self.failures.is_empty() {
             return;
         }
-        let mut logs = String::new();
-        for h in &cluster.hosts {
-            logs.push_str(&format!(
-                "\n--- agent log of {} ({}):\n{}",
-                h.node,
-                h.name,
-                h.agent_log().await
-            ));
-        }
+        let logs = cluster.agent_logs().await;
         panic!(
             "{} check(s) failed:\n{}\n{logs}",
             self.failures.len(),
