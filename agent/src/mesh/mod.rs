@@ -37,6 +37,7 @@ use crate::supervisor::Host;
 
 pub mod diff;
 pub mod ip;
+mod liveness;
 pub mod wireguard;
 
 pub use diff::{Action, Observed};
@@ -189,6 +190,8 @@ struct State {
     /// The environment seen by the last observation.
     env: Option<Environment>,
     last_report: Option<(MeshReport, Instant)>,
+    /// Each WireGuard peer's last handshake, as the agent remembers it.
+    liveness: liveness::Liveness,
     /// The mesh was left and nothing of it remained: later rounds with no
     /// section look at nothing (a host without the mesh runs no commands).
     left: bool,
@@ -353,7 +356,7 @@ impl Reconciler {
 
     /// The report for this round.
     async fn report(&self, desired: &MeshSection, error: Option<String>) -> MeshReport {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if diff::is_leave(desired) {
             return MeshReport {
                 error,
@@ -374,6 +377,17 @@ impl Reconciler {
         let skipped = diff::target(desired, &env)
             .map(|t| t.skipped)
             .unwrap_or_default();
+        let now = Instant::now();
+        let wireguard = desired.mode == MeshMode::Wireguard;
+        if wireguard {
+            state.liveness.retain(|k| {
+                desired
+                    .peers
+                    .iter()
+                    .any(|p| p.public_key.as_deref() == Some(k))
+            });
+        }
+        let liveness = &mut state.liveness;
         let mut peers: Vec<PeerStatus> = if desired.mode == MeshMode::Weave {
             Vec::new()
         } else {
@@ -386,14 +400,23 @@ impl Reconciler {
                         .as_ref()
                         .and_then(|k| counters.iter().find(|c| &c.key == k));
                     let skip = skipped.iter().find(|(id, _)| *id == p.node_id);
+                    let (age, stale) = match (&p.public_key, c) {
+                        (Some(key), Some(c)) if wireguard && skip.is_none() => liveness.observe(
+                            key,
+                            c.handshake_age,
+                            now,
+                            STALE_HANDSHAKE,
+                            &format!("{}:{}", p.endpoint, desired.port),
+                        ),
+                        _ => (c.and_then(|c| c.handshake_age), None),
+                    };
                     PeerStatus {
                         node_id: p.node_id.clone(),
-                        handshake_age_ms: c
-                            .and_then(|c| c.handshake_age)
+                        handshake_age_ms: age
                             .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
                         rx_bytes: c.map_or(0, |c| c.rx_bytes),
                         tx_bytes: c.map_or(0, |c| c.tx_bytes),
-                        error: skip.map(|(_, why)| why.clone()),
+                        error: skip.map(|(_, why)| why.clone()).or(stale),
                     }
                 })
                 .collect()
