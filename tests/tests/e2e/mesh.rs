@@ -202,6 +202,29 @@ async fn all_reach(replicas: &[&Replica], udp: bool) -> anyhow::Result<()> {
 
 /// Waits until `n` replicas of `stack` run with addresses, and finds their
 /// containers in their hosts.
+/// Every replica of `all` has its own address in the cluster range, and
+/// the `echo` replicas reach each other over TCP and UDP.
+async fn reach_checks(checks: &mut Checks, t2: &Tier2, all: &[&Replica], echo: &[&Replica]) {
+    checks
+        .check(
+            "replicas have distinct addresses in the cluster range",
+            addresses_in_range(t2, all),
+        )
+        .await;
+    checks
+        .check(
+            "the replicas reach each other over TCP",
+            all_reach(echo, false),
+        )
+        .await;
+    checks
+        .check(
+            "the replicas reach each other over UDP",
+            all_reach(echo, true),
+        )
+        .await;
+}
+
 async fn replicas(t2: &Tier2, stack: &str, n: usize) -> anyhow::Result<Vec<Replica>> {
     let tasks = t2.wait_running(stack, n).await?;
     let mut out = Vec::new();
@@ -410,25 +433,7 @@ async fn wireguard_mesh_joins_three_hosts_isolates_stacks_and_survives_changes()
     nodes.dedup();
     assert_eq!(nodes, ["h0", "h1", "h2"], "one echo replica per host");
     let all: Vec<&Replica> = ra.iter().chain(&rb).collect();
-    checks
-        .check(
-            "replicas have distinct addresses in the cluster range",
-            addresses_in_range(&t2, &all),
-        )
-        .await;
-
-    checks
-        .check(
-            "every replica reaches every other over TCP",
-            all_reach(&echo, false),
-        )
-        .await;
-    checks
-        .check(
-            "every replica reaches every other over UDP",
-            all_reach(&echo, true),
-        )
-        .await;
+    reach_checks(&mut checks, &t2, &all, &echo).await;
     checks
         .check(
             "another stack reaches its own members but not the first stack's",
@@ -662,25 +667,7 @@ async fn vxlan_mesh_joins_two_hosts_and_carries_plaintext() {
     let echo = of(&ra, "echo");
     let (e0, e1) = (on(&echo, "h0").unwrap(), on(&echo, "h1").unwrap());
     let all: Vec<&Replica> = ra.iter().chain(&rb).collect();
-    checks
-        .check(
-            "replicas have distinct addresses in the cluster range",
-            addresses_in_range(&t2, &all),
-        )
-        .await;
-
-    checks
-        .check(
-            "the replicas reach each other over TCP",
-            all_reach(&echo, false),
-        )
-        .await;
-    checks
-        .check(
-            "the replicas reach each other over UDP",
-            all_reach(&echo, true),
-        )
-        .await;
+    reach_checks(&mut checks, &t2, &all, &echo).await;
     checks
         .check(
             "another stack reaches its own members but not them",
