@@ -60,7 +60,8 @@ pub struct NetworkConfig {
     /// The cluster range (private IPv4, /20 or larger). Fixed when the
     /// cluster is created: a later change is refused.
     pub range: String,
-    /// `wireguard` (encrypted), `vxlan` (not encrypted) or `weave`.
+    /// `wireguard` (encrypted) or `vxlan` (not encrypted); `weave` is
+    /// refused until containers can be attached through Weave Net.
     pub mesh: String,
     /// The UDP port the mesh uses on every host (default: 51820 for
     /// WireGuard, 4789 for VXLAN).
@@ -101,6 +102,13 @@ impl NetworkConfig {
             .mesh
             .parse()
             .map_err(|e: String| invalid("network.mesh", e))?;
+        if mesh == skiff_shared::sections::mesh::MeshMode::Weave {
+            // Nothing would carry the stack networks between hosts yet.
+            return Err(invalid(
+                "network.mesh",
+                "\"weave\" (containers attached through Weave Net's HTTP API) is not supported yet: use \"wireguard\" or \"vxlan\"".into(),
+            ));
+        }
         if self.port == Some(0) {
             return Err(invalid("network.port", "must not be 0".into()));
         }
@@ -508,7 +516,7 @@ mod tests {
     }
 
     #[test]
-    fn listener_limit_errors_name_the_key() {
+    fn listener_and_network_errors_name_the_key() {
         for (text, key) in [
             ("[api_limits]\nheader_timout = \"2s\"", "header_timout"),
             (
@@ -544,6 +552,8 @@ mod tests {
                 "agent_limits.max_refusals_per_source",
             ),
             ("[agent_limits]\nmax_links = 0", "agent_limits.max_links"),
+            ("[network]\nmesh = \"weave\"", "network.mesh"),
+            ("[network]\nmesh = \"gre\"", "network.mesh"),
         ] {
             let e = load_str(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
