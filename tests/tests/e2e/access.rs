@@ -35,6 +35,7 @@ fn routes() -> Vec<Route> {
         r(Method::POST, "/login", None, "/login", None),
         r(Method::GET, "/cluster", None, "/cluster", Some(Viewer)),
         r(Method::GET, "/nodes", None, "/nodes", Some(Viewer)),
+        r(Method::GET, "/network", None, "/network", Some(Viewer)),
         r(
             Method::GET,
             "/nodes/nope",

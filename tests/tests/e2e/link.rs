@@ -227,11 +227,19 @@ async fn certificate_is_renewed_over_the_link_without_reconnecting() {
         renewed.connected_since, first.connected_since,
         "renewal happened on the open link"
     );
-    assert!(
-        cluster.agents[0]
-            .log()
-            .contains("Node certificate renewed.")
-    );
+    // The coordinator records the new certificate when it sends it; the
+    // agent stores it and says so a moment later.
+    wait_until(
+        "the agent to store the renewed certificate",
+        Duration::from_secs(30),
+        || async {
+            cluster.agents[0]
+                .log()
+                .contains("Node certificate renewed.")
+        },
+    )
+    .await
+    .unwrap();
 
     // Once the first certificate has expired, the agent still gets back in: it uses the renewed one.
     let first_expiry = humantime::parse_rfc3339(&first.certificate_expires_at).unwrap();
