@@ -59,7 +59,7 @@ pub(crate) fn check_len<T>(what: &str, list: &[T], max: usize) -> Result<(), Str
 }
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
-pub(crate) fn truncate(s: &mut String, max: usize) {
+pub fn truncate(s: &mut String, max: usize) {
     if s.len() <= max {
         return;
     }

@@ -430,20 +430,15 @@ impl Reconciler {
             implementation: Some(implementation),
             underlay_mtu: env.underlay.as_ref().map(|u| u.mtu).filter(|m| *m > 0),
             peers,
-            error: error.map(|e| truncate(e, skiff_shared::bounds::MAX_REPORT_ERROR_BYTES)),
+            error: error.map(|mut e| {
+                skiff_shared::bounds::truncate(
+                    &mut e,
+                    skiff_shared::bounds::MAX_REPORT_ERROR_BYTES,
+                );
+                e
+            }),
         }
     }
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
 }
 
 /// What a report says apart from its moving counters: a report is sent
