@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod containers;
+pub mod dns;
 pub mod mesh;
 pub mod networks;
 
