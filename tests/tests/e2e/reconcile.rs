@@ -40,6 +40,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         configs: vec![],
         networks: vec![],
         runtime: Default::default(),
+        dns: vec![],
     }
 }
 

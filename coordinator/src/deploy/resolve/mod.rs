@@ -18,6 +18,8 @@ use skiff_shared::workload::{
     RuntimeSpec, SecretMount, Ulimit,
 };
 
+use skiff_shared::sections::dns::{DEFAULT_TTL_SECS, Policy, PortRecord, Protocol as DnsProtocol};
+
 use crate::scheduler::{self, Mode, Resources};
 
 /// Slot number of the copy of a global service on each host.
@@ -42,6 +44,77 @@ pub struct ServiceDef {
     /// before this service's new replicas start.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Dependency>,
+    /// How its name is answered, and how long a replica that left DNS
+    /// keeps running (releases from before ElasticDNS have the defaults).
+    #[serde(default, skip_serializing_if = "DnsSettings::is_default")]
+    pub dns: DnsSettings,
+}
+
+/// A service's DNS settings, from `x-skiff.dns` and `x-skiff.drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsSettings {
+    pub policy: Policy,
+    pub ttl_secs: u32,
+    /// How long a replica stays up once every host stopped giving its
+    /// address (its connections in flight finish).
+    pub drain_ms: u64,
+    /// The ports its replicas listen on (SRV records): container ports
+    /// of `ports` and `expose`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRecord>,
+}
+
+/// The drain time of a service that sets none.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            ttl_secs: DEFAULT_TTL_SECS,
+            drain_ms: ms(DEFAULT_DRAIN),
+            ports: Vec::new(),
+        }
+    }
+}
+
+impl DnsSettings {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn of(svc: &skiff_compose::stack::Service) -> Self {
+        use skiff_compose::stack::DnsPolicy;
+        let dns = svc.skiff.dns.unwrap_or_default();
+        let mut ports: Vec<PortRecord> = svc
+            .ports
+            .iter()
+            .map(|p| (p.target, p.protocol))
+            .chain(svc.expose.iter().map(|e| (e.port, e.protocol)))
+            .filter_map(|(port, protocol)| {
+                let protocol = match protocol {
+                    skiff_compose::stack::Protocol::Tcp => DnsProtocol::Tcp,
+                    skiff_compose::stack::Protocol::Udp => DnsProtocol::Udp,
+                    skiff_compose::stack::Protocol::Sctp => return None,
+                };
+                Some(PortRecord { port, protocol })
+            })
+            .collect();
+        ports.sort();
+        ports.dedup();
+        Self {
+            policy: match dns.policy {
+                DnsPolicy::RoundRobin => Policy::RoundRobin,
+                DnsPolicy::Closest => Policy::Closest,
+                DnsPolicy::Version => Policy::Version,
+            },
+            ttl_secs: dns.ttl.map_or(DEFAULT_TTL_SECS, |t| {
+                u32::try_from(t.as_secs()).unwrap_or(u32::MAX)
+            }),
+            drain_ms: ms(svc.skiff.drain.unwrap_or(DEFAULT_DRAIN)),
+            ports,
+        }
+    }
 }
 
 /// How replicas are replaced, from `update_config` / `rollback_config`.
@@ -380,6 +453,7 @@ pub fn resolve(
                 network_attachments(stack, name, svc)
             },
             runtime: runtime(&svc.runtime),
+            dns: Vec::new(),
         };
         // A published port can be bound once per host.
         let max_per_host = svc
@@ -400,6 +474,7 @@ pub fn resolve(
             update: policy(&svc.deploy.update_config),
             rollback: policy(&svc.deploy.rollback_config),
             depends_on: svc.depends_on.clone(),
+            dns: DnsSettings::of(svc),
         });
     }
     check_port_conflicts(&defs, &mut errors);

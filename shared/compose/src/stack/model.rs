@@ -561,7 +561,44 @@ pub struct SkiffService {
     pub domains: Vec<String>,
     /// A check the agent itself runs against every replica.
     pub healthcheck: Option<Probe>,
+    /// `x-skiff.dns`: how the service's name is answered (ElasticDNS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsOptions>,
+    /// `x-skiff.drain`: how long a replica that left DNS keeps running
+    /// before it is stopped, for its connections in flight.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_opt_duration"
+    )]
+    pub drain: Option<Duration>,
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// `x-skiff.dns`: `policy` and `ttl`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsOptions {
+    pub policy: DnsPolicy,
+    /// The answers' TTL; none: the default (a few seconds).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "serde_opt_duration"
+    )]
+    pub ttl: Option<Duration>,
+}
+
+/// How a service's name is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsPolicy {
+    /// Every healthy replica, rotated on each query.
+    #[default]
+    RoundRobin,
+    /// The asking host's replicas first, then its zone's, then the rest.
+    Closest,
+    /// The replicas of the asking container's release.
+    Version,
 }
 
 /// `x-skiff.healthcheck`: an HTTP or TCP check the agent runs from the host

@@ -1,4 +1,5 @@
-//! A service's `x-skiff` mapping: its domains and the Skiff probe.
+//! A service's `x-skiff` mapping: its domains, the Skiff probe, how its
+//! name is answered (`dns`) and its drain time.
 
 use std::time::Duration;
 
@@ -33,6 +34,19 @@ impl Cx<'_, '_> {
                     }
                 }
                 "healthcheck" => s.healthcheck = self.probe(v, &kp),
+                "dns" => s.dns = self.dns_options(v, &kp),
+                "drain" => {
+                    s.drain = self.duration(v, &kp);
+                    if s.drain.is_some_and(|d| d > MAX_DRAIN) {
+                        s.drain = None;
+                        self.err_fix(
+                            v.pos,
+                            &kp,
+                            "a drain time over 1h",
+                            "write a shorter time such as `drain: 10s`",
+                        );
+                    }
+                }
                 _ => {
                     self.warn(k.pos, &kp, format!("unknown x-skiff setting `{}`; kept, but not used by this Skiff release", k.name));
                     s.other.insert(k.name.clone(), to_json(v));
@@ -40,6 +54,49 @@ impl Cx<'_, '_> {
             }
         }
         s
+    }
+
+    /// `x-skiff.dns`: `policy` (`round_robin`, `closest` or `version`)
+    /// and `ttl` (a duration, whole seconds, 1s to 1h).
+    fn dns_options(&mut self, node: &Node, path: &str) -> Option<DnsOptions> {
+        let entries = self.map(node, path)?;
+        let errors_before = self.errors.len();
+        let mut out = DnsOptions::default();
+        for (k, v) in entries {
+            let kp = join(path, &k.name);
+            match k.name.as_str() {
+                "policy" => match self.string(v, &kp).as_deref() {
+                    Some("round_robin") => out.policy = DnsPolicy::RoundRobin,
+                    Some("closest") => out.policy = DnsPolicy::Closest,
+                    Some("version") => out.policy = DnsPolicy::Version,
+                    Some(other) => self.err_fix(
+                        v.pos,
+                        &kp,
+                        format!("unknown DNS policy {other:?}"),
+                        "use `round_robin`, `closest` or `version`",
+                    ),
+                    None => {}
+                },
+                "ttl" => match self.duration(v, &kp) {
+                    Some(d)
+                        if d.subsec_nanos() == 0
+                            && (Duration::from_secs(1)..=MAX_TTL).contains(&d) =>
+                    {
+                        out.ttl = Some(d);
+                    }
+                    Some(_) => self.err_fix(
+                        v.pos,
+                        &kp,
+                        "a DNS TTL is whole seconds from 1s to 1h",
+                        "write a short TTL such as `ttl: 5s`",
+                    ),
+                    None => {}
+                },
+                other if is_extension(other) => {}
+                _ => self.unknown_key(k, path, &["policy", "ttl"]),
+            }
+        }
+        (self.errors.len() == errors_before).then_some(out)
     }
 
     /// `x-skiff.healthcheck`: `type` (`http` or `tcp`), `port`, `path`
@@ -169,6 +226,11 @@ impl Cx<'_, '_> {
         Some(probe)
     }
 }
+
+/// The longest `x-skiff.drain`.
+const MAX_DRAIN: Duration = Duration::from_secs(3600);
+/// The longest `x-skiff.dns.ttl`.
+const MAX_TTL: Duration = Duration::from_secs(3600);
 
 fn valid_domain(d: &str) -> bool {
     let d = d.strip_prefix("*.").unwrap_or(d);
