@@ -16,6 +16,8 @@
 //! - [`sessions`]: the live agent sessions and the nodes refused at TLS.
 //! - [`network`]: the cluster network: the range, networks' ids, their
 //!   subnets on hosts, hosts' mesh addresses and keys.
+//! - [`dns`]: ElasticDNS's records book: the records every host serves,
+//!   their generation, which generation each host serves.
 //! - [`events`]: the in-memory event log and its followers.
 //! - [`compose`]: the Compose file of a deploy request, parsed here again.
 //! - [`deploy`]: stacks to releases to node plans; stack removal and status.
@@ -35,6 +37,7 @@ pub mod auth;
 pub mod compose;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod events;
 pub mod identity;
 pub mod link;

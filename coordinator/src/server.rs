@@ -16,6 +16,7 @@ use crate::api::Api;
 use crate::auth::ApiTokenSecret;
 use crate::config::{ApiLimits, Config};
 use crate::deploy::Deployer;
+use crate::dns::RecordsBook;
 use crate::events::EventLog;
 use crate::identity::Identity;
 use crate::link::{AgentBinary, Link, LinkMetrics, TlsConfigs};
@@ -35,6 +36,9 @@ const SEEN_FLUSH: Duration = Duration::from_secs(60);
 /// The first admin API token's file in the data dir (0600), removed when
 /// `skiff login` replaces the token.
 const INITIAL_TOKEN_FILE: &str = "initial-admin-token";
+/// How long the DNS records wait for more reports before they are made
+/// again after one.
+const RECORDS_COALESCE: Duration = Duration::from_millis(50);
 /// How long shutdown waits for tasks to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -156,14 +160,23 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         )),
         false => None,
     };
+    let epoch = next_epoch(store.as_ref()).await?;
+    info!(epoch, "Plans of this run carry a new epoch.");
+    let rows = store.node_plans().await?;
+    // ElasticDNS runs with the cluster network.
+    let dns = match &network {
+        Some(_) => Some(Arc::new(open_records(epoch, store.as_ref(), &rows).await?)),
+        None => None,
+    };
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
         observed: observed.clone(),
         network: network.clone(),
+        dns: dns.clone(),
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
-    for row in store.node_plans().await? {
+    for row in rows {
         let node_id = row.node_id.clone();
         if let Some(plan) = plans.restore(row).map_err(ServerError::Encode)? {
             store
@@ -171,8 +184,6 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
                 .await?;
         }
     }
-    let epoch = next_epoch(store.as_ref()).await?;
-    info!(epoch, "Plans of this run carry a new epoch.");
     let stamp = crate::plans::Stamp {
         cluster_id: identity.cluster_id.clone(),
         epoch,
@@ -190,7 +201,8 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         tree,
         config.host_lost_grace,
     )
-    .with_network(network.clone());
+    .with_network(network.clone())
+    .with_dns(dns);
     let link = Arc::new(Link {
         identity: identity.clone(),
         store: store.clone(),
@@ -245,6 +257,37 @@ async fn next_epoch(store: &dyn Store) -> Result<u64, ServerError> {
     let epoch = (last + 1).max(now);
     store.set_meta("epoch", &epoch.to_string()).await?;
     Ok(epoch)
+}
+
+/// The DNS records book at start: the records the stored plans carry
+/// (what hosts serve now), and every stack's current DNS settings.
+async fn open_records(
+    epoch: u64,
+    store: &dyn Store,
+    rows: &[crate::store::NodePlanRow],
+) -> Result<RecordsBook, ServerError> {
+    use skiff_shared::sections::SectionKind;
+    use skiff_shared::sections::dns::{Dns, DnsSection};
+    let book = RecordsBook::new(epoch);
+    let stored: Vec<DnsSection> = rows
+        .iter()
+        .filter_map(|r| r.sections.get(Dns::NAME))
+        .filter_map(|s| serde_json::from_value(s.body.clone()).ok())
+        .collect();
+    book.seed(&stored, crate::dns::node_infos(store.nodes(false).await?));
+    for stack in store.stacks().await? {
+        let releases = store.releases(&stack.name).await?;
+        let Some(current) = releases.iter().find(|r| r.number == stack.current_release) else {
+            continue;
+        };
+        match crate::deploy::defs_of(current) {
+            Ok(defs) => book.set_services(&stack.name, &defs),
+            Err(error) => {
+                warn!(stack = %stack.name, error = %error, "A release cannot be read; its services get the default DNS settings.");
+            }
+        }
+    }
+    Ok(book)
 }
 
 /// The cluster network's records, with its range checked: the one the
@@ -374,6 +417,34 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
                             warn!(error = %error, "Building plans for the cluster network failed.");
                         }
                     }
+                }
+            }
+        });
+    }
+    // ElasticDNS follows the agents' reports: a replica that became
+    // healthy, unhealthy, or stopped changes the records, and every host
+    // gets them. A burst of reports makes one new generation.
+    if c.deployer.dns.is_some() {
+        let (deployer, t) = (c.deployer.clone(), tree.clone());
+        tree.spawn("dns-records", async move {
+            let mut reports = deployer.observed.watch();
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    changed = reports.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                }
+                // Let the reports of the same moment arrive.
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    () = tokio::time::sleep(RECORDS_COALESCE) => {}
+                }
+                reports.borrow_and_update();
+                if let Err(error) = crate::deploy::refresh_records(&deployer).await {
+                    warn!(error = %error, "Making the DNS records failed.");
                 }
             }
         });

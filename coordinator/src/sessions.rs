@@ -14,6 +14,8 @@ pub struct SessionInfo {
     pub remote_addr: String,
     /// Cancelled to close the connection.
     pub close: CancellationToken,
+    /// What the agent announced it runs.
+    pub capabilities: Vec<String>,
 }
 
 /// The live sessions, one per node at most: a new connection for a node
@@ -71,6 +73,15 @@ impl Sessions {
 
     pub fn get(&self, node_id: &str) -> Option<SessionInfo> {
         self.lock().get(node_id).cloned()
+    }
+
+    /// The connected nodes whose agent announced `capability`.
+    pub fn with_capability(&self, capability: &str) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, s)| s.capabilities.iter().any(|c| c == capability))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     pub fn ids(&self) -> Vec<String> {

@@ -16,6 +16,7 @@ use skiff_shared::tasks::TaskTree;
 use skiff_shared::workload::ContainerSpec;
 use tracing::info;
 
+use crate::dns::{RecordsBook, RecordsSources};
 use crate::events::EventLog;
 use crate::network::{ClusterNetwork, NetworkError};
 use crate::now_ms;
@@ -31,6 +32,7 @@ mod place;
 mod recover;
 pub mod resolve;
 pub mod rollout;
+mod unpublish;
 
 pub(crate) use ops::last_deployed_before;
 pub use ops::{Task, current_defs, defs_of, find_stack, remove, rollback, scale, tasks};
@@ -57,6 +59,9 @@ pub struct Deployer {
     /// The cluster network, when it is on: every plan change first brings
     /// its leases in line.
     pub network: Option<Arc<ClusterNetwork>>,
+    /// The DNS records (with the cluster network): every plan change makes
+    /// them again, and rollouts unpublish replicas before removing them.
+    pub dns: Option<Arc<RecordsBook>>,
 }
 
 impl Deployer {
@@ -80,6 +85,7 @@ impl Deployer {
             host_lost_grace,
             started_at_ms: now_ms(),
             network: None,
+            dns: None,
         }
     }
 
@@ -88,6 +94,26 @@ impl Deployer {
     pub fn with_network(mut self, network: Option<Arc<ClusterNetwork>>) -> Self {
         self.network = network;
         self
+    }
+
+    /// With ElasticDNS on (it needs the cluster network).
+    #[must_use]
+    pub fn with_dns(mut self, dns: Option<Arc<RecordsBook>>) -> Self {
+        self.dns = dns;
+        self
+    }
+
+    /// The records book and where its records come from, when DNS is on.
+    pub(crate) fn records(&self) -> Option<(&RecordsBook, RecordsSources)> {
+        let (book, network) = (self.dns.as_deref()?, self.network.clone()?);
+        Some((
+            book,
+            RecordsSources {
+                store: self.store.clone(),
+                network,
+                observed: self.observed.clone(),
+            },
+        ))
     }
 }
 
@@ -253,7 +279,11 @@ pub async fn deploy_defs(
     dry_run: bool,
 ) -> Result<Outcome, DeployError> {
     let mut defs = defs;
+    let mut warnings = warnings;
     key_secret_mounts(d, name, &mut defs).await?;
+    if d.dns.is_some() {
+        warnings.extend(dns_names(&mut defs));
+    }
     // One deploy at a time: each reads and rewrites node plans.
     let guard = d.plans.edit().await;
     let allowed = crate::policy::parse_allowances(&d.store.stack_allowances(name).await?)?;
@@ -302,6 +332,9 @@ pub async fn deploy_defs(
     // deploy starts from what runs now.
     d.rollouts.cancel(name);
     let held = hold_dependents(name, &defs, &hosts, &mut transition);
+    if let Some(book) = &d.dns {
+        book.set_services(name, &defs);
+    }
     apply(d, transition.immediate).await?;
     drop(guard);
     info!(
@@ -382,12 +415,20 @@ async fn sync_network(d: &Deployer, changes: &NodePlans) -> Result<bool, DeployE
 /// Call it holding the plan book's lock.
 async fn apply(d: &Deployer, new_plans: NodePlans) -> Result<(), DeployError> {
     let mut new_plans = new_plans;
-    if d.network.is_some() {
+    if let Some(network) = &d.network {
         sync_network(d, &new_plans).await?;
         for n in d.store.nodes(false).await? {
             let containers = d.plans.get(&n.id).containers.clone();
             new_plans.entry(n.id).or_insert(containers);
         }
+        if d.dns.is_some() {
+            for (node, containers) in &mut new_plans {
+                set_resolvers(network, &d.plans.get(node), node, containers);
+            }
+        }
+    }
+    if let Some((book, src)) = d.records() {
+        crate::dns::refresh(book, &src, &new_plans).await?;
     }
     for (node, containers) in new_plans {
         let Some(plan) = d.plans.next(&node, containers)? else {
@@ -399,6 +440,86 @@ async fn apply(d: &Deployer, new_plans: NodePlans) -> Result<(), DeployError> {
         d.plans.publish(&node, plan);
     }
     Ok(())
+}
+
+/// Makes the DNS records again from every node's containers and what the
+/// agents last reported; when they changed, every node gets a plan with
+/// them. Whether they changed.
+///
+/// # Errors
+/// The store failed, or the cluster network has no room left.
+pub async fn refresh_records(d: &Deployer) -> Result<bool, DeployError> {
+    let Some((book, src)) = d.records() else {
+        return Ok(false);
+    };
+    let _guard = d.plans.edit().await;
+    let all: NodePlans = d
+        .store
+        .nodes(false)
+        .await?
+        .into_iter()
+        .map(|n| {
+            let containers = d.plans.get(&n.id).containers.clone();
+            (n.id, containers)
+        })
+        .collect();
+    if !crate::dns::refresh(book, &src, &all).await? {
+        return Ok(false);
+    }
+    apply(d, all).await?;
+    Ok(true)
+}
+
+/// With ElasticDNS, a container resolves through the agent's server at
+/// its first stack network's gateway on its host. A container already
+/// planned keeps the servers it was created with (a new gateway would
+/// make the agent create it again).
+fn set_resolvers(
+    network: &ClusterNetwork,
+    current: &NodePlan,
+    node_id: &str,
+    containers: &mut [ContainerSpec],
+) {
+    let gateways = network.gateways(node_id);
+    for c in containers.iter_mut() {
+        if let Some(planned) = current.containers.iter().find(|p| p.key() == c.key()) {
+            c.dns.clone_from(&planned.dns);
+            continue;
+        }
+        if !c.dns.is_empty() {
+            continue;
+        }
+        let first = c.networks.iter().find(|n| !n.external);
+        if let Some(gw) = first.and_then(|n| gateways.get(&(c.stack.clone(), n.name.clone()))) {
+            c.dns = vec![gw.to_string()];
+        }
+    }
+}
+
+/// With ElasticDNS, a service's name is answered by the agents' servers,
+/// cluster-wide: containers get no Docker alias for it (Docker's resolver
+/// would answer it first, with this host's replicas only). Compose
+/// `aliases` stay Docker aliases, answered with this host's replicas only:
+/// a warning for each service that has them.
+fn dns_names(defs: &mut [ServiceDef]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for def in defs {
+        let service = def.name.clone();
+        let mut extra = Vec::new();
+        for n in def.template.networks.iter_mut().filter(|n| !n.external) {
+            n.aliases.retain(|a| *a != service);
+            extra.extend(n.aliases.iter().cloned());
+        }
+        if !extra.is_empty() {
+            extra.sort();
+            extra.dedup();
+            warnings.push(format!(
+                "service {service}: network aliases {} are answered by Docker with this host's replicas only; use the service name ({service}, or {service}.<stack>.skiff) to reach replicas on every host",
+                extra.join(", ")
+            ));
+        }
+    }
+    warnings
 }
 
 /// Builds every live node's plan again from its containers (the cluster

@@ -35,6 +35,9 @@ pub async fn remove(d: &Deployer, name: &str) -> Result<usize, DeployError> {
             new_plans.insert(n.id.clone(), kept);
         }
     }
+    if let Some(book) = &d.dns {
+        book.remove_stack(name);
+    }
     apply(d, new_plans).await?;
     info!(stack = name, containers = removed, "Stack removed.");
     d.events.emit(

@@ -158,7 +158,7 @@ pub(crate) fn place(
                     });
                     containers.push(want);
                 }
-                Some([newest, ..]) if newest.fingerprint() == want.fingerprint() => {
+                Some([newest, ..]) if same_spec(newest, &want) => {
                     // Unchanged: keep it (an older revision still beside it goes).
                     containers.push((*newest).clone());
                 }
@@ -190,6 +190,14 @@ pub(crate) fn place(
         }
     }
     Ok(t)
+}
+
+/// Whether a planned container runs what `want` asks for. The DNS servers
+/// are left out: they are set when the plan is applied, for its host.
+fn same_spec(planned: &ContainerSpec, want: &ContainerSpec) -> bool {
+    let mut planned = planned.clone();
+    planned.dns.clone_from(&want.dns);
+    planned.fingerprint() == want.fingerprint()
 }
 
 /// A new replica held back until the services it depends on are ready.

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::resolve::{ServiceDef, UpdatePolicy};
+use super::unpublish::{self, Leaving};
 use super::{Deployer, Held, Update, edit_node_plan};
 use crate::now_ms;
 use crate::store::ReleaseStatus;
@@ -209,7 +210,7 @@ pub fn start(
 }
 
 /// Why a rollout stopped before completing.
-enum Stop {
+pub(super) enum Stop {
     Superseded,
     Paused(String),
     RolledBack(String),
@@ -416,6 +417,19 @@ async fn replace_batch(
     token: &TaskTree,
 ) -> Result<(), Stop> {
     let store_err = |e: super::DeployError| Stop::Failed(e.to_string());
+    let leaving: Vec<Leaving> = batch
+        .iter()
+        .map(|u| Leaving {
+            node_id: u.node_id.clone(),
+            key: u.old.key(),
+            stack: u.old.stack.clone(),
+            service: u.old.service.clone(),
+        })
+        .collect();
+    if !policy.start_first {
+        // The old ones leave DNS, and drain, before they stop.
+        unpublish::unpublish(d, &leaving, token).await?;
+    }
     for u in batch {
         let (old_key, new) = (u.old.key(), u.new.clone());
         let start_first = policy.start_first;
@@ -430,18 +444,28 @@ async fn replace_batch(
         .await
         .map_err(store_err)?;
     }
+    if !policy.start_first {
+        unpublish::forget(d, &leaving);
+    }
     let ready = wait_ready(d, batch, Duration::from_millis(policy.monitor_ms), token).await;
     if policy.start_first {
         // Whether the new ones came up or not, the old ones stay until the
         // batch succeeded; on failure the rollback removes the new ones.
         if ready.is_ok() {
+            // Every host answers with the new ones, then without the old
+            // ones, which drain and only then stop.
+            unpublish::publish(d, &batch[0].new.stack, token).await?;
+            unpublish::unpublish(d, &leaving, token).await?;
             for u in batch {
                 let old_key = u.old.key();
                 edit_node_plan(d, &u.node_id, move |c| c.retain(|x| x.key() != old_key))
                     .await
                     .map_err(store_err)?;
             }
+            unpublish::forget(d, &leaving);
         }
+    } else if ready.is_ok() {
+        unpublish::publish(d, &batch[0].new.stack, token).await?;
     }
     ready
 }

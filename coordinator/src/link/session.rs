@@ -330,6 +330,7 @@ impl Session {
                 connected_at_ms: skiff_shared::unix_millis(),
                 remote_addr: self.peer.to_string(),
                 close,
+                capabilities: hello.capabilities.clone(),
             },
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");

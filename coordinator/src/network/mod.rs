@@ -424,6 +424,37 @@ impl ClusterNetwork {
             .collect()
     }
 
+    /// Every host's address on the mesh, by node id.
+    pub fn mesh_addresses(&self) -> BTreeMap<String, Ipv4Addr> {
+        self.lock()
+            .hosts
+            .iter()
+            .map(|(id, h)| (id.clone(), h.address))
+            .collect()
+    }
+
+    /// Every stack network's cluster-wide id, by (stack, name).
+    pub fn network_ids(&self) -> BTreeMap<(String, String), u32> {
+        self.lock()
+            .nets
+            .iter()
+            .filter_map(|(k, n)| Some((k.clone(), u32::try_from(n.id).ok()?)))
+            .collect()
+    }
+
+    /// The gateway of each stack network on a host (its first lease's
+    /// first address), by (stack, name).
+    pub fn gateways(&self, node_id: &str) -> BTreeMap<(String, String), Ipv4Addr> {
+        let s = self.lock();
+        s.nets
+            .iter()
+            .filter_map(|(k, n)| {
+                let first = s.leases.get(&(n.id, node_id.to_owned()))?.first()?;
+                Some((k.clone(), ipam::gateway(first)))
+            })
+            .collect()
+    }
+
     /// The planned MTU of bridges and mesh devices.
     pub fn planned_mtu(&self) -> u32 {
         let s = self.lock();

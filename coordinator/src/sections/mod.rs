@@ -15,6 +15,7 @@ use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
 pub mod containers;
+pub mod dns;
 pub mod mesh;
 pub mod networks;
 
@@ -129,6 +130,8 @@ pub struct SectionHandles {
     pub observed: Arc<crate::observed::ObservedBook>,
     /// The cluster network, when it is on.
     pub network: Option<Arc<crate::network::ClusterNetwork>>,
+    /// The DNS records, with the cluster network.
+    pub dns: Option<Arc<crate::dns::RecordsBook>>,
 }
 
 impl Sections {
@@ -143,6 +146,12 @@ impl Sections {
             s.add(mesh::MeshFeature {
                 network: network.clone(),
             });
+            if let Some(book) = &h.dns {
+                s.add(dns::DnsFeature {
+                    book: book.clone(),
+                    network: network.clone(),
+                });
+            }
         }
         s
     }
