@@ -428,6 +428,7 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
         let (deployer, t) = (c.deployer.clone(), tree.clone());
         tree.spawn("dns-records", async move {
             let mut reports = deployer.observed.watch();
+            reports.mark_changed();
             loop {
                 tokio::select! {
                     () = t.cancelled() => break,

@@ -552,4 +552,6 @@ pub async fn edit_node_plan(
 }
 
 #[cfg(test)]
+mod dns_tests;
+#[cfg(test)]
 mod tests;

@@ -42,7 +42,7 @@ fn web(image: &str, replicas: u32, extra: &str) -> Vec<ServiceDef> {
     ))
 }
 
-fn node(id: &str) -> NodeRow {
+pub(super) fn node(id: &str) -> NodeRow {
     NodeRow {
         id: id.into(),
         name: format!("host-{id}"),
