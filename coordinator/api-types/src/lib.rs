@@ -34,11 +34,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod dns;
 pub mod network;
 pub mod policy;
 pub mod validate;
 
 pub use access::*;
+pub use dns::{DnsHostView, DnsQueryView, DnsRecordView, DnsView};
 pub use network::{
     AddressView, LeaseView, MeshHostView, NetworkProblemView, NetworkView, PeerView,
     StackNetworkView,

@@ -101,3 +101,86 @@ mod tests {
         assert!(m.contains("longer than 64 KiB"), "{m}");
     }
 }
+
+/// Checks a name asked with `skiff dns query`: 1 to 253 characters, labels
+/// of letters, digits, `-` and `_` (SRV names), dot-separated.
+///
+/// # Errors
+/// Why the name is not one.
+pub fn check_dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid DNS name {name:?}: write a name such as web, web.shop.skiff or _80._tcp.web.shop.skiff"
+        ))
+    }
+}
+
+/// Reads a replica named `STACK.SERVICE.N` (as `skiff stack tasks` lists
+/// them): its stack, service and slot.
+///
+/// # Errors
+/// Why it is not one.
+pub fn parse_replica(from: &str) -> Result<(String, String, u32), String> {
+    let bad = || {
+        format!(
+            "invalid replica {from:?}: write STACK.SERVICE.N, such as shop.web.1 (see `skiff stack tasks STACK`)"
+        )
+    };
+    let mut parts = from.split('.');
+    let (Some(stack), Some(service), Some(slot), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let slot: u32 = slot.parse().map_err(|_| bad())?;
+    if stack.is_empty() || service.is_empty() {
+        return Err(bad());
+    }
+    Ok((stack.to_owned(), service.to_owned(), slot))
+}
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+
+    #[test]
+    fn dns_names_and_replicas_are_checked() {
+        for ok in [
+            "web",
+            "web.shop.skiff.",
+            "_80._tcp.web.shop.skiff",
+            "a-1.nodes.skiff",
+        ] {
+            assert_eq!(check_dns_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", ".", "a..b", "a b", "x".repeat(64).as_str(), "ä.skiff"] {
+            assert!(
+                check_dns_name(bad)
+                    .unwrap_err()
+                    .contains("invalid DNS name"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_replica("shop.web.2"),
+            Ok(("shop".into(), "web".into(), 2))
+        );
+        for bad in ["shop.web", "shop.web.x", "shop.web.1.2", ".web.1"] {
+            assert!(
+                parse_replica(bad).unwrap_err().contains("STACK.SERVICE.N"),
+                "{bad}"
+            );
+        }
+    }
+}

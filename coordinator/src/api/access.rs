@@ -75,6 +75,8 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/registries"
         | "/policy"
         | "/network"
+        | "/dns"
+        | "/dns/query"
             if read =>
         {
             Need::Read

@@ -32,6 +32,7 @@ use crate::store::Store;
 
 mod access;
 mod api_tokens;
+mod dns;
 mod error;
 mod events;
 mod network;
@@ -98,14 +99,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
-        policy::revoke, network::network),
+        policy::revoke, network::network, dns::dns, dns::query),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
-        PeerView, AddressView)),
+        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -141,6 +142,7 @@ pub fn router(api: Api) -> Router {
         .merge(policy::routes())
         .merge(events::routes())
         .merge(network::routes())
+        .merge(dns::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

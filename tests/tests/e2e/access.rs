@@ -36,6 +36,14 @@ fn routes() -> Vec<Route> {
         r(Method::GET, "/cluster", None, "/cluster", Some(Viewer)),
         r(Method::GET, "/nodes", None, "/nodes", Some(Viewer)),
         r(Method::GET, "/network", None, "/network", Some(Viewer)),
+        r(Method::GET, "/dns", None, "/dns", Some(Viewer)),
+        r(
+            Method::GET,
+            "/dns/query?name=web.shop.skiff",
+            None,
+            "/dns/query",
+            Some(Viewer),
+        ),
         r(
             Method::GET,
             "/nodes/nope",

@@ -13,6 +13,7 @@
 //! - [`policy`]: `skiff policy`, the cluster's container policy.
 //! - [`events`]: `skiff events`, the cluster's event log.
 //! - [`network`]: `skiff network`, the cluster network and its mesh.
+//! - [`dns`]: `skiff dns`, what a name gets and which records hosts serve.
 //!
 //! Each command prints its result on the writer it is given (stdout) and
 //! returns a [`Failure`] for the one error line on stderr.
@@ -25,6 +26,7 @@ use crate::config::{self, DEFAULT_URL};
 
 pub mod api_tokens;
 pub mod deploy;
+pub mod dns;
 pub mod events;
 pub mod login;
 pub mod network;
@@ -111,6 +113,10 @@ pub enum Command {
     /// between hosts.
     #[command(subcommand)]
     Network(network::NetworkCommand),
+    /// Cluster DNS: what a name gets from a container, and which records
+    /// each host serves.
+    #[command(subcommand)]
+    Dns(dns::DnsCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -180,6 +186,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Network(cmd) => {
             let client = Client::new(&url, token)?;
             network::run(&client, cmd, &mut out).await?;
+        }
+        Command::Dns(cmd) => {
+            let client = Client::new(&url, token)?;
+            dns::run(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,
