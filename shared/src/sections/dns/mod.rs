@@ -19,6 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Nothing, SectionKind};
 
+mod answer;
+#[cfg(test)]
+mod answer_tests;
+mod index;
+
+pub use answer::{Answer, QueryKind, Question, Record, RecordData, Records};
+
 /// The `dns` section.
 #[derive(Debug, Clone, Copy)]
 pub struct Dns;
