@@ -379,6 +379,8 @@ pub fn resolve(
             } else {
                 network_attachments(stack, name, svc)
             },
+            // Set by ElasticDNS (the coordinator's dns section).
+            dns: Vec::new(),
             runtime: runtime(&svc.runtime),
         };
         // A published port can be bound once per host.
