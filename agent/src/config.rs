@@ -20,6 +20,50 @@ pub struct Config {
     /// is not the one its link to the coordinator comes from (NAT, a
     /// private network beside a public one).
     pub mesh_endpoint: Option<String>,
+    /// The DNS server (`[dns]`).
+    pub dns: DnsConfig,
+}
+
+/// The `[dns]` table: the DNS server's settings beside its section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Whether the host itself gets a listener (`loopback_address`).
+    pub loopback: bool,
+    /// Where the host asks (put it in the host's resolv.conf to resolve
+    /// cluster names on the host).
+    pub loopback_address: std::net::SocketAddr,
+    /// Queries per second allowed per source; 0 turns the limit off.
+    pub rate: u32,
+    /// Queries a source may send at once beyond its rate.
+    pub burst: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        let rate = crate::dns::Rate::default();
+        Self {
+            loopback: true,
+            loopback_address: std::net::SocketAddr::from(([127, 0, 0, 1], 53)),
+            rate: rate.per_second,
+            burst: rate.burst,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// The DNS controller's options.
+    pub fn options(&self) -> crate::dns::DnsOptions {
+        let mut options = crate::dns::DnsOptions {
+            loopback: self.loopback.then_some(self.loopback_address),
+            ..crate::dns::DnsOptions::default()
+        };
+        options.limits.rate = crate::dns::Rate {
+            per_second: self.rate,
+            burst: self.burst,
+        };
+        options
+    }
 }
 
 impl Default for Config {
@@ -29,6 +73,7 @@ impl Default for Config {
             coordinator: None,
             wireguard: WireguardChoice::Auto,
             mesh_endpoint: None,
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -79,6 +124,21 @@ impl Config {
                 message,
             })?;
         }
+        if self.dns.loopback && !self.dns.loopback_address.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "dns.loopback_address",
+                message: format!(
+                    "{} is not a loopback address: the host's listener must not be reachable from outside (use 127.0.0.1:53, or loopback = false)",
+                    self.dns.loopback_address
+                ),
+            });
+        }
+        if self.dns.rate != 0 && self.dns.burst == 0 {
+            return Err(ConfigError::Invalid {
+                key: "dns.burst",
+                message: "must be at least 1 when dns.rate is set (or set rate = 0 to turn the limit off)".into(),
+            });
+        }
         Ok(())
     }
 }
@@ -123,6 +183,28 @@ mod tests {
         );
         let err = parse("wireguard = \"fast\"").unwrap_err();
         assert!(err.contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn dns_defaults_to_a_loopback_listener_and_a_rate_limit() {
+        let cfg = parse("").unwrap();
+        let options = cfg.dns.options();
+        assert_eq!(options.loopback, Some("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(options.limits.rate, crate::dns::Rate::default());
+        let cfg = parse("[dns]\nloopback = false\nrate = 0\nburst = 0").unwrap();
+        assert_eq!(cfg.dns.options().loopback, None);
+        assert_eq!(cfg.dns.options().limits.rate.per_second, 0);
+        let cfg = parse("[dns]\nloopback_address = \"127.0.0.2:5353\"").unwrap();
+        assert_eq!(
+            cfg.dns.options().loopback,
+            Some("127.0.0.2:5353".parse().unwrap())
+        );
+        let err = parse("[dns]\nloopback_address = \"0.0.0.0:53\"").unwrap_err();
+        assert!(err.contains("dns.loopback_address"), "{err}");
+        let err = parse("[dns]\nrate = 10\nburst = 0").unwrap_err();
+        assert!(err.contains("dns.burst"), "{err}");
+        let err = parse("[dns]\nport = 53").unwrap_err();
+        assert!(err.contains("unknown field"), "{err}");
     }
 
     #[test]

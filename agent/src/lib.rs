@@ -89,6 +89,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
             wireguard: cfg.wireguard,
             endpoint: cfg.mesh_endpoint.clone(),
         },
+        dns: cfg.dns.options(),
     };
     let router = start_controllers(tree, &host);
     // The last signed plan is enforced from the start, coordinator or not.
@@ -113,6 +114,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
 
 // The controllers: one folder each, and one line in `start_controllers`.
 pub mod containers;
+pub mod dns;
 pub mod mesh;
 pub mod networks;
 
@@ -122,5 +124,6 @@ pub fn start_controllers(tree: &TaskTree, host: &supervisor::Host) -> supervisor
     s.add(containers::Controller::new(host));
     s.add(networks::Controller::new(host));
     s.add(mesh::Controller::new(host));
+    s.add(dns::Controller::new(host.dns.clone()));
     s.router()
 }

@@ -31,6 +31,8 @@ pub struct Host {
     pub leases: Arc<crate::leases::Leases>,
     /// The agent's WireGuard choice and `mesh_endpoint` setting.
     pub mesh: crate::mesh::MeshOptions,
+    /// The DNS server's settings (`[dns]`).
+    pub dns: crate::dns::DnsOptions,
 }
 
 /// Starts controllers, each in a subtree of its own.

@@ -73,6 +73,7 @@ impl crate::controller::Controller for Controller {
 
     fn check(&self, desired: &ContainersSection) -> Result<(), String> {
         check_unique(desired)?;
+        check_dns(desired)?;
         check_secret_mounts(desired)?;
         mounts::check(desired, &self.own_dirs)
     }
@@ -113,6 +114,31 @@ impl crate::controller::Controller for Controller {
 }
 
 /// Refuses a section that names a container (key) twice.
+/// A container's DNS servers are IP addresses, a few at most (the
+/// engine writes them into its resolv.conf).
+fn check_dns(section: &ContainersSection) -> Result<(), String> {
+    for c in &section.containers {
+        if c.dns.len() > 3 {
+            return Err(format!(
+                "container {} lists {} DNS servers: resolv.conf takes 3 at most",
+                c.key(),
+                c.dns.len()
+            ));
+        }
+        if let Some(bad) = c
+            .dns
+            .iter()
+            .find(|d| d.parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(format!(
+                "container {}: DNS server {bad:?} is not an IP address",
+                c.key()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_unique(section: &ContainersSection) -> Result<(), String> {
     let mut keys = HashSet::new();
     for c in &section.containers {
@@ -250,6 +276,24 @@ mod tests {
         };
         let e = check_secret_mounts(&section).unwrap_err();
         assert!(e.contains("s.web.1@2") && e.contains("secret db"), "{e}");
+    }
+
+    #[test]
+    fn dns_servers_must_be_a_few_ip_addresses() {
+        let mut spec = skiff_shared::workload::ContainerSpec::new("s", "web", 1, "x");
+        spec.dns = vec!["10.66.8.1".into()];
+        let mut section = ContainersSection {
+            containers: vec![spec.clone()],
+        };
+        assert_eq!(check_dns(&section), Ok(()));
+        section.containers[0].dns = vec!["gateway".into()];
+        let e = check_dns(&section).unwrap_err();
+        assert!(e.contains("s.web.1@0") && e.contains("\"gateway\""), "{e}");
+        section.containers[0].dns = vec!["10.66.8.1".into(); 4];
+        assert!(check_dns(&section).unwrap_err().contains("3 at most"));
+        // Left out of the JSON when empty: old fingerprints hold.
+        spec.dns.clear();
+        assert!(!serde_json::to_string(&spec).unwrap().contains("dns"));
     }
 }
 

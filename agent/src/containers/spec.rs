@@ -192,6 +192,7 @@ impl Engine {
                     .resources
                     .pids_limit
                     .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
                 ..runtime_config(&spec.runtime)
             }),
             ..Default::default()

@@ -10,8 +10,12 @@
 //!   on any Docker host.
 //! - `postrouting`: masquerades what leaves the range from networks that
 //!   are not internal (Docker's own masquerade is off on these bridges).
-//! - `input`: with a mesh whose port only peers may use (VXLAN), its UDP
-//!   port accepts the peers' underlay addresses and drops the rest.
+//! - `input`: the DNS server's port on a network's gateway answers only
+//!   that network's bridge (and the host itself, over `lo`): containers
+//!   ask their gateway, nothing from another interface (the mesh, the
+//!   outside) may. With a mesh whose port only peers may use (VXLAN),
+//!   its UDP port accepts the peers' underlay addresses and drops the
+//!   rest.
 
 use std::fmt::Write as _;
 
@@ -44,8 +48,10 @@ pub fn render(networks: Option<&NetworkRules>, mesh: Option<&MeshRules>) -> Opti
         forward(&mut out, n);
         postrouting(&mut out, n, mesh);
     }
-    if let Some(m) = mesh.filter(|m| m.peers_only) {
-        input(&mut out, m);
+    let dns = networks.filter(|n| !n.networks.is_empty());
+    let peers = mesh.filter(|m| m.peers_only);
+    if dns.is_some() || peers.is_some() {
+        input(&mut out, dns, peers);
     }
     out.push_str("}\n");
     Some(out)
@@ -112,9 +118,26 @@ fn postrouting(out: &mut String, n: &NetworkRules, mesh: Option<&MeshRules>) {
     out.push_str("\t}\n");
 }
 
-fn input(out: &mut String, m: &MeshRules) {
+fn input(out: &mut String, n: Option<&NetworkRules>, m: Option<&MeshRules>) {
     out.push_str("\tchain input {\n");
     out.push_str("\t\ttype filter hook input priority filter - 10; policy accept;\n");
+    for net in n.iter().flat_map(|n| &n.networks) {
+        let dns = format!(
+            "ip daddr {} meta l4proto {{ tcp, udp }} th dport {}",
+            net.subnet,
+            skiff_shared::sections::dns::PORT
+        );
+        let _ = writeln!(
+            out,
+            "\t\tiifname {{ \"{b}\", \"lo\" }} {dns} accept comment \"dns {b}\"",
+            b = net.bridge
+        );
+        let _ = writeln!(out, "\t\t{dns} drop comment \"dns {}\"", net.bridge);
+    }
+    let Some(m) = m else {
+        out.push_str("\t}\n");
+        return;
+    };
     if !m.peers.is_empty() {
         let peers: Vec<String> = m.peers.iter().map(ToString::to_string).collect();
         let _ = writeln!(
@@ -186,6 +209,10 @@ pub(super) mod tests {
 \t}
 \tchain input {
 \t\ttype filter hook input priority filter - 10; policy accept;
+\t\tiifname { \"sk-1\", \"lo\" } ip daddr 10.66.8.0/22 meta l4proto { tcp, udp } th dport 53 accept comment \"dns sk-1\"
+\t\tip daddr 10.66.8.0/22 meta l4proto { tcp, udp } th dport 53 drop comment \"dns sk-1\"
+\t\tiifname { \"sk-2\", \"lo\" } ip daddr 10.66.12.0/22 meta l4proto { tcp, udp } th dport 53 accept comment \"dns sk-2\"
+\t\tip daddr 10.66.12.0/22 meta l4proto { tcp, udp } th dport 53 drop comment \"dns sk-2\"
 \t\tudp dport 4789 ip saddr { 192.0.2.7, 192.0.2.8 } accept comment \"mesh peers\"
 \t\tudp dport 4789 drop comment \"mesh\"
 \t}
@@ -205,7 +232,27 @@ pub(super) mod tests {
         // without the mesh device excluded when there is none.
         assert!(!text.contains("ip saddr 10.66.12.0/22 ip daddr != 10.66.0.0/16 oifname"));
         assert!(!text.contains("oifname"), "{text}");
-        assert!(!text.contains("chain input"), "{text}");
+        // No mesh: the input chain has the DNS port's rules only.
+        assert!(text.contains("chain input"), "{text}");
+        assert!(!text.contains("4789"), "{text}");
+    }
+
+    #[test]
+    fn the_dns_port_of_a_gateway_answers_its_bridge_and_the_host_only() {
+        let text = render(Some(&networks()), None).unwrap();
+        let accept = text
+            .find("iifname { \"sk-1\", \"lo\" } ip daddr 10.66.8.0/22 meta l4proto { tcp, udp } th dport 53 accept")
+            .unwrap();
+        let drop = text
+            .find("\t\tip daddr 10.66.8.0/22 meta l4proto { tcp, udp } th dport 53 drop")
+            .unwrap();
+        assert!(accept < drop, "{text}");
+        // No network, no DNS rules.
+        let empty = NetworkRules {
+            networks: vec![],
+            ..networks()
+        };
+        assert!(!render(Some(&empty), None).unwrap().contains("chain input"));
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct ContainerSpec {
     /// [`RuntimeSpec::host_network`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttach>,
+    /// The DNS servers the container asks (the engine's `HostConfig.Dns`):
+    /// its network's gateway, where the agent's DNS server answers
+    /// cluster names. Empty: the engine's default. Left out when empty,
+    /// so specs without it keep their fingerprint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
     /// Rights, namespaces and kernel limits that differ from the engine's
     /// defaults. The coordinator's container policy decides which a stack
     /// may have; the agent passes them on as they are.
@@ -523,6 +529,7 @@ impl ContainerSpec {
             probe: None,
             configs: Vec::new(),
             networks: Vec::new(),
+            dns: Vec::new(),
             runtime: RuntimeSpec::default(),
             dns: Vec::new(),
         }

@@ -96,6 +96,7 @@ async fn main() -> ExitCode {
             wireguard,
             endpoint: cli.endpoint.clone(),
         },
+        dns: skiff_agent::dns::DnsOptions::default(),
     };
     let mut s = Supervisor::new(tree.child());
     s.add(Controller::new(&host));

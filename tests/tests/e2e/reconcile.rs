@@ -39,6 +39,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         probe: None,
         configs: vec![],
         networks: vec![],
+        dns: vec![],
         runtime: Default::default(),
         dns: vec![],
     }

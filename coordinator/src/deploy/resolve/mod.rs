@@ -452,6 +452,8 @@ pub fn resolve(
             } else {
                 network_attachments(stack, name, svc)
             },
+            // Set by ElasticDNS (the coordinator's dns section).
+            dns: Vec::new(),
             runtime: runtime(&svc.runtime),
             dns: Vec::new(),
         };
