@@ -87,12 +87,6 @@ pub struct ContainerSpec {
     /// may have; the agent passes them on as they are.
     #[serde(default, skip_serializing_if = "RuntimeSpec::is_default")]
     pub runtime: RuntimeSpec,
-    /// The DNS servers the container resolves through (the engine's
-    /// `HostConfig.Dns`): with the cluster network, the agent's own server
-    /// at its first stack network's gateway on the host. None: the
-    /// engine's default.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns: Vec<String>,
 }
 
 /// How a container runs beside the engine's defaults: capabilities,
@@ -531,7 +525,6 @@ impl ContainerSpec {
             networks: Vec::new(),
             dns: Vec::new(),
             runtime: RuntimeSpec::default(),
-            dns: Vec::new(),
         }
     }
 

@@ -41,7 +41,6 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         networks: vec![],
         dns: vec![],
         runtime: Default::default(),
-        dns: vec![],
     }
 }
 

@@ -455,7 +455,6 @@ pub fn resolve(
             // Set by ElasticDNS (the coordinator's dns section).
             dns: Vec::new(),
             runtime: runtime(&svc.runtime),
-            dns: Vec::new(),
         };
         // A published port can be bound once per host.
         let max_per_host = svc
