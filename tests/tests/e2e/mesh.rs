@@ -44,24 +44,24 @@ fn service(networks: &str, deploy: &str) -> String {
 
 /// A replica as the tests use it: where it runs and its addresses.
 #[derive(Debug, Clone)]
-struct Replica {
-    task: String,
-    host: Host,
-    container: String,
-    hostname: String,
+pub(super) struct Replica {
+    pub(super) task: String,
+    pub(super) host: Host,
+    pub(super) container: String,
+    pub(super) hostname: String,
     /// Network name to address.
-    addresses: BTreeMap<String, String>,
+    pub(super) addresses: BTreeMap<String, String>,
 }
 
 impl Replica {
-    fn addr(&self, network: &str) -> &str {
+    pub(super) fn addr(&self, network: &str) -> &str {
         self.addresses
             .get(network)
             .map(String::as_str)
             .unwrap_or_else(|| panic!("{} has no address on {network}", self.task))
     }
 
-    async fn sh(&self, shell: &str) -> std::process::Output {
+    pub(super) async fn sh(&self, shell: &str) -> std::process::Output {
         self.host.exec_in(&self.container, shell).await
     }
 
@@ -225,7 +225,7 @@ async fn reach_checks(checks: &mut Checks, t2: &Tier2, all: &[&Replica], echo: &
         .await;
 }
 
-async fn replicas(t2: &Tier2, stack: &str, n: usize) -> anyhow::Result<Vec<Replica>> {
+pub(super) async fn replicas(t2: &Tier2, stack: &str, n: usize) -> anyhow::Result<Vec<Replica>> {
     let tasks = t2.wait_running(stack, n).await?;
     let mut out = Vec::new();
     for t in tasks {
@@ -270,7 +270,7 @@ fn in_range(addr: &str, cidr: &str) -> bool {
     }
 }
 
-async fn replica(t2: &Tier2, t: &TaskView) -> anyhow::Result<Replica> {
+pub(super) async fn replica(t2: &Tier2, t: &TaskView) -> anyhow::Result<Replica> {
     let host = t2.host(&t.node).clone();
     let container = host.container(&t.name).await?;
     let hostname = stdout(&host.exec_in(&container, "hostname").await);
@@ -287,7 +287,7 @@ async fn replica(t2: &Tier2, t: &TaskView) -> anyhow::Result<Replica> {
     })
 }
 
-fn of<'a>(rs: &'a [Replica], service: &str) -> Vec<&'a Replica> {
+pub(super) fn of<'a>(rs: &'a [Replica], service: &str) -> Vec<&'a Replica> {
     let mut v: Vec<&Replica> = rs
         .iter()
         .filter(|r| r.task.split('.').nth(1) == Some(service))
@@ -296,7 +296,7 @@ fn of<'a>(rs: &'a [Replica], service: &str) -> Vec<&'a Replica> {
     v
 }
 
-fn on<'a>(rs: &[&'a Replica], node: &str) -> anyhow::Result<&'a Replica> {
+pub(super) fn on<'a>(rs: &[&'a Replica], node: &str) -> anyhow::Result<&'a Replica> {
     rs.iter()
         .copied()
         .find(|r| r.host.node == node)
