@@ -193,6 +193,7 @@ impl Engine {
                     .pids_limit
                     .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
                 dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+                dns_search: (!spec.dns_search.is_empty()).then(|| spec.dns_search.clone()),
                 ..runtime_config(&spec.runtime)
             }),
             ..Default::default()

@@ -471,7 +471,8 @@ pub async fn refresh_records(d: &Deployer) -> Result<bool, DeployError> {
 }
 
 /// With ElasticDNS, a container resolves through the agent's server at
-/// its first stack network's gateway on its host. A container already
+/// its first stack network's gateway on its host, with `STACK.skiff` as
+/// its search domain. A container already
 /// planned keeps the servers it was created with (a new gateway would
 /// make the agent create it again).
 fn set_resolvers(
@@ -484,6 +485,7 @@ fn set_resolvers(
     for c in containers.iter_mut() {
         if let Some(planned) = current.containers.iter().find(|p| p.key() == c.key()) {
             c.dns.clone_from(&planned.dns);
+            c.dns_search.clone_from(&planned.dns_search);
             continue;
         }
         if !c.dns.is_empty() {
@@ -492,6 +494,7 @@ fn set_resolvers(
         let first = c.networks.iter().find(|n| !n.external);
         if let Some(gw) = first.and_then(|n| gateways.get(&(c.stack.clone(), n.name.clone()))) {
             c.dns = vec![gw.to_string()];
+            c.dns_search = vec![format!("{}.{}", c.stack, skiff_shared::sections::dns::ZONE)];
         }
     }
 }

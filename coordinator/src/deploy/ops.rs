@@ -7,7 +7,7 @@ use skiff_api_types::EventKind;
 use skiff_shared::workload::ContainerSpec;
 use tracing::info;
 
-use super::place::slot_of;
+use super::place::{same_spec, slot_of};
 use super::resolve::ServiceDef;
 use super::{DeployError, Deployer, Outcome, apply, deploy_defs};
 use crate::now_ms;
@@ -83,7 +83,7 @@ pub async fn tasks(d: &Deployer, name: &str) -> Result<Vec<Task>, DeployError> {
             let current = defs
                 .iter()
                 .find(|d| d.name == c.service)
-                .is_some_and(|d| d.container(slot_of(c)).fingerprint() == c.fingerprint());
+                .is_some_and(|d| same_spec(c, &d.container(slot_of(c))));
             let up_to_date =
                 current && observed.as_ref().is_some_and(|o| o.spec == c.fingerprint());
             let error = match (&observed, &report) {

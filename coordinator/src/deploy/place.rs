@@ -193,10 +193,11 @@ pub(crate) fn place(
 }
 
 /// Whether a planned container runs what `want` asks for. The DNS servers
-/// are left out: they are set when the plan is applied, for its host.
-fn same_spec(planned: &ContainerSpec, want: &ContainerSpec) -> bool {
+/// and search domains are left out: they are set when the plan is applied, for its host.
+pub(crate) fn same_spec(planned: &ContainerSpec, want: &ContainerSpec) -> bool {
     let mut planned = planned.clone();
     planned.dns.clone_from(&want.dns);
+    planned.dns_search.clone_from(&want.dns_search);
     planned.fingerprint() == want.fingerprint()
 }
 

@@ -82,6 +82,13 @@ pub struct ContainerSpec {
     /// so specs without it keep their fingerprint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+    /// The search domains of the container's resolver (the engine's
+    /// `HostConfig.DnsSearch`): with ElasticDNS, `STACK.skiff`, so that a
+    /// bare service name is also asked as `SERVICE.STACK.skiff` (some
+    /// engines answer a name without a dot themselves and never forward
+    /// it). Left out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
     /// Rights, namespaces and kernel limits that differ from the engine's
     /// defaults. The coordinator's container policy decides which a stack
     /// may have; the agent passes them on as they are.
@@ -524,6 +531,7 @@ impl ContainerSpec {
             configs: Vec::new(),
             networks: Vec::new(),
             dns: Vec::new(),
+            dns_search: Vec::new(),
             runtime: RuntimeSpec::default(),
         }
     }

@@ -40,6 +40,7 @@ fn spec(service: &str, slot: u32, image: &str) -> ContainerSpec {
         configs: vec![],
         networks: vec![],
         dns: vec![],
+        dns_search: vec![],
         runtime: Default::default(),
     }
 }

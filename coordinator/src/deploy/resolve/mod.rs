@@ -454,6 +454,7 @@ pub fn resolve(
             },
             // Set by ElasticDNS (the coordinator's dns section).
             dns: Vec::new(),
+            dns_search: Vec::new(),
             runtime: runtime(&svc.runtime),
         };
         // A published port can be bound once per host.
