@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::controller::{Context, Pace, Versioned};
 
 pub mod diff;
+mod fast;
 pub mod forward;
 pub mod limit;
 pub mod reply;
