@@ -10,6 +10,7 @@ mod bootstrap;
 mod checks;
 mod configs;
 mod depends;
+mod dns;
 mod harness;
 mod joins;
 mod leaks;
