@@ -34,6 +34,8 @@ pub mod reply;
 pub mod server;
 
 #[cfg(test)]
+mod controller_tests;
+#[cfg(test)]
 mod live_tests;
 
 pub use diff::{Action, Observed};
