@@ -253,6 +253,11 @@ async fn containers_get_every_name_form_over_udp() {
         let m = ask(WEB, f.addr, name, RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
     }
+    // Other classes are not served (nor forwarded).
+    let mut q = query("version.bind.", RecordType::TXT);
+    q.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    let m = ask_from(WEB, f.addr, &q, DEADLINE).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
     // blog's own `web` is blog's.
     assert_eq!(
         addresses(&ask("127.0.2.2", f.addr, "web.", RecordType::A).await),
