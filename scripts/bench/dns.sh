@@ -20,6 +20,11 @@
 #   SKIFF_BENCH_SECONDS   seconds per dnsperf run (default 10)
 #   SKIFF_BENCH_REPEATS   runs per server (default 3)
 #   SKIFF_BENCH_THREADS   threads per side (default 2)
+#   SKIFF_BENCH_CLIENTS   dnsperf's sockets (-c, default 16): both servers
+#                         spread queries over their threads by SO_REUSEPORT,
+#                         which hashes the client's address and port; with
+#                         as few sockets as threads, half the runs land on
+#                         one thread (the results were bimodal)
 #   SKIFF_BENCH_KEEP      1: keep the temp dir (configs, logs)
 #
 # Output: one line per run on stderr, then a table on stdout. Needs
@@ -31,9 +36,10 @@ cd "$(dirname "$0")/../.."
 seconds="${SKIFF_BENCH_SECONDS:-10}"
 repeats="${SKIFF_BENCH_REPEATS:-3}"
 threads="${SKIFF_BENCH_THREADS:-2}"
-for v in "$seconds" "$repeats" "$threads"; do
+clients="${SKIFF_BENCH_CLIENTS:-16}"
+for v in "$seconds" "$repeats" "$threads" "$clients"; do
   case "$v" in
-    '' | *[!0-9]* | 0) echo "dns.sh: SKIFF_BENCH_SECONDS, SKIFF_BENCH_REPEATS and SKIFF_BENCH_THREADS must be positive whole numbers" >&2; exit 2 ;;
+    '' | *[!0-9]* | 0) echo "dns.sh: SKIFF_BENCH_SECONDS, _REPEATS, _THREADS and _CLIENTS must be positive whole numbers" >&2; exit 2 ;;
   esac
 done
 for tool in dnsperf unbound python3; do
@@ -126,7 +132,7 @@ run() { # LABEL PORT QUERIES [EXTRA...]: prints QPS, logs the line
   local label=$1 port=$2 queries=$3
   shift 3
   local out qps lost
-  out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$queries" -l "$seconds" -T "$threads" -c "$threads" "$@" 2>&1)
+  out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$queries" -l "$seconds" -T "$threads" -c "$clients" "$@" 2>&1)
   qps=$(awk '/Queries per second/ { print $4 }' <<<"$out")
   lost=$(awk '/Queries lost/ { print $3 }' <<<"$out")
   echo "$label: $qps q/s, lost $lost, $(awk '/Average Latency/ { print "mean latency " $4 " s" }' <<<"$out")" >&2
@@ -158,23 +164,23 @@ latency() { "$bench" latency --server "127.0.0.1:$1" --queries "$dir/cluster.que
 skiff_idle=$(latency 5300)
 unbound_idle=$(latency 5301)
 half=$(python3 -c "print(int(float('$skiff_qps') / 2))")
-dnsperf -s 127.0.0.1 -p 5300 -d "$dir/cluster.queries" -l $((seconds + 30)) -T "$threads" -c "$threads" -Q "$half" >"$dir/load-skiff.log" 2>&1 &
+dnsperf -s 127.0.0.1 -p 5300 -d "$dir/cluster.queries" -l $((seconds + 30)) -T "$threads" -c "$clients" -Q "$half" >"$dir/load-skiff.log" 2>&1 &
 load=$!
 skiff_load=$(latency 5300)
 kill -INT "$load" 2>/dev/null || true
 wait "$load" 2>/dev/null || true
-dnsperf -s 127.0.0.1 -p 5301 -d "$dir/cluster.queries" -l $((seconds + 30)) -T "$threads" -c "$threads" -Q "$half" >"$dir/load-unbound.log" 2>&1 &
+dnsperf -s 127.0.0.1 -p 5301 -d "$dir/cluster.queries" -l $((seconds + 30)) -T "$threads" -c "$clients" -Q "$half" >"$dir/load-unbound.log" 2>&1 &
 load=$!
 unbound_load=$(latency 5301)
 kill -INT "$load" 2>/dev/null || true
 wait "$load" 2>/dev/null || true
 
-python3 - "$skiff_qps" "$unbound_qps" "$forward_qps" "$half" "$skiff_idle" "$unbound_idle" "$skiff_load" "$unbound_load" "$(nproc)" "$threads" <<'EOF'
+python3 - "$skiff_qps" "$unbound_qps" "$forward_qps" "$half" "$skiff_idle" "$unbound_idle" "$skiff_load" "$unbound_load" "$(nproc)" "$threads" "$clients" <<'EOF'
 import json, sys
 sq, uq, fq, half = (float(x) for x in sys.argv[1:5])
 si, ui, sl, ul = (json.loads(x) for x in sys.argv[5:9])
-cores, threads = sys.argv[9], sys.argv[10]
-print(f"cores: {cores}, threads per side: {threads}")
+cores, threads, clients = sys.argv[9], sys.argv[10], sys.argv[11]
+print(f"cores: {cores}, threads per side: {threads}, dnsperf clients: {clients}")
 print(f"{'':28} {'skiff':>10} {'unbound':>10} {'ratio':>7}")
 print(f"{'cluster names, q/s':28} {sq:>10.0f} {uq:>10.0f} {sq / uq:>7.2f}")
 print(f"{'forwarded, warm cache, q/s':28} {fq:>10.0f} {'':>10} {fq / uq:>7.2f}")
