@@ -575,3 +575,29 @@ async fn random_packets_are_dropped_and_counted_and_the_server_goes_on() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn closing_an_address_frees_its_port_even_while_queries_trickle_in() {
+    let f = start(no_limit(), vec![]);
+    let asked: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    assert_eq!(f.server.local_addr(asked), Some(f.addr));
+    // A query every few milliseconds keeps the receive threads busy.
+    let addr = f.addr;
+    let trickle = f.tree.spawn("trickle", async move {
+        let socket = UdpSocket::bind("127.0.1.2:0").await.unwrap();
+        let q = query("web.shop.skiff.", RecordType::A).to_vec().unwrap();
+        loop {
+            let _ = socket.send_to(&q, addr).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    f.server.close(asked);
+    assert!(f.server.listening().is_empty());
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while std::net::UdpSocket::bind(f.addr).is_err() || std::net::TcpListener::bind(f.addr).is_err()
+    {
+        assert!(tokio::time::Instant::now() < end, "{} still bound", f.addr);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    trickle.abort();
+}

@@ -318,12 +318,15 @@ fn udp_loop(
     let mut records_rx = shared.records.subscribe();
     let mut records = records_rx.borrow_and_update().clone();
     let mut rotation: u64 = u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut handled = 0u32;
+    let mut checked = Instant::now();
     loop {
-        // Looked at now and then: the token takes a lock.
-        handled = handled.wrapping_add(1);
-        if handled.is_multiple_of(1024) && tree.is_cancelled() {
-            return;
+        // Looked at every CANCEL_CHECK, busy or not (the token takes a
+        // lock): a closed listener's thread is gone within about that.
+        if checked.elapsed() >= CANCEL_CHECK {
+            if tree.is_cancelled() {
+                return;
+            }
+            checked = Instant::now();
         }
         let (len, from) = match socket.recv_from(&mut buf) {
             Ok(got) => got,
