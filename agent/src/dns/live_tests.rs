@@ -253,6 +253,11 @@ async fn containers_get_every_name_form_over_udp() {
         let m = ask(WEB, f.addr, name, RecordType::A).await;
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{name}");
     }
+    // Other classes are not served (nor forwarded).
+    let mut q = query("version.bind.", RecordType::TXT);
+    q.queries[0].set_query_class(hickory_proto::rr::DNSClass::CH);
+    let m = ask_from(WEB, f.addr, &q, DEADLINE).await.unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
     // blog's own `web` is blog's.
     assert_eq!(
         addresses(&ask("127.0.2.2", f.addr, "web.", RecordType::A).await),
@@ -569,4 +574,30 @@ async fn random_packets_are_dropped_and_counted_and_the_server_goes_on() {
         f.server.stats().malformed > before
     })
     .await;
+}
+
+#[tokio::test]
+async fn closing_an_address_frees_its_port_even_while_queries_trickle_in() {
+    let f = start(no_limit(), vec![]);
+    let asked: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    assert_eq!(f.server.local_addr(asked), Some(f.addr));
+    // A query every few milliseconds keeps the receive threads busy.
+    let addr = f.addr;
+    let trickle = f.tree.spawn("trickle", async move {
+        let socket = UdpSocket::bind("127.0.1.2:0").await.unwrap();
+        let q = query("web.shop.skiff.", RecordType::A).to_vec().unwrap();
+        loop {
+            let _ = socket.send_to(&q, addr).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    f.server.close(asked);
+    assert!(f.server.listening().is_empty());
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while std::net::UdpSocket::bind(f.addr).is_err() || std::net::TcpListener::bind(f.addr).is_err()
+    {
+        assert!(tokio::time::Instant::now() < end, "{} still bound", f.addr);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    trickle.abort();
 }

@@ -27,11 +27,14 @@ use tracing::{info, warn};
 use crate::controller::{Context, Pace, Versioned};
 
 pub mod diff;
+mod fast;
 pub mod forward;
 pub mod limit;
 pub mod reply;
 pub mod server;
 
+#[cfg(test)]
+mod controller_tests;
 #[cfg(test)]
 mod live_tests;
 

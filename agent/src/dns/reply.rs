@@ -72,7 +72,16 @@ pub fn handle(
     let answer = if query.query_class() == DNSClass::IN {
         records.answer(&Question { name: &ascii, kind }, from, rotation)
     } else if records.knows(from) {
-        Answer::Forward
+        // Other classes (CHAOS `version.bind`, ...): not served, not
+        // forwarded (the forwarder asks in IN).
+        return (
+            Outcome::Reply(encode(
+                &error(&request, ResponseCode::NotImp),
+                &request,
+                udp,
+            )),
+            false,
+        );
     } else {
         Answer::Refused
     };

@@ -11,6 +11,7 @@ mod checks;
 mod configs;
 mod depends;
 mod dns;
+mod dns_server;
 mod harness;
 mod joins;
 mod leaks;
