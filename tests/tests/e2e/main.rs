@@ -24,3 +24,4 @@ mod registry;
 mod security;
 mod stacks;
 mod tokens;
+mod weave;
