@@ -362,6 +362,11 @@ impl Engine {
             .iter()
             .filter_map(|(engine_name, e)| {
                 let network = engine_name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                // On Weave Net, the engine's address there is the host's
+                // own: the cluster address is Weave's (added below).
+                if self.weave.as_ref().is_some_and(|w| w.attaches(engine_name)) {
+                    return None;
+                }
                 let address = e.ip_address.clone().filter(|ip| !ip.is_empty())?;
                 Some(ContainerAddress {
                     network: network.to_owned(),

@@ -381,6 +381,8 @@ impl Reconcile for Reconciler {
     async fn after_round(&self, desired: &Versioned<NetworksSection>, error: Option<String>) {
         let section = &desired.value;
         self.leases.set(diff::leases(section, &self.node_id));
+        self.weave
+            .set_networks(crate::weave::diff::engine_names(section, &self.node_id));
         let first = self
             .section
             .lock()

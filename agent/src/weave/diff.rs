@@ -105,6 +105,12 @@ fn weave_networks<'a>(
         .collect()
 }
 
+/// The engine names of the stack networks attached through Weave on node
+/// `node_id` (none unless the section asks for Weave).
+pub fn engine_names(desired: &NetworksSection, node_id: &str) -> BTreeSet<String> {
+    weave_networks(desired, node_id).into_keys().collect()
+}
+
 /// Every (running container, Weave network) pair that should be attached,
 /// and whether it already is (an interface with an address in the subnet).
 fn targets(

@@ -178,3 +178,18 @@ fn bridge_mode_attaches_nothing_and_reports_nothing() {
     o.api_error = Some("down".into());
     assert!(problems(&s, &o, "http://127.0.0.1:6784").is_empty());
 }
+
+#[test]
+fn only_weave_networks_are_named_as_attached_through_weave() {
+    let names: Vec<String> = engine_names(&section(Attachment::Weave), NODE)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        names,
+        [
+            format!("skiff.bank.default.{NODE}"),
+            format!("skiff.shop.front.{NODE}")
+        ]
+    );
+    assert!(engine_names(&section(Attachment::Bridge), NODE).is_empty());
+}

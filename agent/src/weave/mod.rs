@@ -49,7 +49,10 @@ pub struct Weave {
     /// tests without a data dir.
     record: Option<PathBuf>,
     addresses: Mutex<BTreeMap<String, Vec<ContainerAddress>>>,
-    /// Bumped whenever `addresses` changes.
+    /// The engine names of the stack networks attached through Weave
+    /// here: a container's address there is Weave's or none.
+    networks: Mutex<BTreeSet<String>>,
+    /// Bumped whenever `addresses` or `networks` change.
     changed: watch::Sender<u64>,
 }
 
@@ -68,6 +71,7 @@ impl Weave {
             api,
             record: data_dir.map(|d| d.join("weave").join("allocated")),
             addresses: Mutex::default(),
+            networks: Mutex::default(),
             changed: watch::channel(0).0,
         }
     }
@@ -93,6 +97,24 @@ impl Weave {
             rx.changed().await.ok()?;
             Some(((), rx))
         }))
+    }
+
+    /// Whether the engine network `engine_name` is attached through
+    /// Weave: its engine address is no cluster address.
+    pub fn attaches(&self, engine_name: &str) -> bool {
+        self.networks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(engine_name)
+    }
+
+    /// Replaces the networks attached through Weave (see [`diff::engine_names`]).
+    pub fn set_networks(&self, engine_names: BTreeSet<String>) {
+        let mut n = self.networks.lock().unwrap_or_else(PoisonError::into_inner);
+        if *n != engine_names {
+            *n = engine_names;
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Replaces the addresses found (from a round's observation).

@@ -304,6 +304,7 @@ async fn weave_attaches_containers_on_two_hosts_isolates_stacks_and_releases() {
     let rb = t2.expect(attached(&t2, &b, 2).await).await;
     let echo = of(&ra, "echo");
     let b_echo = of(&rb, "echo");
+    let c = format!("c{}", run.replace('-', ""));
     let all: Vec<&Replica> = ra.iter().chain(&rb).collect();
     let mut checks = Checks::default();
     checks
@@ -391,12 +392,44 @@ async fn weave_attaches_containers_on_two_hosts_isolates_stacks_and_releases() {
         .await;
     checks
         .check(
-            "Weave's API down on a host is reported with the fix, and cleared",
+            "Weave's API down on a host is reported with the fix; a replica started then has no cluster address until it answers",
             async {
                 stop_forwarder(&h1).await?;
-                api_down_is_reported(&t2, &a, "h1").await?;
+                let down = async {
+                    api_down_is_reported(&t2, &a, "h1").await?;
+                    let pinned = format!(
+                        "      placement:\n        constraints: [\"node.labels.t2 == {run}\", \"node.labels.host == h1\"]"
+                    );
+                    t2.deploy(
+                        &c,
+                        &format!(
+                            "services:\n  echo:\n{}networks:\n  back: {{}}\n",
+                            service("[back]", &pinned)
+                        ),
+                    )
+                    .await?;
+                    let task = wait_for(&format!("{c}'s replica to run"), CONVERGE, || async {
+                        t2.tasks(&c)
+                            .await
+                            .into_iter()
+                            .find(|t| t.state == "running")
+                    })
+                    .await?;
+                    anyhow::ensure!(
+                        task.addresses.is_empty(),
+                        "{} has addresses before Weave attached it: {:?}",
+                        task.name,
+                        task.addresses
+                    );
+                    Ok::<_, anyhow::Error>(())
+                }
+                .await;
+                // Back whatever happened, for the checks after this one.
                 start_forwarder(&h1, fake.addr).await?;
-                no_problems(&t2, &a).await
+                down?;
+                no_problems(&t2, &a).await?;
+                let rc = attached(&t2, &c, 1).await?;
+                on_weave(&fake, &rc.iter().collect::<Vec<_>>(), "back").await
             },
         )
         .await;
