@@ -20,6 +20,8 @@ pub struct Config {
     /// is not the one its link to the coordinator comes from (NAT, a
     /// private network beside a public one).
     pub mesh_endpoint: Option<String>,
+    /// Weave Net's HTTP API on this host, for mesh `weave`.
+    pub weave_api: String,
     /// The DNS server (`[dns]`).
     pub dns: DnsConfig,
 }
@@ -73,6 +75,7 @@ impl Default for Config {
             coordinator: None,
             wireguard: WireguardChoice::Auto,
             mesh_endpoint: None,
+            weave_api: crate::weave::DEFAULT_API.to_owned(),
             dns: DnsConfig::default(),
         }
     }
@@ -124,6 +127,7 @@ impl Config {
                 message,
             })?;
         }
+        self.weave_api()?;
         if self.dns.loopback && !self.dns.loopback_address.ip().is_loopback() {
             return Err(ConfigError::Invalid {
                 key: "dns.loopback_address",
@@ -140,6 +144,17 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The checked `weave_api`.
+    ///
+    /// # Errors
+    /// It is not `http://HOST:PORT`.
+    pub fn weave_api(&self) -> Result<crate::weave::ApiUrl, ConfigError> {
+        crate::weave::ApiUrl::parse(&self.weave_api).map_err(|message| ConfigError::Invalid {
+            key: "weave_api",
+            message,
+        })
     }
 }
 

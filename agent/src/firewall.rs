@@ -47,6 +47,10 @@ pub struct NetworkRules {
     pub hosts: Ipv4Net,
     /// This host's stack networks, in a stable order.
     pub networks: Vec<NetworkRule>,
+    /// Containers are attached to Weave Net (mesh `weave`): their cluster
+    /// addresses are on the `weave` bridge, Skiff's bridges are the
+    /// engine's plain ones, and there are no hosts' mesh addresses.
+    pub weave: bool,
 }
 
 /// One stack network on this host.
@@ -367,6 +371,13 @@ mod tests {
             script(
                 Some(&NetworkRules {
                     networks: vec![],
+                    ..n.clone()
+                }),
+                None,
+            ),
+            script(
+                Some(&NetworkRules {
+                    weave: true,
                     ..n.clone()
                 }),
                 None,

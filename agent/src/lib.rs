@@ -20,6 +20,9 @@
 //! - [`leases`]: the cluster networks' leases on this host, which the
 //!   networks controller fills and the containers controller hands
 //!   addresses from.
+//! - [`weave`]: attaching containers to Weave Net (mesh `weave`), driven
+//!   by the networks controller; the containers controller reports the
+//!   addresses.
 //!
 //! Every task runs in one task tree ([`skiff_shared::tasks`]): [`run`]
 //! cancels it and waits for every task at shutdown. The agent never talks
@@ -43,6 +46,7 @@ pub mod leases;
 pub mod link;
 pub mod plan;
 pub mod supervisor;
+pub mod weave;
 
 /// How long shutdown waits for tasks to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -54,6 +58,8 @@ pub enum RunError {
     Identity(#[from] identity::IdentityError),
     #[error("{0}")]
     Link(#[from] link::LinkError),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
 }
 
 /// Runs the agent until `tree` is cancelled (or the node is removed from
@@ -75,6 +81,7 @@ pub async fn run(cfg: config::Config, tree: TaskTree) -> Result<(), RunError> {
 
 async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
     let mut identity = identity::Identity::load(&cfg.data_dir)?;
+    let weave_api = cfg.weave_api()?;
     if let Some(c) = cfg.coordinator {
         identity.node.coordinator = c;
     }
@@ -85,6 +92,10 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
         engine: engine::EngineHandle::connect(tree),
         firewall: std::sync::Arc::default(),
         leases: std::sync::Arc::default(),
+        weave: std::sync::Arc::new(weave::Weave::new(
+            weave_api,
+            Some(&PathBuf::from(&identity.dir)),
+        )),
         mesh: mesh::MeshOptions {
             wireguard: cfg.wireguard,
             endpoint: cfg.mesh_endpoint.clone(),

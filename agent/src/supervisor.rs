@@ -29,6 +29,9 @@ pub struct Host {
     /// The cluster networks' leases here: filled by the networks
     /// controller, asked by the containers controller.
     pub leases: Arc<crate::leases::Leases>,
+    /// Weave attachment (mesh `weave`): made by the networks controller,
+    /// its addresses reported by the containers controller.
+    pub weave: Arc<crate::weave::Weave>,
     /// The agent's WireGuard choice and `mesh_endpoint` setting.
     pub mesh: crate::mesh::MeshOptions,
     /// The DNS server's settings (`[dns]`).

@@ -60,8 +60,8 @@ pub struct NetworkConfig {
     /// The cluster range (private IPv4, /20 or larger). Fixed when the
     /// cluster is created: a later change is refused.
     pub range: String,
-    /// `wireguard` (encrypted) or `vxlan` (not encrypted); `weave` is
-    /// refused until containers can be attached through Weave Net.
+    /// `wireguard` (encrypted), `vxlan` (not encrypted) or `weave`
+    /// (containers attached to the Weave Net each host already runs).
     pub mesh: String,
     /// The UDP port the mesh uses on every host (default: 51820 for
     /// WireGuard, 4789 for VXLAN).
@@ -102,13 +102,6 @@ impl NetworkConfig {
             .mesh
             .parse()
             .map_err(|e: String| invalid("network.mesh", e))?;
-        if mesh == skiff_shared::sections::mesh::MeshMode::Weave {
-            // Nothing would carry the stack networks between hosts yet.
-            return Err(invalid(
-                "network.mesh",
-                "\"weave\" (containers attached through Weave Net's HTTP API) is not supported yet: use \"wireguard\" or \"vxlan\"".into(),
-            ));
-        }
         if self.port == Some(0) {
             return Err(invalid("network.port", "must not be 0".into()));
         }
@@ -470,6 +463,14 @@ mod tests {
     }
 
     #[test]
+    fn every_mesh_mode_is_accepted() {
+        for mesh in ["wireguard", "vxlan", "weave"] {
+            let c = load_str(&format!("[network]\nmesh = \"{mesh}\"")).unwrap();
+            assert_eq!(c.network.settings().unwrap().mesh.as_str(), mesh);
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load_str("api_lisen = \"x\"").unwrap_err().to_string();
         assert!(e.contains("api_lisen"), "{e}");
@@ -552,7 +553,6 @@ mod tests {
                 "agent_limits.max_refusals_per_source",
             ),
             ("[agent_limits]\nmax_links = 0", "agent_limits.max_links"),
-            ("[network]\nmesh = \"weave\"", "network.mesh"),
             ("[network]\nmesh = \"gre\"", "network.mesh"),
         ] {
             let e = load_str(text).unwrap_err().to_string();

@@ -24,6 +24,7 @@ pub mod image;
 pub mod proxy;
 pub mod tier2;
 pub mod wait;
+pub mod weave_fake;
 
 pub use cluster::{
     Agent, Cluster, Coordinator, CoordinatorOptions, ListenerLimits, ProcessOptions,

@@ -85,6 +85,9 @@ pub struct Engine {
     pub(super) registries_file: Option<PathBuf>,
     /// The cluster networks' leases here, for addresses beyond the first.
     leases: Option<Arc<Leases>>,
+    /// The containers' addresses on Weave Net (mesh `weave`), reported as
+    /// their addresses on those networks.
+    weave: Option<Arc<crate::weave::Weave>>,
 }
 
 /// The explicit addresses a new container gets, by engine network name.
@@ -105,7 +108,15 @@ impl Engine {
             secrets_dir: None,
             registries_file: None,
             leases: None,
+            weave: None,
         }
+    }
+
+    /// Reports the containers' Weave addresses (and wakes on their
+    /// changes).
+    pub fn with_weave(mut self, weave: Arc<crate::weave::Weave>) -> Self {
+        self.weave = Some(weave);
+        self
     }
 
     /// Gives containers addresses from later leases once a cluster
@@ -209,9 +220,16 @@ impl Engine {
             ("type".to_owned(), vec!["network".to_owned()]),
             ("event".to_owned(), vec!["create".to_owned()]),
         ]);
+        let weave = match &self.weave {
+            Some(w) => w.changes(),
+            None => futures_util::stream::pending().boxed(),
+        };
         futures_util::stream::select(
-            crate::engine::changes(&self.docker, containers),
-            crate::engine::changes(&self.docker, networks),
+            futures_util::stream::select(
+                crate::engine::changes(&self.docker, containers),
+                crate::engine::changes(&self.docker, networks),
+            ),
+            weave,
         )
         .boxed()
     }
@@ -344,6 +362,11 @@ impl Engine {
             .iter()
             .filter_map(|(engine_name, e)| {
                 let network = engine_name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+                // On Weave Net, the engine's address there is the host's
+                // own: the cluster address is Weave's (added below).
+                if self.weave.as_ref().is_some_and(|w| w.attaches(engine_name)) {
+                    return None;
+                }
                 let address = e.ip_address.clone().filter(|ip| !ip.is_empty())?;
                 Some(ContainerAddress {
                     network: network.to_owned(),
@@ -351,6 +374,13 @@ impl Engine {
                 })
             })
             .collect();
+        // On Weave Net, its cluster address there is Weave's.
+        if let Some(w) = &self.weave {
+            for a in w.addresses_of(&o.id) {
+                addresses.retain(|x| x.network != a.network);
+                addresses.push(a);
+            }
+        }
         addresses.sort();
         Some(ContainerStatus {
             key: o.key,

@@ -54,6 +54,7 @@ pub struct Controller {
     own_dirs: Vec<PathBuf>,
     engine: EngineHandle,
     leases: Arc<crate::leases::Leases>,
+    weave: Arc<crate::weave::Weave>,
 }
 
 impl Controller {
@@ -64,6 +65,7 @@ impl Controller {
             own_dirs: mounts::own_dirs(&host.data_dir),
             engine: host.engine.clone(),
             leases: host.leases.clone(),
+            weave: host.weave.clone(),
         }
     }
 }
@@ -102,7 +104,8 @@ impl crate::controller::Controller for Controller {
         let engine = Engine::new(docker, self.node_id.clone())
             .with_secrets_from(&self.data_dir)
             .with_registry_credentials_from(&self.data_dir)
-            .with_leases(self.leases.clone());
+            .with_leases(self.leases.clone())
+            .with_weave(self.weave.clone());
         let prober = probe::Prober::new(cx.tree.child());
         let wake = prober.changed();
         let r = Reconciler {

@@ -44,7 +44,9 @@ pub fn render(networks: Option<&NetworkRules>, mesh: Option<&MeshRules>) -> Opti
         return None;
     }
     let mut out = format!("table {TABLE} {{\n");
-    if let Some(n) = networks {
+    if let Some(n) = networks.filter(|n| n.weave) {
+        forward_weave(&mut out, n);
+    } else if let Some(n) = networks {
         forward(&mut out, n);
         postrouting(&mut out, n, mesh);
     }
@@ -97,6 +99,37 @@ fn forward(out: &mut String, n: &NetworkRules) {
             b = net.bridge
         );
     }
+    out.push_str("\t}\n");
+}
+
+/// With Weave Net, what the host forwards into the cluster range (routed
+/// traffic, and bridged traffic on `weave` when `br_netfilter` hands it to
+/// the forward hook) passes only within one network's subnet. Nothing is
+/// masqueraded: a container leaves by its engine bridge, under Docker's
+/// own masquerade.
+fn forward_weave(out: &mut String, n: &NetworkRules) {
+    let accept = format!("meta mark set meta mark | {MARK:#010x} accept");
+    out.push_str("\tchain forward {\n");
+    out.push_str("\t\ttype filter hook forward priority filter - 10; policy accept;\n");
+    out.push_str("\t\tct status dnat accept comment \"published ports\"\n");
+    for net in &n.networks {
+        let _ = writeln!(
+            out,
+            "\t\tip saddr {s} ip daddr {s} {accept} comment \"{b}\"",
+            s = net.subnet,
+            b = net.bridge
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\t\tip daddr {} drop comment \"weave: across networks\"",
+        n.range
+    );
+    let _ = writeln!(
+        out,
+        "\t\tip saddr {} drop comment \"weave: across networks\"",
+        n.range
+    );
     out.push_str("\t}\n");
 }
 
@@ -175,6 +208,7 @@ pub(super) mod tests {
                     bridge: "sk-2".into(),
                 },
             ],
+            weave: false,
         }
     }
 
@@ -267,6 +301,26 @@ pub(super) mod tests {
         assert!(text.contains("udp dport 4789 drop"));
         m.peers_only = false;
         assert_eq!(render(None, Some(&m)).unwrap(), "table inet skiff {\n}\n");
+    }
+
+    #[test]
+    fn with_weave_only_one_subnet_talks_to_itself_and_nothing_is_masqueraded() {
+        let mut n = networks();
+        n.weave = true;
+        for net in &mut n.networks {
+            net.bridge = "weave".into();
+        }
+        let text = render(Some(&n), None).unwrap();
+        let same = text
+            .find("ip saddr 10.66.12.0/22 ip daddr 10.66.12.0/22 meta mark")
+            .unwrap();
+        let drop = text
+            .find("ip daddr 10.66.0.0/16 drop comment \"weave: across networks\"")
+            .unwrap();
+        assert!(same < drop, "{text}");
+        assert!(text.contains("ip saddr 10.66.0.0/16 drop"), "{text}");
+        assert!(!text.contains("masquerade"), "{text}");
+        assert!(!text.contains("10.66.0.0/22"), "no hosts block: {text}");
     }
 
     #[test]

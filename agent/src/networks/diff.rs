@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use skiff_shared::sections::mesh::{VXLAN_DEVICE, WIREGUARD_DEVICE};
 use skiff_shared::sections::networks::{
-    BRIDGE_PREFIX, ClusterNet, NetworkProblem, NetworkSpec, NetworksSection,
+    Attachment, BRIDGE_PREFIX, ClusterNet, NetworkProblem, NetworkSpec, NetworksSection,
 };
 
 use crate::firewall::{NetworkRule, NetworkRules};
@@ -55,6 +55,10 @@ pub struct Host {
     pub networks: Vec<Observed>,
     /// The host's IPv4 routes, the default route left out.
     pub routes: Vec<Route>,
+    /// This node's id (the engine names of its networks carry it).
+    pub node_id: String,
+    /// What Weave attachment looks at (mesh `weave`).
+    pub weave: crate::weave::diff::Observed,
 }
 
 /// One change to the host.
@@ -80,6 +84,8 @@ pub enum Action {
         name: String,
         bridge: String,
     },
+    /// Attach a container to Weave Net, or release a gone one's addresses.
+    Weave(crate::weave::Action),
 }
 
 impl Action {
@@ -90,7 +96,10 @@ impl Action {
                 Some((spec.stack.as_str(), spec.name.as_str()))
             }
             Self::ProxyArp { stack, name, .. } => Some((stack.as_str(), name.as_str())),
-            Self::Remove { .. } => None,
+            Self::Weave(crate::weave::Action::Attach { target, .. }) => {
+                Some((target.stack.as_str(), target.network.as_str()))
+            }
+            Self::Remove { .. } | Self::Weave(crate::weave::Action::Release { .. }) => None,
         }
     }
 }
@@ -135,6 +144,11 @@ pub fn settings(spec: &NetworkSpec, cluster: Option<&ClusterNet>) -> Result<Sett
     let (Some(cluster), Some(subnet)) = (cluster, spec.subnet.as_deref()) else {
         return Ok(Settings::Plain);
     };
+    if cluster.attach == Attachment::Weave {
+        // The cluster address is Weave's (see `crate::weave`): the engine's
+        // bridge only carries the host's own traffic and the way out.
+        return Ok(Settings::Plain);
+    }
     let subnet: Ipv4Net = subnet
         .parse()
         .map_err(|_| format!("the plan's subnet {subnet:?} is not an IPv4 network"))?;
@@ -252,7 +266,8 @@ fn observed_by_key(host: &Host) -> BTreeMap<(&str, &str), &Observed> {
 
 /// Creates the wanted networks that are missing, remakes those made with
 /// other settings once unused, removes the ones no longer wanted, and
-/// turns proxy ARP on where it is off. Deterministic for a given input.
+/// turns proxy ARP on where it is off; then Weave's attachments and
+/// releases ([`crate::weave::diff`]). Deterministic for a given input.
 pub fn diff(desired: &NetworksSection, host: &Host) -> Vec<Action> {
     let cluster = desired.cluster.as_ref();
     let have = observed_by_key(host);
@@ -300,12 +315,19 @@ pub fn diff(desired: &NetworksSection, host: &Host) -> Vec<Action> {
         })
         .chain(creates)
         .chain(arp)
+        .chain(
+            crate::weave::diff::diff(desired, &host.node_id, &host.weave)
+                .into_iter()
+                .map(Action::Weave),
+        )
         .collect()
 }
 
-/// The wanted networks left as they are, and why.
-pub fn problems(desired: &NetworksSection, host: &Host) -> Vec<NetworkProblem> {
+/// The wanted networks left as they are, and why (with Weave's address
+/// `weave_api`, named when it does not answer).
+pub fn problems(desired: &NetworksSection, host: &Host, weave_api: &str) -> Vec<NetworkProblem> {
     let have = observed_by_key(host);
+    let weave = crate::weave::diff::problems(desired, &host.weave, weave_api);
     wanted(desired)
         .into_iter()
         .filter_map(|(key, spec)| {
@@ -323,6 +345,7 @@ pub fn problems(desired: &NetworksSection, host: &Host) -> Vec<NetworkProblem> {
                 _ => None,
             }
         })
+        .chain(weave)
         .collect()
 }
 
@@ -346,10 +369,16 @@ pub fn rules(desired: &NetworksSection) -> Result<Option<NetworkRules>, String> 
             cluster.hosts
         )
     })?;
+    let weave = cluster.attach == Attachment::Weave;
     let networks: BTreeSet<NetworkRule> = desired
         .networks
         .iter()
         .filter_map(|spec| match settings(spec, Some(cluster)) {
+            Ok(Settings::Plain) if weave => Some(NetworkRule {
+                subnet: spec.subnet.as_deref()?.parse::<Ipv4Net>().ok()?.trunc(),
+                internal: spec.internal,
+                bridge: crate::weave::BRIDGE.to_owned(),
+            }),
             Ok(Settings::Cluster(c)) => Some(NetworkRule {
                 subnet: c.subnet,
                 internal: c.internal,
@@ -362,6 +391,7 @@ pub fn rules(desired: &NetworksSection) -> Result<Option<NetworkRules>, String> 
         range: range.trunc(),
         hosts: hosts.trunc(),
         networks: networks.into_iter().collect(),
+        weave,
     }))
 }
 

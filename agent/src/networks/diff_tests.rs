@@ -10,6 +10,7 @@ fn cluster() -> ClusterNet {
         range: "10.66.0.0/16".into(),
         hosts: "10.66.0.0/22".into(),
         mtu: 1440,
+        attach: Attachment::Bridge,
     }
 }
 
@@ -64,7 +65,7 @@ fn create(spec: &NetworkSpec, cluster: Option<&ClusterNet>) -> Action {
 fn host(networks: Vec<Observed>) -> Host {
     Host {
         networks,
-        routes: vec![],
+        ..Host::default()
     }
 }
 
@@ -85,7 +86,7 @@ fn creates_missing_and_removes_unwanted_networks() {
             create(&spec("shop", "back"), None),
         ]
     );
-    assert!(problems(&desired, &observed).is_empty());
+    assert!(problems(&desired, &observed, "").is_empty());
     assert_eq!(rules(&desired), Ok(None));
 }
 
@@ -131,7 +132,7 @@ fn a_network_made_with_other_settings_is_remade_only_once_unused() {
             settings: settings(&after, Some(&c)).unwrap(),
         }]
     );
-    assert!(problems(&desired, &host(vec![old.clone()])).is_empty());
+    assert!(problems(&desired, &host(vec![old.clone()]), "").is_empty());
     let busy = Observed {
         in_use: true,
         ..old.clone()
@@ -151,7 +152,7 @@ fn a_network_made_with_other_settings_is_remade_only_once_unused() {
             bridge: "sk-2".into()
         }]
     );
-    let p = problems(&desired, &host(vec![busy]));
+    let p = problems(&desired, &host(vec![busy]), "");
     assert_eq!(p.len(), 1);
     assert_eq!(
         (p[0].stack.as_str(), p[0].name.as_str()),
@@ -167,7 +168,7 @@ fn a_network_made_with_other_settings_is_remade_only_once_unused() {
         in_use: true,
         ..seen("shop", "default")
     };
-    let p = problems(&desired, &host(vec![plain]));
+    let p = problems(&desired, &host(vec![plain]), "");
     assert!(
         p[0].error
             .contains("made with other settings (a plain bridge)")
@@ -209,7 +210,7 @@ fn a_subnet_overlapping_a_route_the_agent_did_not_make_is_not_made() {
         device: "eth1".into(),
     });
     assert!(diff(&desired, &h).is_empty());
-    let p = problems(&desired, &h);
+    let p = problems(&desired, &h, "");
     assert!(
         p[0].error
             .contains("subnet 10.66.8.0/22 overlaps the host's route to 10.66.0.0/16 via eth1"),
@@ -225,7 +226,7 @@ fn a_spec_without_a_lease_or_gateway_is_reported_not_made() {
     web.leases.clear();
     let desired = section(vec![web], Some(c));
     assert!(diff(&desired, &host(vec![])).is_empty());
-    let p = problems(&desired, &host(vec![]));
+    let p = problems(&desired, &host(vec![]), "");
     assert!(
         p[0].error.contains("leases no part of 10.66.8.0/22"),
         "{}",
@@ -314,6 +315,7 @@ proptest! {
                         }
                     }
                 }
+                Action::Weave(w) => prop_assert!(false, "no Weave here: {w:?}"),
             }
         }
         // Proxy ARP is turned on the round after a bridge is made.
@@ -328,7 +330,7 @@ proptest! {
         let names: BTreeSet<_> = h.networks.iter().map(|o| (o.stack.clone(), o.network.clone())).collect();
         let wanted: BTreeSet<_> = desired.networks.iter().map(|n| (n.stack.clone(), n.name.clone())).collect();
         prop_assert_eq!(names, wanted);
-        let reported: BTreeSet<_> = problems(&desired, &h).into_iter().map(|p| (p.stack, p.name)).collect();
+        let reported: BTreeSet<_> = problems(&desired, &h, "").into_iter().map(|p| (p.stack, p.name)).collect();
         for (key, spec) in super::wanted(&desired) {
             let o = h.networks.iter().find(|o| (o.stack.as_str(), o.network.as_str()) == key).unwrap();
             let right = o.settings == fingerprint(&settings(spec, c.as_ref()).unwrap());

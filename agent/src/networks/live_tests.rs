@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use skiff_shared::sections::networks::ClusterNet;
+use skiff_shared::sections::networks::{Attachment, ClusterNet};
 
 use super::*;
 use crate::controller::{Reports, round};
@@ -31,6 +31,7 @@ fn section(mtu: u32) -> NetworksSection {
             range: "10.231.0.0/16".into(),
             hosts: "10.231.0.0/22".into(),
             mtu,
+            attach: Attachment::Bridge,
         }),
     }
 }
@@ -45,10 +46,12 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
         node_id: node.clone(),
         firewall: Arc::default(),
         leases: Arc::default(),
+        weave: Arc::default(),
         reporter: Reporter::new(Arc::new(Reports::default())),
         last: Mutex::default(),
         failed: Mutex::default(),
         firewall_said: Mutex::default(),
+        section: Mutex::default(),
     };
     let name = format!("skiff.live.default.{node}");
     let versioned = |s: NetworksSection| Versioned {
@@ -156,7 +159,7 @@ async fn live_cluster_network_bridge_firewall_and_drift() {
     let s = section(1380);
     assert_eq!(round(&r, &s).await.unwrap(), 0);
     let last = r.last.lock().unwrap().clone().unwrap();
-    let problems = diff::problems(&s, &last);
+    let problems = diff::problems(&s, &last, "");
     assert!(problems[0].error.contains("mtu=1400"), "{problems:?}");
     cmd("docker", &["rm", "-f", id.trim()]);
     assert_eq!(round(&r, &s).await.unwrap(), 1, "remade");

@@ -35,6 +35,7 @@ use crate::engine::{EngineHandle, changes, node_filter};
 use crate::firewall::Firewall;
 use crate::leases::Leases;
 use crate::supervisor::Host;
+use crate::weave::Weave;
 
 pub mod diff;
 mod host;
@@ -51,6 +52,7 @@ pub struct Controller {
     engine: EngineHandle,
     firewall: Arc<Firewall>,
     leases: Arc<Leases>,
+    weave: Arc<Weave>,
 }
 
 impl Controller {
@@ -60,6 +62,7 @@ impl Controller {
             engine: host.engine.clone(),
             firewall: host.firewall.clone(),
             leases: host.leases.clone(),
+            weave: host.weave.clone(),
         }
     }
 }
@@ -76,10 +79,12 @@ impl crate::controller::Controller for Controller {
             node_id: self.node_id.clone(),
             firewall: self.firewall.clone(),
             leases: self.leases.clone(),
+            weave: self.weave.clone(),
             reporter: cx.reports,
             last: Mutex::default(),
             failed: Mutex::default(),
             firewall_said: Mutex::default(),
+            section: Mutex::default(),
         };
         drive(&r, cx.desired, &cx.tree, Pace::default(), None).await;
     }
@@ -98,6 +103,7 @@ struct Reconciler {
     node_id: String,
     firewall: Arc<Firewall>,
     leases: Arc<Leases>,
+    weave: Arc<Weave>,
     reporter: Reporter<Networks>,
     /// What the last round observed: the problems are decided from it.
     last: Mutex<Option<diff::Host>>,
@@ -105,6 +111,9 @@ struct Reconciler {
     failed: Mutex<Vec<NetworkProblem>>,
     /// The firewall error last logged.
     firewall_said: Mutex<Option<String>>,
+    /// The section of the last round: which containers' Weave addresses
+    /// an observation finds.
+    section: Mutex<Option<Arc<NetworksSection>>>,
 }
 
 impl Reconciler {
@@ -195,6 +204,56 @@ impl Reconciler {
             })
     }
 
+    /// This node's containers as Weave attachment needs them: with their
+    /// main process's pid while they run, if `pids` (the `weave` bridge is
+    /// there; none are looked into otherwise).
+    async fn weave_containers(
+        &self,
+        pids: bool,
+    ) -> Result<Vec<crate::weave::diff::Container>, NetworkError> {
+        let filters = HashMap::from([("label".to_owned(), vec![node_filter(&self.node_id)])]);
+        let list = self
+            .docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|source| NetworkError {
+                what: "listing containers".into(),
+                source,
+            })?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(id) = c.id else { continue };
+            let running = c
+                .state
+                .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let networks = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .map(|n| n.into_keys().collect())
+                .unwrap_or_default();
+            let pid = if pids && running {
+                self.docker
+                    .inspect_container(
+                        &id,
+                        None::<bollard::query_parameters::InspectContainerOptions>,
+                    )
+                    .await
+                    .ok()
+                    .and_then(|i| i.state?.pid)
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|p| *p != 0)
+            } else {
+                None
+            };
+            out.push(crate::weave::diff::Container { id, pid, networks });
+        }
+        Ok(out)
+    }
+
     /// Makes one change; an error is the network's problem this round.
     async fn apply_one(&self, action: &Action) -> Result<(), String> {
         match action {
@@ -225,6 +284,7 @@ impl Reconciler {
                 debug!(bridge = %bridge, "Proxy ARP on.");
                 Ok(())
             }
+            Action::Weave(a) => self.weave.apply(a).await,
         }
     }
 }
@@ -251,10 +311,27 @@ impl Reconcile for Reconciler {
         for n in list {
             networks.extend(self.observe_network(n).await);
         }
+        let bridge_mtu = crate::weave::bridge_mtu().await;
+        let containers = self.weave_containers(bridge_mtu.is_some()).await?;
         let observed = diff::Host {
             networks,
             routes: host::routes(),
+            node_id: self.node_id.clone(),
+            weave: self.weave.observe(bridge_mtu, containers).await,
         };
+        // What is attached now (attachments of this round add to it).
+        if let Some(section) = self
+            .section
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            self.weave.set_addresses(crate::weave::diff::addresses(
+                section,
+                &self.node_id,
+                &observed.weave,
+            ));
+        }
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(observed.clone());
         Ok(observed)
     }
@@ -285,9 +362,13 @@ impl Reconcile for Reconciler {
     /// this node's containers going away.
     fn wakeups(&self) -> futures_util::stream::BoxStream<'static, ()> {
         let networks = HashMap::from([("type".to_owned(), vec!["network".to_owned()])]);
+        // Started: attached to Weave Net in weave mode.
         let containers = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
-            ("event".to_owned(), vec!["destroy".to_owned()]),
+            (
+                "event".to_owned(),
+                vec!["destroy".to_owned(), "start".to_owned()],
+            ),
             ("label".to_owned(), vec![node_filter(&self.node_id)]),
         ]);
         Box::pin(futures_util::stream::select(
@@ -300,6 +381,14 @@ impl Reconcile for Reconciler {
     async fn after_round(&self, desired: &Versioned<NetworksSection>, error: Option<String>) {
         let section = &desired.value;
         self.leases.set(diff::leases(section, &self.node_id));
+        self.weave
+            .set_networks(crate::weave::diff::engine_names(section, &self.node_id));
+        let first = self
+            .section
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(section.clone())
+            .is_none();
         let firewall_error = match diff::rules(section) {
             Err(e) => Some(e),
             Ok(rules) => {
@@ -337,7 +426,17 @@ impl Reconcile for Reconciler {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let mut problems = last
-            .map(|host| diff::problems(section, &host))
+            .map(|host| {
+                if first {
+                    // The first round's observation knew no section.
+                    self.weave.add_addresses(crate::weave::diff::addresses(
+                        section,
+                        &self.node_id,
+                        &host.weave,
+                    ));
+                }
+                diff::problems(section, &host, &self.weave.api().to_string())
+            })
             .unwrap_or_default();
         problems.extend(
             self.failed

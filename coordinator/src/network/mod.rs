@@ -20,7 +20,9 @@ use ipnet::Ipv4Net;
 use skiff_shared::sections::mesh::{
     DEFAULT_UNDERLAY_MTU, MeshMode, MeshPeer, MeshReport, MeshSection,
 };
-use skiff_shared::sections::networks::{ClusterNet, NetworkSpec, NetworksReport, NetworksSection};
+use skiff_shared::sections::networks::{
+    Attachment, ClusterNet, NetworkSpec, NetworksReport, NetworksSection,
+};
 use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 
@@ -302,6 +304,11 @@ impl ClusterNetwork {
                 range: self.settings.range.net.to_string(),
                 hosts: self.settings.range.hosts.to_string(),
                 mtu: self.mtu(&s),
+                attach: if self.settings.mesh == MeshMode::Weave {
+                    Attachment::Weave
+                } else {
+                    Attachment::Bridge
+                },
             }),
         }
     }

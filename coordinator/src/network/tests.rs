@@ -373,3 +373,24 @@ fn host_routes_are_read_from_proc() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_weave_cluster_asks_hosts_to_attach_to_weave_with_the_networks_subnets() {
+    let store = Arc::new(MemoryStore::default());
+    store.add_node(node("a", "192.0.2.1"));
+    let observed = Arc::new(ObservedBook::default());
+    let settings = NetworkSettings::new(Range::parse("10.66.0.0/16").unwrap(), MeshMode::Weave);
+    let n = ClusterNetwork::load(settings, store, observed)
+        .await
+        .unwrap();
+    let containers = vec![on("shop", "web", 1, &["front"])];
+    n.sync(&BTreeMap::from([("a".to_owned(), containers.clone())]))
+        .await
+        .unwrap();
+    let section = n.networks_section("a", &containers);
+    let cluster = section.cluster.unwrap();
+    assert_eq!(cluster.attach, Attachment::Weave);
+    assert_eq!(section.networks.len(), 1);
+    assert!(section.networks[0].id != 0);
+    assert!(section.networks[0].subnet.is_some());
+}

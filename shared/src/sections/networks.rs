@@ -58,6 +58,31 @@ pub struct ClusterNet {
     /// The bridges' MTU: the smallest underlay MTU in the cluster less the
     /// mesh's headers.
     pub mtu: u32,
+    /// How containers join the cluster network: through Skiff's bridges
+    /// (the default), or attached to Weave Net.
+    #[serde(default, skip_serializing_if = "Attachment::is_bridge")]
+    pub attach: Attachment,
+}
+
+/// How a host's containers join the cluster network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attachment {
+    /// Each stack network is a bridge `sk-<id>` with the network's subnet;
+    /// the engine hands out addresses from the host's leases.
+    #[default]
+    Bridge,
+    /// Each stack network is a plain bridge of the engine (local traffic
+    /// and the way out), and every container is also attached to Weave
+    /// Net's `weave` bridge with an address of the network's subnet that
+    /// Weave's IPAM allocates (cluster-wide): mesh mode `weave`.
+    Weave,
+}
+
+impl Attachment {
+    pub fn is_bridge(&self) -> bool {
+        *self == Self::Bridge
+    }
 }
 
 /// One stack network on a host.

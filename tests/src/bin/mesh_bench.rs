@@ -92,6 +92,7 @@ async fn main() -> ExitCode {
         engine: skiff_agent::engine::EngineHandle::connect(&tree),
         firewall: std::sync::Arc::default(),
         leases: std::sync::Arc::default(),
+        weave: std::sync::Arc::default(),
         mesh: MeshOptions {
             wireguard,
             endpoint: cli.endpoint.clone(),

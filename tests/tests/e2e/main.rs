@@ -26,3 +26,4 @@ mod registry;
 mod security;
 mod stacks;
 mod tokens;
+mod weave;

@@ -25,13 +25,13 @@ use skiff_tests::wait_for;
 
 /// How long the network gets to converge after a change (peers, routes,
 /// firewall) before a check fails.
-const CONVERGE: Duration = Duration::from_secs(60);
+pub(super) const CONVERGE: Duration = Duration::from_secs(60);
 /// How long a blocked connection is given to (not) succeed.
 const BLOCKED_AFTER_SECS: u32 = 3;
 
 /// A service that answers HTTP on 8080 with its hostname and echoes TCP on
 /// 7000 (one `cat` per connection).
-fn service(networks: &str, deploy: &str) -> String {
+pub(super) fn service(networks: &str, deploy: &str) -> String {
     format!(
         r#"    image: skiff-test/busybox:1
     command: ["sh", "-c", "hostname > /www/index.html && httpd -p 8080 -h /www && exec nc -ll -p 7000 -e cat"]
@@ -82,7 +82,7 @@ impl Replica {
 
     /// Waits until this replica reaches `to` on `network` over TCP (its
     /// hostname comes back).
-    async fn reaches(&self, to: &Replica, network: &str) -> anyhow::Result<()> {
+    pub(super) async fn reaches(&self, to: &Replica, network: &str) -> anyhow::Result<()> {
         let ip = to.addr(network);
         let last = RefCell::new(String::new());
         let got = wait_for(
@@ -112,7 +112,7 @@ impl Replica {
     /// This replica reaches `own` on `network` (so its own traffic flows)
     /// but none of `foreign` on `foreign_network`: each connection is
     /// refused or times out.
-    async fn reaches_only(
+    pub(super) async fn reaches_only(
         &self,
         own: &Replica,
         network: &str,
@@ -182,7 +182,7 @@ impl Replica {
 }
 
 /// Every replica reaches every other on `back`, over TCP, or over UDP.
-async fn all_reach(replicas: &[&Replica], udp: bool) -> anyhow::Result<()> {
+pub(super) async fn all_reach(replicas: &[&Replica], udp: bool) -> anyhow::Result<()> {
     if udp {
         for r in replicas {
             r.udp_echo().await?;
@@ -235,7 +235,7 @@ pub(super) async fn replicas(t2: &Tier2, stack: &str, n: usize) -> anyhow::Resul
 }
 
 /// Every replica's addresses are in the cluster range, and no two are the same.
-async fn addresses_in_range(t2: &Tier2, replicas: &[&Replica]) -> anyhow::Result<()> {
+pub(super) async fn addresses_in_range(t2: &Tier2, replicas: &[&Replica]) -> anyhow::Result<()> {
     let range = t2
         .network_view()
         .await?
@@ -256,7 +256,7 @@ async fn addresses_in_range(t2: &Tier2, replicas: &[&Replica]) -> anyhow::Result
 }
 
 /// Whether IPv4 address `addr` is in `cidr`.
-fn in_range(addr: &str, cidr: &str) -> bool {
+pub(super) fn in_range(addr: &str, cidr: &str) -> bool {
     let parse = |a: &str| a.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
     let Some((net, len)) = cidr.split_once('/') else {
         return false;

@@ -19,7 +19,7 @@ pub enum NetworkCommand {
         json: bool,
     },
     /// Show the cluster range, the mesh, and every host's peers: endpoint,
-    /// last handshake, bytes in and out, errors.
+    /// last handshake, bytes in and out, errors; and the stack networks' problems.
     Show {
         #[arg(long)]
         json: bool,
@@ -71,6 +71,11 @@ fn ls(view: &NetworkView, out: &mut impl Write) {
         }
     }
     table(out, &["NETWORK", "ID", "SUBNET", "NODE", "LEASES"], rows);
+    problems(view, out);
+}
+
+/// One line per stack network's problem on a host.
+fn problems(view: &NetworkView, out: &mut impl Write) {
     for n in &view.networks {
         for p in &n.problems {
             let _ = writeln!(
@@ -177,6 +182,12 @@ fn show(view: &NetworkView, out: &mut impl Write) {
             &["PEER", "ENDPOINT", "HANDSHAKE", "RECEIVED", "SENT", "ERROR"],
             rows,
         );
+    }
+    // A host's problems with its stack networks (with Weave Net, its API
+    // or bridge missing) are the host's network's too.
+    if view.networks.iter().any(|n| !n.problems.is_empty()) {
+        let _ = writeln!(out);
+        problems(view, out);
     }
 }
 
