@@ -163,10 +163,14 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
     let epoch = next_epoch(store.as_ref()).await?;
     info!(epoch, "Plans of this run carry a new epoch.");
     let rows = store.node_plans().await?;
-    // ElasticDNS runs with the cluster network.
+    // ElasticDNS runs with the cluster network, on Skiff's own mesh: with
+    // Weave Net, containers' cluster addresses are Weave's, and their
+    // bridges are not the ones the records' servers listen on.
     let dns = match &network {
-        Some(_) => Some(Arc::new(open_records(epoch, store.as_ref(), &rows).await?)),
-        None => None,
+        Some(n) if n.settings().mesh != skiff_shared::sections::mesh::MeshMode::Weave => {
+            Some(Arc::new(open_records(epoch, store.as_ref(), &rows).await?))
+        }
+        _ => None,
     };
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
