@@ -34,8 +34,12 @@ struct Sim {
 }
 
 fn defs(image: &str, order: &str) -> Vec<resolve::ServiceDef> {
+    scaled(image, order, 2)
+}
+
+fn scaled(image: &str, order: &str, replicas: u32) -> Vec<resolve::ServiceDef> {
     let compose = format!(
-        "services:\n  web:\n    image: {image}\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1s\n    x-skiff:\n      drain: 3s\n    deploy:\n      replicas: 2\n      update_config: {{parallelism: 1, order: {order}}}\n"
+        "services:\n  web:\n    image: {image}\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 1s\n    x-skiff:\n      drain: 3s\n    deploy:\n      replicas: {replicas}\n      update_config: {{parallelism: 1, order: {order}}}\n"
     );
     let env = BTreeMap::new();
     let input = skiff_compose::stack::Input::new(
@@ -297,4 +301,50 @@ async fn a_start_first_update_unpublishes_old_replicas_everywhere_before_stoppin
 #[tokio::test(start_paused = true)]
 async fn a_stop_first_update_unpublishes_old_replicas_everywhere_before_stopping_them() {
     rolling_update_unpublishes_before_stopping("stop-first").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_scale_down_unpublishes_the_replica_everywhere_before_stopping_it() {
+    let sim = Sim::new(&["a", "b"]).await;
+    deploy_defs(
+        &sim.d,
+        "shop",
+        defs("app:1", "stop-first"),
+        "",
+        vec![],
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(sim.rollout_end().await, RolloutState::Completed);
+    sim.wait_published(2).await;
+    let from = sim.seen.lock().unwrap().len();
+
+    deploy_defs(
+        &sim.d,
+        "shop",
+        scaled("app:1", "stop-first", 1),
+        "",
+        vec![],
+        false,
+    )
+    .await
+    .unwrap();
+    // The hosts follow their plans on their own: wait until one was told
+    // to stop the replica (the order is checked on the way).
+    let mut dropped = 0;
+    for _ in 0..10_000 {
+        dropped = sim.check_order(from);
+        if dropped > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropped, 1, "one replica was stopped");
+    sim.wait_published(1).await;
+    let book = sim.d.dns.as_ref().unwrap();
+    assert!(
+        book.current().content.services[0].replicas.len() == 1,
+        "the removed replica left the records, and its mark was forgotten"
+    );
 }

@@ -335,7 +335,12 @@ pub async fn deploy_defs(
     if let Some(book) = &d.dns {
         book.set_services(name, &defs);
     }
+    // Replicas a scale-down removes leave DNS on every host, and are
+    // drained, before they are stopped.
+    let leaving = unpublish::removed(name, &transition.immediate, |node| d.plans.get(node));
+    unpublish::unpublish_now(d, &leaving).await?;
     apply(d, transition.immediate).await?;
+    unpublish::forget(d, &leaving);
     drop(guard);
     info!(
         stack = name,
@@ -449,10 +454,15 @@ async fn apply(d: &Deployer, new_plans: NodePlans) -> Result<(), DeployError> {
 /// # Errors
 /// The store failed, or the cluster network has no room left.
 pub async fn refresh_records(d: &Deployer) -> Result<bool, DeployError> {
+    let _guard = d.plans.edit().await;
+    refresh_records_locked(d).await
+}
+
+/// [`refresh_records`] for a caller holding the plan book's lock.
+async fn refresh_records_locked(d: &Deployer) -> Result<bool, DeployError> {
     let Some((book, src)) = d.records() else {
         return Ok(false);
     };
-    let _guard = d.plans.edit().await;
     let all: NodePlans = d
         .store
         .nodes(false)

@@ -63,11 +63,7 @@ pub(super) async fn unpublish(
             .await
             .map_err(|e| Stop::Failed(e.to_string()))?;
         served(d, &leaving[0].stack, book.generation(), token).await?;
-        let drain = leaving
-            .iter()
-            .map(|l| Duration::from_millis(book.settings(&l.stack, &l.service).drain_ms))
-            .max()
-            .unwrap_or_default();
+        let drain = drain_of(book, leaving);
         tokio::select! {
             () = token.cancelled() => Err(Stop::Superseded),
             () = tokio::time::sleep(drain) => Ok(()),
@@ -80,6 +76,68 @@ pub(super) async fn unpublish(
     result
 }
 
+/// The replicas of `stack` that `new_plans` take off their nodes (a
+/// scale-down, a move): in the node's current plan, not in its new one.
+pub(super) fn removed(
+    stack: &str,
+    new_plans: &super::NodePlans,
+    current: impl Fn(&str) -> std::sync::Arc<crate::plans::NodePlan>,
+) -> Vec<Leaving> {
+    let mut out = Vec::new();
+    for (node, containers) in new_plans {
+        for c in current(node).containers.iter().filter(|c| c.stack == stack) {
+            if !containers.iter().any(|n| n.key() == c.key()) {
+                out.push(Leaving {
+                    node_id: node.clone(),
+                    key: c.key(),
+                    stack: c.stack.clone(),
+                    service: c.service.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Unpublishes `leaving` from a deploy that holds the plan book's lock
+/// (a scale-down): waits until every connected host serves records
+/// without them (at most [`SERVED_DEADLINE`], then a warning event), then
+/// their services' longest drain time. The caller removes them from their
+/// plans next, and then forgets the marks.
+///
+/// # Errors
+/// The store failed while the records were made.
+pub(super) async fn unpublish_now(
+    d: &Deployer,
+    leaving: &[Leaving],
+) -> Result<(), super::DeployError> {
+    let Some(book) = &d.dns else {
+        return Ok(());
+    };
+    if leaving.is_empty() {
+        return Ok(());
+    }
+    for l in leaving {
+        book.leave(&l.node_id, &l.key);
+    }
+    if let Err(e) = super::refresh_records_locked(d).await {
+        forget(d, leaving);
+        return Err(e);
+    }
+    confirmed(d, book, &leaving[0].stack, book.generation()).await;
+    tokio::time::sleep(drain_of(book, leaving)).await;
+    Ok(())
+}
+
+/// The longest drain time of the services of `leaving`.
+fn drain_of(book: &crate::dns::RecordsBook, leaving: &[Leaving]) -> Duration {
+    leaving
+        .iter()
+        .map(|l| Duration::from_millis(book.settings(&l.stack, &l.service).drain_ms))
+        .max()
+        .unwrap_or_default()
+}
+
 /// Forgets the marks of replicas removed from their plans.
 pub(super) fn forget(d: &Deployer, leaving: &[Leaving]) {
     if let Some(book) = &d.dns {
@@ -89,20 +147,25 @@ pub(super) fn forget(d: &Deployer, leaving: &[Leaving]) {
     }
 }
 
-/// Waits until every connected host serves `generation`; past
-/// [`SERVED_DEADLINE`], a warning event names the hosts behind and the
-/// rollout goes on.
+/// Waits until every connected host serves `generation`, or the rollout
+/// stops.
 async fn served(d: &Deployer, stack: &str, generation: u64, token: &TaskTree) -> Result<(), Stop> {
     let Some(book) = &d.dns else {
         return Ok(());
     };
+    tokio::select! {
+        () = token.cancelled() => Err(Stop::Superseded),
+        () = confirmed(d, book, stack, generation) => Ok(()),
+    }
+}
+
+/// Waits until every connected host serves `generation`; past
+/// [`SERVED_DEADLINE`], a warning event names the hosts behind and the
+/// deploy goes on.
+async fn confirmed(d: &Deployer, book: &crate::dns::RecordsBook, stack: &str, generation: u64) {
     let deadline = Instant::now() + SERVED_DEADLINE;
-    let behind = tokio::select! {
-        () = token.cancelled() => return Err(Stop::Superseded),
-        r = book.wait_served(generation, &d.sessions, deadline) => match r {
-            Ok(()) => return Ok(()),
-            Err(behind) => behind,
-        },
+    let Err(behind) = book.wait_served(generation, &d.sessions, deadline).await else {
+        return;
     };
     warn!(stack, generation, hosts = ?behind, "Hosts did not confirm the new DNS records in time; going on.");
     d.events.emit(
@@ -115,5 +178,4 @@ async fn served(d: &Deployer, stack: &str, generation: u64, token: &TaskTree) ->
             behind.join(", ")
         ),
     );
-    Ok(())
 }
