@@ -14,7 +14,10 @@
 #                 other, on one stack network, by cluster address
 #   skiff-vxlan   the same with mesh = "vxlan", on a second pair of hosts
 #                 (the mesh is fixed when a cluster is created); the
-#                 underlay of that pair is measured too
+#                 underlay of that pair is measured too, and also between
+#                 containers on the engines' own bridges over the underlay
+#                 (a published port: the engine's NAT, no tunnel), which
+#                 has the same veth and bridge hops as a stack network
 #
 # Each measurement is one iperf3 TCP run of SKIFF_BENCH_SECONDS (default
 # 10) from the client host to the server host, repeated SKIFF_BENCH_REPEATS
@@ -296,6 +299,9 @@ start_host "$d" >/dev/null
 iperf_server "$c" bench-iperf --network host
 measure underlay-2 "$d" "$c" "$ip_c" docker exec "$d" docker run --rm --network host "$image"
 docker exec "$c" docker rm -f bench-iperf >/dev/null
+iperf_server "$c" bench-iperf -p 5201:5201
+measure underlay-2-published "$d" "$c" "$ip_c" docker exec "$d" docker run --rm "$image"
+docker exec "$c" docker rm -f bench-iperf >/dev/null
 skiff_pair vxlan "$c" "$d"
 
 say "Results ($(nproc) cores; medians of $repeats runs of ${seconds}s)"
@@ -314,6 +320,7 @@ def ratio(a, b, i=0):
     return med[a][i] / med[b][i] if a in med and b in med and med[b][i] else float("nan")
 print()
 print(f"vxlan / underlay (same pair): {ratio('skiff-vxlan', 'underlay-2'):.2f}x (goal >= 0.9)")
+print(f"vxlan / bridge containers over the underlay (same pair): {ratio('skiff-vxlan', 'underlay-2-published'):.2f}x")
 print(f"Skiff wireguard / wireguard-go throughput: {ratio('skiff-wireguard', 'wireguard-go'):.2f}x (goal >= 1.0)")
 print(f"Skiff wireguard / wireguard-go CPU per GB: client {ratio('skiff-wireguard', 'wireguard-go', 1):.2f}x, "
       f"server {ratio('skiff-wireguard', 'wireguard-go', 2):.2f}x (goal <= 1.0)")
