@@ -126,9 +126,14 @@ fn web(networks: &str, dns: &str, deploy: &str) -> String {
     )
 }
 
+/// A container that only waits, as callers. Its first process is a shell
+/// that reaps what is left to it: busybox `timeout`, which the client loop
+/// runs for every fetch, leaves its watcher to the container's first
+/// process, and a `sleep` there would keep every one as a zombie until the
+/// machine runs out of processes.
 fn idle(networks: &str, deploy: &str) -> String {
     format!(
-        "    image: skiff-test/busybox:1\n    command: [\"sleep\", \"100000\"]\n    networks: {networks}\n    deploy:\n{deploy}\n"
+        "    image: skiff-test/busybox:1\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1; done\"]\n    networks: {networks}\n    deploy:\n{deploy}\n"
     )
 }
 
