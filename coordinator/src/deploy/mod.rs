@@ -394,14 +394,9 @@ pub(crate) async fn planned(
     Ok(out)
 }
 
-/// Brings the cluster network's records in line with every node's
-/// containers once `changes` are made. Whether anything changed.
-async fn sync_network(d: &Deployer, changes: &NodePlans) -> Result<bool, DeployError> {
-    let Some(network) = &d.network else {
-        return Ok(false);
-    };
-    let mut all: NodePlans = d
-        .store
+/// Every live node's planned containers.
+async fn planned_containers(d: &Deployer) -> Result<NodePlans, StoreError> {
+    Ok(d.store
         .nodes(false)
         .await?
         .into_iter()
@@ -409,7 +404,16 @@ async fn sync_network(d: &Deployer, changes: &NodePlans) -> Result<bool, DeployE
             let containers = d.plans.get(&n.id).containers.clone();
             (n.id, containers)
         })
-        .collect();
+        .collect())
+}
+
+/// Brings the cluster network's records in line with every node's
+/// containers once `changes` are made. Whether anything changed.
+async fn sync_network(d: &Deployer, changes: &NodePlans) -> Result<bool, DeployError> {
+    let Some(network) = &d.network else {
+        return Ok(false);
+    };
+    let mut all = planned_containers(d).await?;
     all.extend(changes.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(network.sync(&all).await?)
 }
@@ -463,16 +467,7 @@ async fn refresh_records_locked(d: &Deployer) -> Result<bool, DeployError> {
     let Some((book, src)) = d.records() else {
         return Ok(false);
     };
-    let all: NodePlans = d
-        .store
-        .nodes(false)
-        .await?
-        .into_iter()
-        .map(|n| {
-            let containers = d.plans.get(&n.id).containers.clone();
-            (n.id, containers)
-        })
-        .collect();
+    let all = planned_containers(d).await?;
     if !crate::dns::refresh(book, &src, &all).await? {
         return Ok(false);
     }
