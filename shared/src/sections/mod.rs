@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 pub mod containers;
 pub mod dns;
+pub mod ingress;
 pub mod mesh;
 pub mod networks;
 
