@@ -557,8 +557,12 @@ pub struct SkiffSettings {
 /// Service-level `x-skiff:`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkiffService {
-    /// Host names the edge proxy routes to this service.
+    /// Host names the edge proxy routes to this service (`/` of each, to
+    /// its only container port): a short form of `routes`.
     pub domains: Vec<String>,
+    /// `x-skiff.routes`: HTTP routes to this service on edge hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteSpec>,
     /// A check the agent itself runs against every replica.
     pub healthcheck: Option<Probe>,
     /// `x-skiff.dns`: how the service's name is answered (ElasticDNS).
@@ -573,6 +577,21 @@ pub struct SkiffService {
     )]
     pub drain: Option<Duration>,
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// One of `x-skiff.routes`: requests for `domain` under `path` go to the
+/// container `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Lower case; `*.` first for a wildcard.
+    pub domain: String,
+    /// A path prefix, `/` by default.
+    pub path: String,
+    /// The container port; none: the service's only container port.
+    pub port: Option<u16>,
+    pub tls: skiff_shared::sections::ingress::Tls,
+    pub balance: skiff_shared::sections::ingress::Balance,
+    pub local_first: bool,
 }
 
 /// `x-skiff.dns`: `policy` and `ttl`.

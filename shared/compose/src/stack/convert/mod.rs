@@ -37,6 +37,7 @@ mod health;
 mod keys;
 mod mounts;
 mod ports;
+mod routes;
 mod runtime;
 mod secrets;
 mod services;

@@ -33,6 +33,7 @@ impl Cx<'_, '_> {
                         }
                     }
                 }
+                "routes" => s.routes = self.routes(v, &kp),
                 "healthcheck" => s.healthcheck = self.probe(v, &kp),
                 "dns" => s.dns = self.dns_options(v, &kp),
                 "drain" => {
@@ -233,14 +234,5 @@ const MAX_DRAIN: Duration = Duration::from_secs(3600);
 const MAX_TTL: Duration = Duration::from_secs(3600);
 
 fn valid_domain(d: &str) -> bool {
-    let d = d.strip_prefix("*.").unwrap_or(d);
-    !d.is_empty()
-        && d.len() <= 253
-        && d.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    skiff_shared::sections::ingress::check_domain(&d.to_ascii_lowercase()).is_ok()
 }
