@@ -47,6 +47,8 @@ pub struct Config {
     pub agent_limits: AgentPortLimits,
     /// The cluster network (`[network]`).
     pub network: NetworkConfig,
+    /// The edge hosts' proxy (`[ingress]`).
+    pub ingress: crate::ingress::IngressConfig,
 }
 
 /// The cluster network: stack networks across hosts, on subnets of one
@@ -255,6 +257,7 @@ impl Default for Config {
             api_limits: ApiLimits::default(),
             agent_limits: AgentPortLimits::default(),
             network: NetworkConfig::default(),
+            ingress: crate::ingress::IngressConfig::default(),
         }
     }
 }
@@ -314,6 +317,7 @@ impl Config {
         }
         self.api_limits.validate()?;
         self.agent_limits.validate()?;
+        self.ingress.validate()?;
         if self.network.enabled {
             self.network.settings()?;
         }

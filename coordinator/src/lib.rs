@@ -40,6 +40,7 @@ pub mod deploy;
 pub mod dns;
 pub mod events;
 pub mod identity;
+pub mod ingress;
 pub mod link;
 pub mod listener;
 pub mod network;

@@ -178,6 +178,8 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         observed: observed.clone(),
         network: network.clone(),
         dns: dns.clone(),
+        ingress: config.ingress.settings(),
+        certs: None,
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in rows {
@@ -235,6 +237,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         join_token_ttl: config.join_token_ttl,
         tree: tree.clone(),
         initial_token_file: config.data_dir.join(INITIAL_TOKEN_FILE),
+        certs: None,
     };
     Ok(Coordinator {
         tree: tree.clone(),

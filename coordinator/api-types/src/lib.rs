@@ -37,6 +37,7 @@ pub mod access;
 pub mod dns;
 pub mod network;
 pub mod policy;
+pub mod routes;
 pub mod validate;
 
 pub use access::*;
@@ -46,6 +47,7 @@ pub use network::{
     StackNetworkView,
 };
 pub use policy::{PolicyAllowanceView, PolicyChange, PolicyRuleView, PolicyView};
+pub use routes::{EdgeView, IngressView, PublishedPortView, RouteView};
 
 /// An error answer: a stable machine-readable `code` and a human `message`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -77,6 +77,7 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/network"
         | "/dns"
         | "/dns/query"
+        | "/routes"
             if read =>
         {
             Need::Read

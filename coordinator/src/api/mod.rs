@@ -39,6 +39,7 @@ mod network;
 mod nodes;
 mod policy;
 mod registries;
+mod routes;
 mod secrets;
 mod stacks;
 mod tokens;
@@ -65,6 +66,8 @@ pub struct Api {
     /// Where the initial admin token was written; removed when `skiff
     /// login` replaces that token.
     pub initial_token_file: std::path::PathBuf,
+    /// The certificates edge hosts serve, when there is an ingress.
+    pub certs: Option<Arc<dyn crate::sections::ingress::CertSource>>,
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -99,14 +102,14 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
-        policy::revoke, network::network, dns::dns, dns::query),
+        policy::revoke, network::network, dns::dns, dns::query, routes::list),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
-        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView)),
+        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView, IngressView, PublishedPortView, RouteView, EdgeView)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -143,6 +146,7 @@ pub fn router(api: Api) -> Router {
         .merge(events::routes())
         .merge(network::routes())
         .merge(dns::routes())
+        .merge(routes::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

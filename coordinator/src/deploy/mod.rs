@@ -283,9 +283,17 @@ pub async fn deploy_defs(
     key_secret_mounts(d, name, &mut defs).await?;
     if d.dns.is_some() {
         warnings.extend(dns_names(&mut defs));
+    } else {
+        warnings.extend(ports_on_hosts(&mut defs));
     }
     // One deploy at a time: each reads and rewrites node plans.
     let guard = d.plans.edit().await;
+    if let Some(book) = &d.dns {
+        let taken = crate::ingress::conflicts(name, &defs, &book.ingress());
+        if !taken.is_empty() {
+            return Err(DeployError::Invalid(taken));
+        }
+    }
     let allowed = crate::policy::parse_allowances(&d.store.stack_allowances(name).await?)?;
     let refused = crate::policy::check(name, &defs, &allowed);
     if !refused.is_empty() {
@@ -524,6 +532,30 @@ fn dns_names(defs: &mut [ServiceDef]) -> Vec<String> {
             warnings.push(format!(
                 "service {service}: network aliases {} are answered by Docker with this host's replicas only; use the service name ({service}, or {service}.<stack>.skiff) to reach replicas on every host",
                 extra.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
+/// Without the cluster network there is no ingress: ports in ingress
+/// mode are bound on the hosts that run the replicas, as `mode: host`
+/// ports are (one replica per host). A warning says so.
+fn ports_on_hosts(defs: &mut [ServiceDef]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for def in defs {
+        if !def.ingress.ports.is_empty() {
+            warnings.push(format!(
+                "service {}: ports are published on the hosts running its replicas only (the ingress needs the cluster network, which is off)",
+                def.name
+            ));
+            def.ingress.into_host_ports(&mut def.template.ports);
+            def.max_per_host.get_or_insert(1);
+        }
+        if !def.ingress.routes.is_empty() {
+            warnings.push(format!(
+                "service {}: its routes are not served (the ingress needs the cluster network, which is off)",
+                def.name
             ));
         }
     }

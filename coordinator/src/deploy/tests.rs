@@ -150,7 +150,7 @@ fn a_port_another_stack_publishes_leaves_its_host_out_or_refuses_naming_it() {
     }))
     .unwrap();
     other.revision = 1;
-    let published = "    ports: [\"18080:8080\"]\n";
+    let published = "    ports: [{target: 8080, published: 18080, mode: host}]\n";
     let compose =
         format!("services:\n  web:\n    image: app:1\n{published}    deploy:\n      replicas: 1\n");
     let hosts = vec![host("a", vec![other.clone()]), host("b", vec![])];

@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use skiff_shared::sections::SectionKind;
 use skiff_shared::sections::dns::{Dns, DnsReport, DnsSection};
+use skiff_shared::sections::ingress::{Ingress, IngressReport};
 use skiff_shared::workload::ContainerSpec;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::deploy::resolve::{DnsSettings, ServiceDef};
+use crate::deploy::resolve::{DnsSettings, IngressSettings, ServiceDef};
 use crate::network::ClusterNetwork;
 use crate::observed::ObservedBook;
 use crate::sessions::Sessions;
@@ -53,6 +54,9 @@ struct State {
     current: Arc<Records>,
     /// By (stack, service).
     services: BTreeMap<(String, String), DnsSettings>,
+    /// The services with ports or routes on the ingress, by (stack,
+    /// service).
+    ingress: BTreeMap<(String, String), IngressSettings>,
     /// (node id, container key).
     leaving: BTreeSet<(String, String)>,
     /// From the stored plans' records, by (node name, container key).
@@ -67,12 +71,21 @@ pub struct Served {
     pub at_ms: u64,
 }
 
+/// What a host last reported about its ingress proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressServed {
+    pub report: IngressReport,
+    /// When it arrived (Unix ms).
+    pub at_ms: u64,
+}
+
 /// The records book.
 #[derive(Debug)]
 pub struct RecordsBook {
     epoch: u64,
     state: Mutex<State>,
     served: Mutex<BTreeMap<String, Served>>,
+    ingress_served: Mutex<BTreeMap<String, IngressServed>>,
     served_changed: watch::Sender<u64>,
 }
 
@@ -87,6 +100,7 @@ impl RecordsBook {
             epoch,
             state: Mutex::default(),
             served: Mutex::default(),
+            ingress_served: Mutex::default(),
             served_changed: watch::Sender::new(0),
         }
     }
@@ -148,15 +162,27 @@ impl RecordsBook {
     pub fn set_services(&self, stack: &str, defs: &[ServiceDef]) {
         let mut s = self.lock();
         s.services.retain(|(st, _), _| st != stack);
+        s.ingress.retain(|(st, _), _| st != stack);
         for d in defs {
             s.services
                 .insert((stack.to_owned(), d.name.clone()), d.dns.clone());
+            if !d.ingress.is_empty() {
+                s.ingress
+                    .insert((stack.to_owned(), d.name.clone()), d.ingress.clone());
+            }
         }
     }
 
     /// Forgets a removed stack's settings.
     pub fn remove_stack(&self, stack: &str) {
-        self.lock().services.retain(|(st, _), _| st != stack);
+        let mut s = self.lock();
+        s.services.retain(|(st, _), _| st != stack);
+        s.ingress.retain(|(st, _), _| st != stack);
+    }
+
+    /// Every service's ingress (ports and routes), by (stack, service).
+    pub fn ingress(&self) -> BTreeMap<(String, String), IngressSettings> {
+        self.lock().ingress.clone()
     }
 
     /// A service's settings (the defaults for one the book does not know).
@@ -249,24 +275,66 @@ impl RecordsBook {
             .clone()
     }
 
-    /// The connected hosts running DNS that serve an older generation
-    /// than `generation`.
+    /// Takes a host's report of its ingress proxy.
+    pub fn report_ingress(&self, node_id: &str, report: IngressReport) {
+        self.ingress_served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                node_id.to_owned(),
+                IngressServed {
+                    report,
+                    at_ms: skiff_shared::unix_millis(),
+                },
+            );
+        self.served_changed.send_modify(|n| *n += 1);
+    }
+
+    /// What each host's proxy last reported, by node id.
+    pub fn ingress_served(&self) -> BTreeMap<String, IngressServed> {
+        self.ingress_served
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The connected hosts running DNS or the ingress that serve an older
+    /// generation than `generation`.
     pub fn behind(&self, generation: u64, sessions: &Sessions) -> Vec<String> {
-        let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<String> = sessions
-            .with_capability(Dns::CAPABILITY)
-            .into_iter()
-            .filter(|id| {
-                served
-                    .get(id)
-                    .is_none_or(|s| s.report.generation < generation)
-            })
-            .collect();
+        let mut out: Vec<String> = {
+            let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+            sessions
+                .with_capability(Dns::CAPABILITY)
+                .into_iter()
+                .filter(|id| {
+                    served
+                        .get(id)
+                        .is_none_or(|s| s.report.generation < generation)
+                })
+                .collect()
+        };
+        {
+            let served = self
+                .ingress_served
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            out.extend(
+                sessions
+                    .with_capability(Ingress::CAPABILITY)
+                    .into_iter()
+                    .filter(|id| {
+                        served
+                            .get(id)
+                            .is_none_or(|s| s.report.generation < generation)
+                    }),
+            );
+        }
         out.sort();
+        out.dedup();
         out
     }
 
-    /// Waits until every connected host running DNS serves `generation`
+    /// Waits until every connected host running DNS or the ingress serves `generation`
     /// or a later one. Hosts that are not connected are not waited for:
     /// they get the newest plan when they connect again. On timeout, the
     /// hosts still behind.
@@ -335,7 +403,16 @@ pub fn node_infos(rows: Vec<crate::store::NodeRow>) -> BTreeMap<String, NodeInfo
     rows.into_iter()
         .map(|n| {
             let zone = n.labels.get(records::ZONE_LABEL).cloned();
-            (n.id, NodeInfo { name: n.name, zone })
+            let edge =
+                n.labels.get(crate::ingress::EDGE_LABEL).map(String::as_str) != Some("false");
+            (
+                n.id,
+                NodeInfo {
+                    name: n.name,
+                    zone,
+                    edge,
+                },
+            )
         })
         .collect()
 }

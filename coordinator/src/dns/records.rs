@@ -25,6 +25,9 @@ pub const ZONE_LABEL: &str = "zone";
 pub struct NodeInfo {
     pub name: String,
     pub zone: Option<String>,
+    /// Whether it serves the ingress (every host not labelled
+    /// `edge=false`).
+    pub edge: bool,
 }
 
 /// What a replica was last known as in the records a host was sent, for
@@ -250,6 +253,7 @@ mod tests {
                     let info = NodeInfo {
                         name: format!("host-{id}"),
                         zone: (*id == "n1").then(|| "eu".to_owned()),
+                        edge: true,
                     };
                     ((*id).to_owned(), info)
                 })

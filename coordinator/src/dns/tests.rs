@@ -21,6 +21,7 @@ fn infos() -> BTreeMap<String, NodeInfo> {
         NodeInfo {
             name: "host-n1".into(),
             zone: None,
+            edge: true,
         },
     )])
 }

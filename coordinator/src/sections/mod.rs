@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 pub mod containers;
 pub mod dns;
+pub mod ingress;
 pub mod mesh;
 pub mod networks;
 
@@ -132,6 +133,10 @@ pub struct SectionHandles {
     pub network: Option<Arc<crate::network::ClusterNetwork>>,
     /// The DNS records, with the cluster network.
     pub dns: Option<Arc<crate::dns::RecordsBook>>,
+    /// The edge hosts' proxy settings.
+    pub ingress: skiff_shared::sections::ingress::ProxySettings,
+    /// The certificates edge hosts serve.
+    pub certs: Option<Arc<dyn ingress::CertSource>>,
 }
 
 impl Sections {
@@ -150,6 +155,11 @@ impl Sections {
                 s.add(dns::DnsFeature {
                     book: book.clone(),
                     network: network.clone(),
+                });
+                s.add(ingress::IngressFeature {
+                    book: book.clone(),
+                    settings: h.ingress.clone(),
+                    certs: h.certs.clone(),
                 });
             }
         }

@@ -14,6 +14,7 @@
 //! - [`events`]: `skiff events`, the cluster's event log.
 //! - [`network`]: `skiff network`, the cluster network and its mesh.
 //! - [`dns`]: `skiff dns`, what a name gets and which records hosts serve.
+//! - [`routes`]: `skiff route ls`, the ingress.
 //!
 //! Each command prints its result on the writer it is given (stdout) and
 //! returns a [`Failure`] for the one error line on stderr.
@@ -33,6 +34,7 @@ pub mod network;
 pub mod nodes;
 pub mod policy;
 pub mod registries;
+pub mod routes;
 pub mod secrets;
 pub mod stacks;
 pub mod tokens;
@@ -117,6 +119,9 @@ pub enum Command {
     /// each host serves.
     #[command(subcommand)]
     Dns(dns::DnsCommand),
+    /// The ingress: ports and HTTP routes served on every edge host.
+    #[command(subcommand)]
+    Route(routes::RouteCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -190,6 +195,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Dns(cmd) => {
             let client = Client::new(&url, token)?;
             dns::run(&client, cmd, &mut out).await?;
+        }
+        Command::Route(cmd) => {
+            let client = Client::new(&url, token)?;
+            routes::run(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,

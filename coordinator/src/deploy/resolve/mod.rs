@@ -22,6 +22,10 @@ use skiff_shared::sections::dns::{DEFAULT_TTL_SECS, Policy, PortRecord, Protocol
 
 use crate::scheduler::{self, Mode, Resources};
 
+mod ingress;
+
+pub use ingress::{IngressPort, IngressSettings, RouteDef};
+
 /// Slot number of the copy of a global service on each host.
 pub const GLOBAL_SLOT: u32 = 0;
 
@@ -48,6 +52,9 @@ pub struct ServiceDef {
     /// keeps running (releases from before ElasticDNS have the defaults).
     #[serde(default, skip_serializing_if = "DnsSettings::is_default")]
     pub dns: DnsSettings,
+    /// Its ports published on every edge host and its HTTP routes.
+    #[serde(default, skip_serializing_if = "IngressSettings::is_empty")]
+    pub ingress: IngressSettings,
 }
 
 /// A service's DNS settings, from `x-skiff.dns` and `x-skiff.drain`.
@@ -317,6 +324,8 @@ pub fn resolve(
                 host_ip: p.host_ip.map(|ip| ip.to_string()),
             });
         }
+        let (ingress, ingress_errors) = IngressSettings::of(svc, &mut ports);
+        errors.extend(ingress_errors.into_iter().map(err));
         let mut stateful = false;
         let mounts = svc
             .volumes
@@ -457,7 +466,7 @@ pub fn resolve(
             dns_search: Vec::new(),
             runtime: runtime(&svc.runtime),
         };
-        // A published port can be bound once per host.
+        // A port published on the host can be bound once per host.
         let max_per_host = svc
             .deploy
             .placement
@@ -477,6 +486,7 @@ pub fn resolve(
             rollback: policy(&svc.deploy.rollback_config),
             depends_on: svc.depends_on.clone(),
             dns: DnsSettings::of(svc),
+            ingress,
         });
     }
     check_port_conflicts(&defs, &mut errors);
@@ -643,19 +653,42 @@ fn config_files(stack: &Stack, grants: &[FileGrant]) -> Result<Vec<ConfigFile>, 
     }
 }
 
-/// Two services publishing the same host port would collide on any host running both.
+/// Two services publishing the same port would collide on any host
+/// running both (or on every edge host); two services cannot take the
+/// same route.
 fn check_port_conflicts(defs: &[ServiceDef], errors: &mut Vec<ResolveError>) {
     let mut seen: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
+    let mut routes: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for d in defs {
-        for p in &d.template.ports {
-            if let Some(other) = seen.insert((p.published, p.protocol), &d.name)
+        let ingress = d.ingress.ports.iter().map(|p| {
+            let protocol = match p.protocol {
+                DnsProtocol::Tcp => Protocol::Tcp,
+                DnsProtocol::Udp => Protocol::Udp,
+            };
+            (p.published, protocol)
+        });
+        let host = d.template.ports.iter().map(|p| (p.published, p.protocol));
+        for (published, protocol) in host.chain(ingress) {
+            if let Some(other) = seen.insert((published, protocol), &d.name)
                 && other != d.name
             {
                 errors.push(ResolveError {
                     service: d.name.clone(),
                     message: format!(
-                        "port {} is also published by service {other}; publish it from one service only",
-                        p.published
+                        "port {published} is also published by service {other}; publish it from one service only"
+                    ),
+                });
+            }
+        }
+        for r in &d.ingress.routes {
+            if let Some(other) = routes.insert((&r.domain, &r.path), &d.name)
+                && other != d.name
+            {
+                errors.push(ResolveError {
+                    service: d.name.clone(),
+                    message: format!(
+                        "route {}{} is also taken by service {other}; give each service its own domain or path",
+                        r.domain, r.path
                     ),
                 });
             }

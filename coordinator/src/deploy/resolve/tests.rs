@@ -23,10 +23,11 @@ fn resolves_a_typical_service() {
     assert_eq!(web.replicas, Some(3));
     assert!(web.stateful);
     assert_eq!(
-        web.max_per_host,
-        Some(1),
-        "a published port binds once per host"
+        web.max_per_host, None,
+        "an ingress port binds on no replica's host"
     );
+    assert!(web.template.ports.is_empty());
+    assert_eq!(web.ingress.ports[0].published, 8080);
     assert_eq!(web.template.mounts[0].source, "shop_data");
     assert_eq!(web.template.resources.cpu_limit_millis, Some(500));
     assert_eq!(web.template.resources.memory_limit_bytes, Some(64 << 20));
