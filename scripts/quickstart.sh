@@ -71,7 +71,7 @@ echo
 echo
 
 # The example app's image, made from this machine's busybox (no registry).
-image=skiff-example/busybox:1
+image=skiff-example/busybox:2
 if ! docker image inspect "$image" >/dev/null 2>&1; then
   if [ ! -x /bin/busybox ]; then
     echo "quickstart.sh: /bin/busybox is missing; install it: apt-get install busybox-static" >&2
@@ -80,7 +80,7 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
   root=$(mktemp -d)
   mkdir -p "$root/bin" "$root/tmp"
   cp /bin/busybox "$root/bin/"
-  for a in sh httpd wget mkdir echo sleep; do ln -s busybox "$root/bin/$a"; done
+  for a in sh httpd wget mkdir echo sleep hostname; do ln -s busybox "$root/bin/$a"; done
   tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' - "$image" >/dev/null
   rm -rf "$root"
 fi
@@ -88,16 +88,23 @@ echo "==> Deploying the example app (examples/hello/compose.yml)"
 "$bin/skiff" deploy -f examples/hello/compose.yml hello
 "$bin/skiff" stack ps hello
 echo
-echo "==> GET http://127.0.0.1:18080/"
-for _ in $(seq 50); do
+echo "==> GET http://127.0.0.1:18080/ (the published port) and http://hello.localhost/ (the route), through the ingress"
+for _ in $(seq 100); do
   if page=$(curl -fsS http://127.0.0.1:18080/ 2>/dev/null); then break; fi
   sleep 0.2
 done
 printf '%s\n' "${page:?the example app did not answer on port 18080}"
+for _ in 1 2 3 4; do
+  curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/ ||
+    { echo "quickstart.sh: the route http://hello.localhost/ did not answer; see skiff route ls" >&2; exit 1; }
+done
+echo
+"$bin/skiff" route ls
 echo
 echo "The admin API token is in $token_file. Try:"
 echo "  export SKIFF_URL=$SKIFF_URL SKIFF_TOKEN=\$(cat $token_file)"
 echo "  $bin/skiff node show \$(hostname)"
 echo "  $bin/skiff network show"
+echo "  $bin/skiff route ls"
 echo "Remove the app with: $bin/skiff stack rm hello"
 echo "Stop with: scripts/quickstart.sh stop"

@@ -598,3 +598,24 @@ proptest! {
         check_positions(&text, &result)?;
     }
 }
+
+/// Every example stack in `examples/` parses without an error.
+#[test]
+fn the_examples_parse() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let file = entry.path().join("compose.yml");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let env = BTreeMap::new();
+        let dir = entry.path();
+        let input = Input::new(&text, "compose.yml", &dir, &env);
+        if let Err(e) = parse(&input) {
+            panic!("{}: {e}", file.display());
+        }
+        seen += 1;
+    }
+    assert!(seen >= 3, "{seen} examples");
+}
