@@ -126,6 +126,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
 // The controllers: one folder each, and one line in `start_controllers`.
 pub mod containers;
 pub mod dns;
+pub mod ingress;
 pub mod mesh;
 pub mod networks;
 

@@ -1,0 +1,9 @@
+//! The ingress controller (`ingress` section): what an edge host serves
+//! to the outside.
+//!
+//! - [`balance`]: endpoint pools, shared by the layer-4 forwarders and
+//!   the HTTP proxy.
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer sends.
+
+pub mod balance;
+pub mod proxy_protocol;
