@@ -45,6 +45,8 @@ pub mod l4;
 pub mod proxy_protocol;
 
 #[cfg(test)]
+mod check_tests;
+#[cfg(test)]
 mod live_tests;
 
 pub use diff::{Action, Listen, Observed};

@@ -172,3 +172,6 @@ pub(crate) async fn idle(ticks: &AtomicU64, idle: Duration) {
         last = now;
     }
 }
+
+#[cfg(test)]
+mod tests;
