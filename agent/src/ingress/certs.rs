@@ -78,12 +78,19 @@ impl Store {
                 return;
             }
         };
+        // Files an older release or an operator left looser are tightened.
+        if let Err(error) = files::restrict(&self.dir, 0o700) {
+            warn!(dir = %self.dir.display(), error = %error, "Cannot restrict the certificates' folder.");
+        }
         let mut stored = BTreeMap::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_suffix(".pem").filter(|id| check_id(id).is_ok()) else {
                 continue;
             };
+            if let Err(error) = files::restrict(&entry.path(), files::PRIVATE) {
+                warn!(certificate = id, error = %error, "Cannot restrict a stored certificate.");
+            }
             match std::fs::read_to_string(entry.path()) {
                 Ok(text) => match split(&text) {
                     Some((chain, key)) => {
