@@ -15,7 +15,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Counters, Shared};
+use super::{Counters, Shared, Table};
+use crate::ingress::balance::Pick;
 use crate::ingress::proxy_protocol;
 
 /// Serves `listener` (published TCP `port`) until `cancel`; connections
@@ -80,44 +81,64 @@ async fn connection(
             }
         }
     }
-    // The table in force now (after the header, which may have taken a while).
-    let table = shared.table();
-    let Some(rule) = table.rules.get(&(port, Protocol::Tcp)) else {
-        fail();
-        return;
-    };
-    let Some(pool) = table.pools.get(&rule.stack, &rule.service) else {
-        fail();
-        return;
-    };
-    let mut skip = Vec::new();
-    let (upstream, pick) = loop {
-        let Some(pick) = pool.pick(Balance::RoundRobin, false, &table.node, &skip) else {
-            debug!(port, service = %rule.service, tried = skip.len(), "No endpoint took the connection.");
+    // The table in force now (after the header, which may have taken a
+    // while); again if a new one came in while connecting and no longer
+    // lists the endpoint (its generation may be reported already).
+    let mut swaps = 0;
+    let (upstream, pick, idle) = loop {
+        let table = shared.table();
+        let Some((upstream, pick)) = connect_any(&table, port, shared).await else {
             fail();
             return;
         };
-        let to = SocketAddr::from((pick.ip, rule.target));
-        match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(to)).await {
-            Ok(Ok(s)) => {
-                pick.succeeded();
-                break (s, pick);
-            }
-            Ok(Err(error)) => {
-                debug!(endpoint = %to, error = %error, "Connect failed; trying another endpoint.")
-            }
-            Err(_) => debug!(endpoint = %to, "Connect timed out; trying another endpoint."),
+        let now = shared.table();
+        let listed = Arc::ptr_eq(&table, &now)
+            || now
+                .rules
+                .get(&(port, Protocol::Tcp))
+                .and_then(|r| now.pools.get(&r.stack, &r.service))
+                .is_some_and(|p| p.contains(pick.ip));
+        if listed || swaps >= 3 {
+            break (
+                upstream,
+                pick,
+                Duration::from_millis(now.settings.idle_timeout_ms),
+            );
         }
-        pick.failed();
-        skip.push(pick.ip);
+        swaps += 1;
     };
-    let idle = Duration::from_millis(table.settings.idle_timeout_ms);
-    drop(table);
     let leaving = pick.leaving();
     tokio::select! {
         () = splice(client, upstream, idle, &counters) => {}
         () = leaving.cancelled() => debug!(endpoint = %pick.ip, "The endpoint left and drained: connection cut."),
         () = cancel.cancelled() => {}
+    }
+}
+
+/// Connects to an endpoint of the port's service by `table`, trying each
+/// endpoint at most once.
+async fn connect_any(table: &Table, port: u16, shared: &Shared) -> Option<(TcpStream, Pick)> {
+    let rule = table.rules.get(&(port, Protocol::Tcp))?;
+    let pool = table.pools.get(&rule.stack, &rule.service)?;
+    let mut skip = Vec::new();
+    loop {
+        let Some(pick) = pool.pick(Balance::RoundRobin, false, &table.node, &skip) else {
+            debug!(port, service = %rule.service, tried = skip.len(), "No endpoint took the connection.");
+            return None;
+        };
+        let to = SocketAddr::from((pick.ip, rule.target));
+        match tokio::time::timeout(shared.limits.connect_timeout, TcpStream::connect(to)).await {
+            Ok(Ok(s)) => {
+                pick.succeeded();
+                return Some((s, pick));
+            }
+            Ok(Err(error)) => {
+                debug!(endpoint = %to, error = %error, "Connect failed; trying another endpoint.");
+            }
+            Err(_) => debug!(endpoint = %to, "Connect timed out; trying another endpoint."),
+        }
+        pick.failed();
+        skip.push(pick.ip);
     }
 }
 
