@@ -43,6 +43,10 @@ pub const MAX_CONTAINER_IPS: usize = 64;
 pub const MAX_REPORT_STRING_BYTES: usize = 1024;
 /// Longest reconcile error in a report, in bytes.
 pub const MAX_REPORT_ERROR_BYTES: usize = 8 * 1024;
+/// Containers a report may list as failed to come up.
+pub const MAX_REPORTED_FAILURES: usize = 256;
+/// A failed container's message (the engine's words).
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 2 * 1024;
 
 pub(crate) fn check_str(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
@@ -274,6 +278,15 @@ impl ObservedState {
         for i in &self.images {
             check_str("report: an image", i, MAX_REPORT_STRING_BYTES)?;
         }
+        check_len("report: failures", &self.failures, MAX_REPORTED_FAILURES)?;
+        for f in &self.failures {
+            check_str("report: a failure's key", &f.key, MAX_REPORT_STRING_BYTES)?;
+            check_str(
+                "report: a failure's message",
+                &f.message,
+                MAX_FAILURE_MESSAGE_BYTES,
+            )?;
+        }
         Ok(())
     }
 
@@ -287,6 +300,12 @@ impl ObservedState {
         }
         self.images.retain(|i| i.len() <= MAX_REPORT_STRING_BYTES);
         self.images.truncate(MAX_REPORTED_IMAGES);
+        self.failures
+            .retain(|f| f.key.len() <= MAX_REPORT_STRING_BYTES);
+        self.failures.truncate(MAX_REPORTED_FAILURES);
+        for f in &mut self.failures {
+            truncate(&mut f.message, MAX_FAILURE_MESSAGE_BYTES);
+        }
         self
     }
 }
@@ -372,9 +391,25 @@ mod tests {
             containers: vec![],
             error: Some("e".repeat(MAX_REPORT_ERROR_BYTES + 1)),
             images: vec![],
+            failures: vec![],
         };
         assert!(report.check().unwrap_err().contains("error"));
         assert_eq!(report.fit().check(), Ok(()));
+
+        let failure = crate::workload::ContainerFailure {
+            key: "s.web.1@2".into(),
+            stage: crate::workload::FailureStage::Start,
+            message: "é".repeat(MAX_FAILURE_MESSAGE_BYTES),
+        };
+        let report = ObservedState {
+            failures: vec![failure; MAX_REPORTED_FAILURES + 1],
+            ..ObservedState::default()
+        };
+        assert!(report.check().unwrap_err().contains("failures"));
+        let fitted = report.fit();
+        assert_eq!(fitted.check(), Ok(()));
+        assert_eq!(fitted.failures.len(), MAX_REPORTED_FAILURES);
+        assert!(fitted.failures[0].message.starts_with("éé"));
     }
 
     #[test]

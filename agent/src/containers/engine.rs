@@ -16,8 +16,8 @@ use bollard::query_parameters::{
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, stream};
 use skiff_shared::workload::{
-    ContainerAddress, ContainerSpec, ContainerState, ContainerStatus, Health, LABEL_KEY,
-    LABEL_NAME, LABEL_SPEC,
+    ContainerAddress, ContainerSpec, ContainerState, ContainerStatus, FailureStage, Health,
+    LABEL_KEY, LABEL_NAME, LABEL_SPEC,
 };
 use tracing::{debug, info};
 
@@ -88,6 +88,9 @@ pub struct Engine {
     /// The containers' addresses on Weave Net (mesh `weave`), reported as
     /// their addresses on those networks.
     weave: Option<Arc<crate::weave::Weave>>,
+    /// Containers that could not be pulled, created or started, reported
+    /// until they run.
+    pub(super) failures: Arc<super::failures::Failures>,
 }
 
 /// The explicit addresses a new container gets, by engine network name.
@@ -109,6 +112,7 @@ impl Engine {
             registries_file: None,
             leases: None,
             weave: None,
+            failures: Arc::default(),
         }
     }
 
@@ -476,10 +480,12 @@ impl Engine {
             }
             Action::Start { id, name } => {
                 info!(container = %name, "Starting container.");
-                self.docker
+                let started = self
+                    .docker
                     .start_container(id, None::<StartContainerOptions>)
-                    .await
-                    .map_err(docker_err(format!("starting {name}")))
+                    .await;
+                self.note(name, FailureStage::Start, started.as_ref().err());
+                started.map_err(docker_err(format!("starting {name}")))
             }
             Action::Wait {
                 name,
@@ -507,10 +513,13 @@ impl Engine {
             Action::Create { spec } => {
                 info!(container = %spec.name(), image = %spec.image, "Creating container.");
                 if let Some(Some(reason)) = images.get(spec.image.as_str()) {
-                    return Err(ApplyError::Image {
+                    let e = ApplyError::Image {
                         image: spec.image.clone(),
                         reason: reason.clone(),
-                    });
+                    };
+                    self.failures
+                        .record(&spec.key(), FailureStage::Pull, e.to_string());
+                    return Err(e);
                 }
                 let secrets = self.secret_files(spec)?;
                 let name = self.container_name(spec);
@@ -536,8 +545,9 @@ impl Engine {
                         }),
                         self.create_body(spec, &secrets, &addresses),
                     )
-                    .await
-                    .map_err(docker_err(format!("creating {}", spec.name())))?;
+                    .await;
+                self.note(&spec.key(), FailureStage::Create, created.as_ref().err());
+                let created = created.map_err(docker_err(format!("creating {}", spec.name())))?;
                 let prepared = match self.join_networks(&created.id, spec, &addresses).await {
                     Ok(()) => self.write_configs(&created.id, spec).await,
                     Err(e) => Err(e),
@@ -548,11 +558,24 @@ impl Engine {
                     let _ = self.remove(&created.id).await;
                     return Err(e);
                 }
-                self.docker
+                let started = self
+                    .docker
                     .start_container(&created.id, None::<StartContainerOptions>)
-                    .await
-                    .map_err(docker_err(format!("starting {}", spec.name())))
+                    .await;
+                self.note(&spec.key(), FailureStage::Start, started.as_ref().err());
+                started.map_err(docker_err(format!("starting {}", spec.name())))
             }
+        }
+    }
+
+    /// Remembers how the engine answered a step of bringing up `key`: its
+    /// message on failure; on success the container is past that step.
+    fn note(&self, key: &str, stage: FailureStage, error: Option<&bollard::errors::Error>) {
+        match error {
+            Some(e) => self
+                .failures
+                .record(key, stage, super::failures::engine_message(e)),
+            None => self.failures.clear(key),
         }
     }
 

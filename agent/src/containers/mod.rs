@@ -8,6 +8,8 @@
 //!   Docker Engine API; `images` pulls, `spec` builds the create request
 //!   and writes config files.
 //! - [`probe`]: the agent's own HTTP/TCP health checks.
+//! - `failures`: containers that could not be pulled, created or started,
+//!   with the engine's message, reported until they run.
 //! - `mounts`: the check that refuses a section whose containers would
 //!   bind-mount the agent's own data dir.
 //! - [`secrets`], [`registries`]: what the coordinator delivers for this
@@ -34,6 +36,7 @@ use crate::supervisor::Host;
 
 pub mod diff;
 pub mod engine;
+mod failures;
 mod images;
 mod mounts;
 pub mod probe;
@@ -207,6 +210,10 @@ impl Reconcile for Reconciler {
                     .collect();
                 prober.sync(&mut containers, &specs);
                 let images = self.engine.images().await.unwrap_or_default();
+                let failures = self
+                    .engine
+                    .failures
+                    .report(&desired.value.containers, &containers);
                 // Fitted into the bounds the coordinator accepts.
                 reporter.send(
                     &ObservedState {
@@ -214,6 +221,7 @@ impl Reconcile for Reconciler {
                         containers,
                         error,
                         images,
+                        failures,
                     }
                     .fit(),
                 );

@@ -83,6 +83,7 @@ fn report(plan: &NodePlan, node: usize) -> ObservedState {
             .collect(),
         error: None,
         images: vec![],
+        failures: vec![],
     }
 }
 

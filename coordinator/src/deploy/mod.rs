@@ -28,11 +28,13 @@ use crate::store::StoreError;
 use crate::store::prelude::*;
 
 mod ops;
+mod order;
 mod place;
 mod recover;
 pub mod resolve;
 pub mod rollout;
 mod unpublish;
+mod wait;
 
 pub(crate) use ops::last_deployed_before;
 pub use ops::{Task, current_defs, defs_of, find_stack, remove, rollback, scale, tasks};
@@ -321,6 +323,11 @@ pub async fn deploy_defs(
         false,
         u64::try_from(revision).unwrap_or(0),
     )?;
+    warnings.extend(order::stop_first_warnings(
+        &defs,
+        &hosts,
+        &transition.updates,
+    ));
     if dry_run {
         return Ok(Outcome {
             release: None,

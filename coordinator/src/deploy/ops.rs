@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use skiff_api_types::EventKind;
-use skiff_shared::workload::ContainerSpec;
+use skiff_shared::workload::{ContainerSpec, ContainerState, FailureStage};
 use tracing::info;
 
 use super::place::{same_spec, slot_of};
@@ -86,13 +86,25 @@ pub async fn tasks(d: &Deployer, name: &str) -> Result<Vec<Task>, DeployError> {
                 .is_some_and(|d| same_spec(c, &d.container(slot_of(c))));
             let up_to_date =
                 current && observed.as_ref().is_some_and(|o| o.spec == c.fingerprint());
-            let error = match (&observed, &report) {
+            let running = observed
+                .as_ref()
+                .is_some_and(|o| o.state == ContainerState::Running);
+            let failure = report
+                .as_ref()
+                .and_then(|(_, r)| r.failure(&key))
+                .filter(|_| !running)
+                .map(|f| match f.stage {
+                    FailureStage::Pull => f.message.clone(),
+                    stage => format!("could not {stage}: {}", f.message),
+                });
+            // Agents before typed failures: the round's error, if it names it.
+            let error = failure.or_else(|| match (&observed, &report) {
                 (None, Some((_, r))) => r
                     .error
                     .clone()
                     .filter(|e| e.contains(&c.image) || e.contains(&c.name())),
                 _ => None,
-            };
+            });
             out.push(Task {
                 error,
                 container: c.name(),

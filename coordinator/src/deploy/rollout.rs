@@ -19,18 +19,15 @@ use std::time::Duration;
 use skiff_api_types::EventKind;
 use skiff_compose::stack::{DependsCondition, FailureAction};
 use skiff_shared::tasks::TaskTree;
-use skiff_shared::workload::{ContainerSpec, ContainerState, Health};
-use tokio::time::Instant;
+use skiff_shared::workload::ContainerSpec;
 use tracing::{info, warn};
 
 use super::resolve::{ServiceDef, UpdatePolicy};
 use super::unpublish::{self, Leaving};
-use super::{Deployer, Held, Update, edit_node_plan};
+use super::wait::{Target, Want, wait_for, wait_ready};
+use super::{Deployer, Held, Update, edit_node_plan, order};
 use crate::now_ms;
 use crate::store::ReleaseStatus;
-
-/// The least time a batch gets to become healthy (image pulls included).
-const MIN_DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutState {
@@ -334,7 +331,7 @@ async fn run(
             if i > 0 && def.update.delay_ms > 0 {
                 pause_for(Duration::from_millis(def.update.delay_ms), token).await?;
             }
-            let result = replace_batch(d, batch, &def.update, token).await;
+            let result = replace_batch(d, (stack, release), batch, &def.update, token).await;
             match result {
                 Ok(()) => {
                     for u in batch {
@@ -363,7 +360,7 @@ async fn run(
                             d.rollouts.update(stack, release, |s| {
                                 s.message = format!("rolling back: {why}")
                             });
-                            return match roll_back(d, defs, done, token).await {
+                            return match roll_back(d, (stack, release), defs, done, token).await {
                                 Ok(()) => Err(Stop::RolledBack(why)),
                                 Err(Stop::Superseded) => Err(Stop::Superseded),
                                 Err(Stop::Paused(e) | Stop::RolledBack(e) | Stop::Failed(e)) => {
@@ -385,6 +382,7 @@ async fn run(
 /// service's `rollback_config`.
 async fn roll_back(
     d: &Deployer,
+    at: (&str, i64),
     defs: &[ServiceDef],
     done: Vec<(Update, bool)>,
     token: &TaskTree,
@@ -403,36 +401,47 @@ async fn roll_back(
         let size = usize::try_from(def.rollback.parallelism).unwrap_or(1);
         let size = if size == 0 { back.len().max(1) } else { size };
         for batch in back.chunks(size) {
-            replace_batch(d, batch, &def.rollback, token).await?;
+            replace_batch(d, at, batch, &def.rollback, token).await?;
         }
     }
     Ok(())
 }
 
 /// Replaces one batch and waits until the new containers are ready.
+/// Start-first replicas whose new container needs a host port held on
+/// its host are replaced stop-first, with a warning.
 async fn replace_batch(
     d: &Deployer,
+    at: (&str, i64),
     batch: &[Update],
     policy: &UpdatePolicy,
     token: &TaskTree,
 ) -> Result<(), Stop> {
     let store_err = |e: super::DeployError| Stop::Failed(e.to_string());
-    let leaving: Vec<Leaving> = batch
+    let start_first: Vec<bool> = batch
         .iter()
-        .map(|u| Leaving {
-            node_id: u.node_id.clone(),
-            key: u.old.key(),
-            stack: u.old.stack.clone(),
-            service: u.old.service.clone(),
-        })
+        .map(|u| policy.start_first && !forced_stop_first(d, at, u))
         .collect();
-    if !policy.start_first {
+    let leaving = |first: bool| -> Vec<Leaving> {
+        batch
+            .iter()
+            .zip(&start_first)
+            .filter(|(_, sf)| **sf == first)
+            .map(|(u, _)| Leaving {
+                node_id: u.node_id.clone(),
+                key: u.old.key(),
+                stack: u.old.stack.clone(),
+                service: u.old.service.clone(),
+            })
+            .collect()
+    };
+    let (stopping, staying) = (leaving(false), leaving(true));
+    if !stopping.is_empty() {
         // The old ones leave DNS, and drain, before they stop.
-        unpublish::unpublish(d, &leaving, token).await?;
+        unpublish::unpublish(d, &stopping, token).await?;
     }
-    for u in batch {
+    for (u, &start_first) in batch.iter().zip(&start_first) {
         let (old_key, new) = (u.old.key(), u.new.clone());
-        let start_first = policy.start_first;
         edit_node_plan(d, &u.node_id, move |c| {
             if !start_first {
                 c.retain(|x| x.key() != old_key);
@@ -444,290 +453,55 @@ async fn replace_batch(
         .await
         .map_err(store_err)?;
     }
-    if !policy.start_first {
-        unpublish::forget(d, &leaving);
+    if !stopping.is_empty() {
+        unpublish::forget(d, &stopping);
     }
     let ready = wait_ready(d, batch, Duration::from_millis(policy.monitor_ms), token).await;
-    if policy.start_first {
-        // Whether the new ones came up or not, the old ones stay until the
-        // batch succeeded; on failure the rollback removes the new ones.
-        if ready.is_ok() {
-            // Every host answers with the new ones, then without the old
-            // ones, which drain and only then stop.
-            unpublish::publish(d, &batch[0].new.stack, token).await?;
-            unpublish::unpublish(d, &leaving, token).await?;
-            for u in batch {
+    // Start-first: whether the new ones came up or not, the old ones stay
+    // until the batch succeeded; on failure the rollback removes the new ones.
+    if ready.is_ok() {
+        // Every host answers with the new ones, then without the old
+        // ones, which drain and only then stop.
+        unpublish::publish(d, &batch[0].new.stack, token).await?;
+        if !staying.is_empty() {
+            unpublish::unpublish(d, &staying, token).await?;
+            for (u, _) in batch.iter().zip(&start_first).filter(|(_, sf)| **sf) {
                 let old_key = u.old.key();
                 edit_node_plan(d, &u.node_id, move |c| c.retain(|x| x.key() != old_key))
                     .await
                     .map_err(store_err)?;
             }
-            unpublish::forget(d, &leaving);
+            unpublish::forget(d, &staying);
         }
-    } else if ready.is_ok() {
-        unpublish::publish(d, &batch[0].new.stack, token).await?;
     }
     ready
 }
 
-fn deadline_for(spec: &ContainerSpec) -> Duration {
-    // Long enough for a check to pass after its start period and a few
-    // failed tries.
-    let span = |start_period_ms: u64, interval_ms: u64, retries: u32, timeout_ms: u64| {
-        Duration::from_millis(
-            start_period_ms
-                .saturating_add(interval_ms.saturating_mul(u64::from(retries) + 2))
-                .saturating_add(timeout_ms),
-        )
+/// Whether `u`, configured start-first, must be replaced stop-first: its
+/// new container needs a host port that a container planned on its host
+/// holds (the replica it replaces, most often). Says so in the rollout's
+/// progress, the log and the event log.
+fn forced_stop_first(d: &Deployer, (stack, release): (&str, i64), u: &Update) -> bool {
+    let plan = d.plans.get(&u.node_id);
+    let Some(clash) = order::port_clash(&u.new, &plan.containers) else {
+        return false;
     };
-    let from_check = spec.healthcheck.as_ref().map_or(Duration::ZERO, |h| {
-        span(h.start_period_ms, h.interval_ms, h.retries, h.timeout_ms)
-    });
-    let from_probe = spec.probe.as_ref().map_or(Duration::ZERO, |p| {
-        span(p.start_period_ms, p.interval_ms, p.retries, p.timeout_ms)
-    });
-    (from_check.max(from_probe) + Duration::from_secs(30)).max(MIN_DEADLINE)
-}
-
-/// What a container must be for a wait to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Want {
-    /// Running, and healthy if it has a health check (rollout batches).
-    Ready,
-    /// Running (`service_started`).
-    Started,
-    /// Running and healthy (`service_healthy`).
-    Healthy,
-    /// Exited with code 0 (`service_completed_successfully`).
-    Completed,
-}
-
-impl Want {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Started => "started",
-            Self::Healthy => "healthy",
-            Self::Completed => "completed successfully",
-        }
-    }
-}
-
-/// A container on a node to wait for.
-#[derive(Debug, Clone, Copy)]
-struct Target<'a> {
-    node_id: &'a str,
-    node: &'a str,
-    spec: &'a ContainerSpec,
-}
-
-/// Whether one container, as last reported, is what `want` asks:
-/// `Ok(true)` yes, `Ok(false)` not yet, `Err` never will be.
-fn check(
-    want: Want,
-    t: Target<'_>,
-    c: &skiff_shared::workload::ContainerStatus,
-) -> Result<bool, String> {
-    let exited = c.state.is_down();
-    let code = || {
-        c.exit_code
-            .map_or_else(|| "?".to_owned(), |c| c.to_string())
-    };
-    let who = || format!("{} on {}", t.spec.name(), t.node);
-    if want == Want::Completed {
-        return match (exited, c.exit_code) {
-            (true, Some(0)) => Ok(true),
-            (true, _) => Err(format!("{} exited (code {})", who(), code())),
-            (false, _) => Ok(false),
-        };
-    }
-    if exited {
-        return Err(format!("{} exited (code {})", who(), code()));
-    }
-    let health = c.health;
-    if want != Want::Started && health == Some(Health::Unhealthy) {
-        return Err(format!("{} is unhealthy", who()));
-    }
-    let running = c.state == ContainerState::Running;
-    Ok(match want {
-        Want::Started => running,
-        Want::Healthy if running && health.is_none() => {
-            return Err(format!(
-                "{} has no health check, so it never becomes healthy; give it a healthcheck or use `condition: service_started`",
-                who()
-            ));
-        }
-        Want::Healthy => running && health == Some(Health::Healthy),
-        Want::Ready | Want::Completed => running && health.is_none_or(|h| h == Health::Healthy),
-    })
-}
-
-/// Waits until every new container of the batch is running (and healthy,
-/// if it has a health check) continuously for `monitor`. Fails at once on
-/// a container that exited or turned unhealthy.
-async fn wait_ready(
-    d: &Deployer,
-    batch: &[Update],
-    monitor: Duration,
-    token: &TaskTree,
-) -> Result<(), Stop> {
-    let targets: Vec<Target<'_>> = batch
-        .iter()
-        .map(|u| Target {
-            node_id: &u.node_id,
-            node: &u.node,
-            spec: &u.new,
-        })
-        .collect();
-    wait_for(d, &targets, Want::Ready, monitor, token).await
-}
-
-/// Waits until every target is what `want` asks, continuously for
-/// `monitor`. Fails at once on a container that never will be, and at
-/// the targets' deadline.
-async fn wait_for(
-    d: &Deployer,
-    targets: &[Target<'_>],
-    want: Want,
-    monitor: Duration,
-    token: &TaskTree,
-) -> Result<(), Stop> {
-    let deadline = Instant::now()
-        + targets
-            .iter()
-            .map(|t| deadline_for(t.spec))
-            .max()
-            .unwrap_or(MIN_DEADLINE);
-    let mut since: Option<Instant> = None;
-    let mut reports = d.observed.watch();
-    loop {
-        let mut all = true;
-        for t in targets {
-            let key = t.spec.key();
-            let report = d.observed.get(t.node_id);
-            let status = report
-                .as_ref()
-                .and_then(|(_, r)| r.containers.iter().find(|c| c.key == key).cloned());
-            match status {
-                None => all = false,
-                Some(c) => all &= check(want, *t, &c).map_err(Stop::RolledBack)?,
-            }
-        }
-        let mut wake = deadline;
-        if all {
-            let since = *since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= monitor {
-                return Ok(());
-            }
-            wake = wake.min(since + monitor);
-        } else {
-            since = None;
-        }
-        if Instant::now() >= deadline {
-            let names: Vec<String> = targets
-                .iter()
-                .map(|t| format!("{} on {}", t.spec.name(), t.node))
-                .collect();
-            return Err(Stop::RolledBack(format!(
-                "{} not {} in time",
-                names.join(", "),
-                want.as_str()
-            )));
-        }
-        // Look again at the next report, or when `monitor` or the
-        // deadline runs out.
-        tokio::select! {
-            () = token.cancelled() => return Err(Stop::Superseded),
-            changed = reports.changed() => {
-                if changed.is_err() {
-                    return Err(Stop::Superseded);
-                }
-            }
-            () = tokio::time::sleep_until(wake) => {}
-        }
-    }
+    let line = clash.warning(&u.new.service, &u.node);
+    warn!(stack, release, port = %clash.port, node = %u.node, "Start-first update blocked by a host port; updating stop-first.");
+    d.rollouts
+        .update(stack, release, |s| s.message.clone_from(&line));
+    d.events.emit(
+        EventKind::Rollout,
+        Some(stack),
+        Some(&u.node),
+        format!("warning: {line}"),
+    );
+    true
 }
 
 async fn pause_for(d: Duration, token: &TaskTree) -> Result<(), Stop> {
     tokio::select! {
         () = token.cancelled() => Err(Stop::Superseded),
         () = tokio::time::sleep(d) => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use skiff_shared::workload::ContainerStatus;
-
-    use super::*;
-
-    fn status(state: &str, health: Option<&str>, exit_code: Option<i64>) -> ContainerStatus {
-        ContainerStatus {
-            name: "s.db.1".into(),
-            key: "s.db.1@1".into(),
-            id: "c1".into(),
-            state: ContainerState::from_engine(state),
-            health: health.and_then(Health::from_engine),
-            restart_count: 0,
-            addresses: Vec::new(),
-            started_at: None,
-            exit_code,
-            ips: Vec::new(),
-            image_id: String::new(),
-            spec: String::new(),
-        }
-    }
-
-    #[test]
-    fn each_condition_waits_for_what_it_names() {
-        let spec: ContainerSpec = serde_json::from_value(serde_json::json!({
-            "stack": "s", "service": "db", "slot": 1, "image": "x"
-        }))
-        .unwrap();
-        let t = Target {
-            node_id: "n1",
-            node: "host-a",
-            spec: &spec,
-        };
-        let running = status("running", None, None);
-        let starting = status("running", Some("starting"), None);
-        let healthy = status("running", Some("healthy"), None);
-        let unhealthy = status("running", Some("unhealthy"), None);
-        let done = status("exited", None, Some(0));
-        let crashed = status("exited", None, Some(3));
-
-        assert_eq!(check(Want::Started, t, &running), Ok(true));
-        assert_eq!(check(Want::Started, t, &unhealthy), Ok(true));
-        assert_eq!(
-            check(Want::Started, t, &status("created", None, None)),
-            Ok(false)
-        );
-        assert!(
-            check(Want::Started, t, &crashed)
-                .unwrap_err()
-                .contains("exited (code 3)")
-        );
-
-        assert_eq!(check(Want::Healthy, t, &starting), Ok(false));
-        assert_eq!(check(Want::Healthy, t, &healthy), Ok(true));
-        assert!(
-            check(Want::Healthy, t, &unhealthy)
-                .unwrap_err()
-                .contains("s.db.1 on host-a is unhealthy")
-        );
-        assert!(
-            check(Want::Healthy, t, &running)
-                .unwrap_err()
-                .contains("no health check")
-        );
-
-        assert_eq!(check(Want::Ready, t, &running), Ok(true));
-        assert_eq!(check(Want::Ready, t, &starting), Ok(false));
-        assert_eq!(check(Want::Ready, t, &healthy), Ok(true));
-        assert!(check(Want::Ready, t, &unhealthy).is_err());
-
-        assert_eq!(check(Want::Completed, t, &running), Ok(false));
-        assert_eq!(check(Want::Completed, t, &done), Ok(true));
-        assert!(check(Want::Completed, t, &crashed).is_err());
     }
 }

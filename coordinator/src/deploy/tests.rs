@@ -295,6 +295,7 @@ fn report(plan: &NodePlan) -> ObservedState {
             .collect(),
         error: None,
         images: vec![],
+        failures: vec![],
     }
 }
 

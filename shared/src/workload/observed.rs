@@ -16,6 +16,62 @@ pub struct ObservedState {
     /// hosts that already have a service's image.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<String>,
+    /// Desired containers the agent could not bring up in its last tries
+    /// (pull, create or start), each with the engine's message. A
+    /// container is listed until it runs or leaves the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ContainerFailure>,
+}
+
+impl ObservedState {
+    /// The failure reported for the container `key` (`<name>@<revision>`).
+    pub fn failure(&self, key: &str) -> Option<&ContainerFailure> {
+        self.failures.iter().find(|f| f.key == key)
+    }
+}
+
+/// A desired container the agent could not bring up, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerFailure {
+    /// `<name>@<revision>`, as in [`ContainerSpec::key`](super::ContainerSpec::key).
+    pub key: String,
+    pub stage: FailureStage,
+    /// The engine's message (a failed pull's with the fix, where one is known).
+    pub message: String,
+}
+
+/// The step at which bringing a container up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureStage {
+    /// Its image is not on the host and could not be pulled.
+    Pull,
+    /// The engine refused to create it (a bad spec, a name in use).
+    Create,
+    /// The engine created it but could not start it (a host port in use, a
+    /// command or binary that does not exist).
+    Start,
+    /// A stage this release does not know (a newer agent's).
+    #[serde(other)]
+    Other,
+}
+
+impl FailureStage {
+    /// What failed, as a verb phrase: "could not be pulled".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pull => "pull",
+            Self::Create => "create",
+            Self::Start => "start",
+            Self::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A container's address on one of its stack's networks.

@@ -13,6 +13,7 @@ mod depends;
 mod dns;
 mod dns_server;
 mod harness;
+mod host_ports;
 mod ingress;
 mod joins;
 mod leaks;

@@ -221,6 +221,7 @@ fn observed(plan_generation: Option<u64>) -> Result<AgentMessage, String> {
         containers: Vec::new(),
         error: None,
         images: Vec::new(),
+        failures: Vec::new(),
     };
     SectionMessage::of::<Containers, _>(&report)
         .map(AgentMessage::Report)
