@@ -42,6 +42,7 @@ pub mod engine;
 pub mod facts;
 pub mod firewall;
 pub mod identity;
+pub mod ingress;
 pub mod leases;
 pub mod link;
 pub mod plan;
