@@ -1,0 +1,19 @@
+//! hyper's background tasks (HTTP/2 streams, pooled connections) run on
+//! the task tree like every other task.
+
+use std::future::Future;
+
+use skiff_shared::tasks::TaskTree;
+
+#[derive(Debug, Clone)]
+pub(crate) struct TreeExecutor(pub TaskTree);
+
+impl<F> hyper::rt::Executor<F> for TreeExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn("http background", fut);
+    }
+}
