@@ -46,7 +46,32 @@ struct Forwarded {
 /// Why forwarding failed before an answer's head.
 enum Fail {
     NoEndpoint,
-    Upstream(Option<SocketAddrV4>, hyper_util::client::legacy::Error),
+    Upstream(Option<SocketAddrV4>, SendError),
+}
+
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Client(#[from] hyper_util::client::legacy::Error),
+    #[error("the endpoint left and its drain time is over")]
+    Drained,
+}
+
+/// Sends `req` to `addr`, unless the endpoint's drain time ends first.
+async fn send_to(
+    client: super::upstream::UpstreamClient,
+    req: Request<ProxyBody>,
+    leaving: CancellationToken,
+) -> Result<Response<Incoming>, SendError> {
+    tokio::select! {
+        r = client.request(req) => r.map_err(SendError::from),
+        () = leaving.cancelled() => Err(SendError::Drained),
+    }
+}
+
+fn retryable(e: &SendError) -> bool {
+    matches!(e, SendError::Client(c) if before_any_answer(c))
 }
 
 fn answer(status: StatusCode, body: ProxyBody) -> Response<ProxyBody> {
@@ -257,12 +282,12 @@ impl HttpProxy {
             let first = pick_one(None).ok_or(Fail::NoEndpoint)?;
             let addr = SocketAddrV4::new(first.ip, route.port);
             let r = request_to(addr, parts.method.clone(), parts.headers.clone(), body);
-            match self.upstreams.client(addr).request(r).await {
+            match send_to(self.upstreams.client(addr), r, leaving(&first)).await {
                 Ok(resp) => {
                     pool.succeeded(first.ip);
                     Ok((resp, first, addr))
                 }
-                Err(e) if before_any_answer(&e) => {
+                Err(e) if retryable(&e) => {
                     pool.failed(first.ip);
                     debug!(endpoint = %addr, error = %e, "An endpoint failed before answering.");
                     let Some((method, headers)) = retry else {
@@ -273,18 +298,14 @@ impl HttpProxy {
                     };
                     drop(first);
                     let addr = SocketAddrV4::new(second.ip, route.port);
-                    match self
-                        .upstreams
-                        .client(addr)
-                        .request(request_to(addr, method, headers, empty()))
-                        .await
-                    {
+                    let r = request_to(addr, method, headers, empty());
+                    match send_to(self.upstreams.client(addr), r, leaving(&second)).await {
                         Ok(resp) => {
                             pool.succeeded(second.ip);
                             Ok((resp, second, addr))
                         }
                         Err(e) => {
-                            if before_any_answer(&e) {
+                            if retryable(&e) {
                                 pool.failed(second.ip);
                             }
                             Err(Fail::Upstream(Some(addr), e))

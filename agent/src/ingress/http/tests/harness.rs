@@ -37,6 +37,8 @@ pub struct Upstream {
     pub seen: mpsc::UnboundedReceiver<Seen>,
     /// Releases requests to `/slow`.
     pub release: Arc<Notify>,
+    /// How many connections to it are open.
+    pub open: tokio::sync::watch::Receiver<usize>,
 }
 
 impl Upstream {
@@ -46,6 +48,8 @@ impl Upstream {
         let (tx, seen) = mpsc::unbounded_channel();
         let release = Arc::new(Notify::new());
         let rel = release.clone();
+        let (open_tx, open) = tokio::sync::watch::channel(0usize);
+        let open_tx = Arc::new(open_tx);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -53,12 +57,15 @@ impl Upstream {
                 };
                 let tx = tx.clone();
                 let rel = rel.clone();
+                let open_tx = open_tx.clone();
+                open_tx.send_modify(|n| *n += 1);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| serve(name, req, tx.clone(), rel.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .with_upgrades()
                         .await;
+                    open_tx.send_modify(|n| *n -= 1);
                 });
             }
         });
@@ -66,6 +73,7 @@ impl Upstream {
             addr,
             seen,
             release,
+            open,
         }
     }
 

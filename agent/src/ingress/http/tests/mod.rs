@@ -359,6 +359,18 @@ async fn a_removed_endpoint_gets_no_new_request_and_finishes_its_own() {
     old.release.notify_one();
     let r = slow.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "old"));
+    // Its pooled connections were closed.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        old.open.wait_for(|n| *n == 0),
+    )
+    .await
+    .expect("the removed endpoint's connections were closed")
+    .unwrap();
+    assert!(
+        *new.open.borrow() > 0,
+        "the listed endpoint keeps its pooled connections"
+    );
 }
 
 #[tokio::test]
@@ -425,4 +437,44 @@ async fn the_proxy_protocol_gives_the_client_address() {
     let mut answer = Vec::new();
     let _ = tcp.read_to_end(&mut answer).await;
     assert!(answer.is_empty());
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed() {
+    let (up, _) = two_upstreams("idle", "unused").await;
+    let mut s = section(
+        1,
+        vec![route("idle.test", "/", "idle", up.addr.port())],
+        vec![backend("idle", &[A])],
+    );
+    s.settings.idle_timeout_ms = 200;
+    let p = Proxy::start(&s, Vec::new()).await;
+    let mut tcp = TcpStream::connect(p.http).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer, then the end of the connection, with no request sent.
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut all),
+    )
+    .await
+    .expect("the idle connection was closed")
+    .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("idle"),
+        "{text}"
+    );
+    // A connection that never sends a byte is closed too.
+    let mut tcp = TcpStream::connect(p.http).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut all),
+    )
+    .await
+    .expect("the silent connection was closed")
+    .unwrap();
 }
