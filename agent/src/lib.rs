@@ -42,7 +42,6 @@ pub mod engine;
 pub mod facts;
 pub mod firewall;
 pub mod identity;
-pub mod ingress;
 pub mod leases;
 pub mod link;
 pub mod plan;
@@ -127,6 +126,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
 // The controllers: one folder each, and one line in `start_controllers`.
 pub mod containers;
 pub mod dns;
+pub mod ingress;
 pub mod mesh;
 pub mod networks;
 

@@ -1,4 +1,10 @@
-//! Ingress (stand-in until the controller lands: the proxy's collaborators).
+//! The ingress controller (`ingress` section): what an edge host serves
+//! to the outside.
+//!
+//! - [`balance`]: endpoint pools, shared by the layer-4 forwarders and
+//!   the HTTP proxy.
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer sends.
+//! - [`http`]: the HTTP(S) reverse proxy for routes.
 
 pub mod balance;
 pub mod http;

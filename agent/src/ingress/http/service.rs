@@ -86,7 +86,7 @@ fn answer(status: StatusCode, body: ProxyBody) -> Response<ProxyBody> {
 
 /// The endpoint's leaving signal.
 fn leaving(pick: &Pick) -> CancellationToken {
-    pick.leaving.clone()
+    pick.leaving()
 }
 
 /// Whether an upstream error happened before the request could have
@@ -268,7 +268,9 @@ impl HttpProxy {
         };
 
         let route = &entry.route;
-        let pick_one = |skip| pool.pick(route.balance, route.local_first, &table.node, skip);
+        let pick_one = |skip: &[std::net::Ipv4Addr]| {
+            pool.pick(route.balance, route.local_first, &table.node, skip)
+        };
         let request_to =
             |addr: SocketAddrV4, method: Method, headers: HeaderMap, body: ProxyBody| {
                 let mut r = Request::new(body);
@@ -279,7 +281,7 @@ impl HttpProxy {
                 r
             };
         let attempt = async {
-            let first = pick_one(None).ok_or(Fail::NoEndpoint)?;
+            let first = pick_one(&[]).ok_or(Fail::NoEndpoint)?;
             let addr = SocketAddrV4::new(first.ip, route.port);
             let r = request_to(addr, parts.method.clone(), parts.headers.clone(), body);
             match send_to(self.upstreams.client(addr), r, leaving(&first)).await {
@@ -293,7 +295,7 @@ impl HttpProxy {
                     let Some((method, headers)) = retry else {
                         return Err(Fail::Upstream(Some(addr), e));
                     };
-                    let Some(second) = pick_one(Some(first.ip)) else {
+                    let Some(second) = pick_one(&[first.ip]) else {
                         return Err(Fail::Upstream(Some(addr), e));
                     };
                     drop(first);

@@ -153,7 +153,8 @@ mod tests {
             }],
             ..IngressSection::default()
         };
-        Table::build(&section, &Pools::from_section(&section), |_| Arc::default())
+        let pools = Pools::default().rebuild(&section, &skiff_shared::tasks::TaskTree::root());
+        Table::build(&section, &pools, |_| Arc::default())
     }
 
     fn service<'a>(t: &'a Table, host: &str, path: &str, tls: bool) -> Option<&'a str> {

@@ -198,11 +198,16 @@ pub struct Proxy {
     pub http: SocketAddr,
     pub https: SocketAddr,
     cancel: CancellationToken,
+    tree: TaskTree,
+    /// The pools of the last section (rebuilt from at each update, as the
+    /// controller does).
+    pools: std::sync::Mutex<Pools>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.tree.cancel();
     }
 }
 
@@ -210,8 +215,10 @@ pub type Certs = Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>;
 
 impl Proxy {
     pub async fn start(section: &IngressSection, certs: Certs) -> Self {
-        let proxy = HttpProxy::new(TaskTree::root());
-        proxy.update(section, &pools(section), certs);
+        let tree = TaskTree::root();
+        let proxy = HttpProxy::new(tree.clone());
+        let pools = Pools::default().rebuild(section, &tree);
+        proxy.update(section, &pools, certs);
         let cancel = CancellationToken::new();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let https = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -223,16 +230,16 @@ impl Proxy {
             http: h,
             https: s,
             cancel,
+            tree,
+            pools: std::sync::Mutex::new(pools),
         }
     }
 
     pub fn update(&self, section: &IngressSection) {
-        self.proxy.update(section, &pools(section), Vec::new());
+        let mut pools = self.pools.lock().unwrap();
+        *pools = pools.rebuild(section, &self.tree);
+        self.proxy.update(section, &pools, Vec::new());
     }
-}
-
-pub fn pools(section: &IngressSection) -> Pools {
-    Pools::from_section(section)
 }
 
 /// An answer, its body read whole.
