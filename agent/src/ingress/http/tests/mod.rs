@@ -478,3 +478,31 @@ async fn idle_client_connections_are_closed() {
     .expect("the silent connection was closed")
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_request_still_in_flight_when_the_drain_time_ends_is_cut() {
+    let (mut old, _new) = two_upstreams("old", "new").await;
+    let port = old.addr.port();
+    let mut s = section(
+        1,
+        vec![route("d.test", "/", "svc", port)],
+        vec![backend("svc", &[A])],
+    );
+    s.settings.drain_timeout_ms = 100;
+    let p = Proxy::start(&s, Vec::new()).await;
+    let http = p.http;
+    let slow = tokio::spawn(async move { send(http, get("d.test", "/slow")).await });
+    assert_eq!(old.next().await.path, "/slow");
+    let mut next = section(
+        2,
+        vec![route("d.test", "/", "svc", port)],
+        vec![backend("svc", &[B])],
+    );
+    next.settings.drain_timeout_ms = 100;
+    p.update(&next);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), slow)
+        .await
+        .expect("the drain cut the request")
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+}
