@@ -14,6 +14,15 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.0.spawn("http background", fut);
+        // Pooled connections live until their pool drops them: end them
+        // with the tree so that shutdown does not wait for the pool's
+        // idle timeout.
+        let tree = self.0.clone();
+        self.0.spawn("http background", async move {
+            tokio::select! {
+                _ = fut => {}
+                () = tree.cancelled() => {}
+            }
+        });
     }
 }
