@@ -222,13 +222,14 @@ impl HttpProxy {
             }
         }
         let activity = Activity::new();
+        let idle = Duration::from_millis(settings.idle_timeout_ms.max(1));
         let info = ConnInfo {
             client,
             tls,
             activity: activity.clone(),
             cancel: cancel.clone(),
+            idle,
         };
-        let idle = Duration::from_millis(settings.idle_timeout_ms.max(1));
         if !tls {
             let io = Tracked::new(stream, activity.clone());
             self.http(io, info, None, idle).await;

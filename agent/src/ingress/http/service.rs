@@ -33,6 +33,8 @@ pub(super) struct ConnInfo {
     pub tls: bool,
     pub activity: Arc<Activity>,
     pub cancel: CancellationToken,
+    /// How long the connection (or its upgraded tunnel) may stay idle.
+    pub idle: Duration,
 }
 
 /// How a forwarded request ended, for counters and the log.
@@ -355,6 +357,8 @@ impl HttpProxy {
         {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let cancel = conn.cancel.clone();
+            let activity = conn.activity.clone();
+            let idle = conn.idle;
             self.tree.spawn("http upgrade", async move {
                 let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok(both) => both,
@@ -364,16 +368,31 @@ impl HttpProxy {
                     }
                 };
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                tokio::select! {
-                    r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                        if let Err(error) = r {
-                            debug!(error = %error, "An upgraded connection ended with an error.");
+                // The client's bytes still pass through its tracked
+                // stream: the tunnel ends after `idle` with none either way.
+                drop(busy);
+                let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                tokio::pin!(copy);
+                loop {
+                    let at = activity.idle_deadline(idle).unwrap_or_else(|| Instant::now() + idle);
+                    tokio::select! {
+                        r = copy.as_mut() => {
+                            if let Err(error) = r {
+                                debug!(error = %error, "An upgraded connection ended with an error.");
+                            }
+                            break;
                         }
+                        () = tokio::time::sleep_until(at) => {
+                            if activity.idle_deadline(idle).is_some_and(|at| at <= Instant::now()) {
+                                debug!("An upgraded connection was idle too long; closing it.");
+                                break;
+                            }
+                        }
+                        () = leaving.cancelled() => break,
+                        () = cancel.cancelled() => break,
                     }
-                    () = leaving.cancelled() => {}
-                    () = cancel.cancelled() => {}
                 }
-                drop((pick, busy));
+                drop(pick);
             });
             let (mut parts, body) = resp.into_parts();
             let up = upgrade_of(&parts.headers);

@@ -143,6 +143,12 @@ async fn https_chooses_the_certificate_by_sni_and_speaks_h2() {
     assert_eq!(seen.headers["host"], "one.test");
     let _ = two.next().await;
 
+    // A name under the wildcard gets the wildcard's certificate.
+    let tcp = TcpStream::connect(p.https).await.unwrap();
+    let www = rustls::pki_types::ServerName::try_from("www.two.test".to_owned()).unwrap();
+    let tls = client.connect(www, tcp).await.unwrap();
+    assert_eq!(&tls.get_ref().1.peer_certificates().unwrap()[0], &c2);
+
     // A name with no certificate: the handshake is refused.
     let tcp = TcpStream::connect(p.https).await.unwrap();
     let other = rustls::pki_types::ServerName::try_from("three.test".to_owned()).unwrap();
@@ -505,4 +511,62 @@ async fn a_request_still_in_flight_when_the_drain_time_ends_is_cut() {
         .expect("the drain cut the request")
         .unwrap();
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn h2_in_clear_with_prior_knowledge() {
+    let (mut up, _) = two_upstreams("h2c", "unused").await;
+    let s = section(
+        1,
+        vec![route("h2c.test", "/", "h2c", up.addr.port())],
+        vec![backend("h2c", &[A])],
+    );
+    let p = Proxy::start(&s, Vec::new()).await;
+    let tcp = TcpStream::connect(p.http).await.unwrap();
+    let (mut sender, c) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(c);
+    for _ in 0..3 {
+        let req = Request::get("http://h2c.test/two")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let r = read(sender.send_request(req).await.unwrap()).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "h2c"));
+        let seen = up.next().await;
+        assert_eq!(seen.headers["host"], "h2c.test");
+        assert_eq!(seen.headers["x-forwarded-host"], "h2c.test");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_upgraded_connection_is_closed() {
+    let (up, _) = two_upstreams("ws", "unused").await;
+    let mut s = section(
+        1,
+        vec![route("ws.test", "/", "ws", up.addr.port())],
+        vec![backend("ws", &[A])],
+    );
+    s.settings.idle_timeout_ms = 200;
+    let p = Proxy::start(&s, Vec::new()).await;
+    let mut tcp = TcpStream::connect(p.http).await.unwrap();
+    tcp.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut all),
+    )
+    .await
+    .expect("the idle tunnel was closed")
+    .unwrap();
+    assert!(
+        all.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&all)
+    );
 }
