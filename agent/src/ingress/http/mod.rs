@@ -67,8 +67,6 @@ use table::Table;
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// How long a client has for the PROXY header and the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection being closed (idle, or at shutdown) has to
 /// finish what it was doing.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -271,7 +269,10 @@ impl HttpProxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT.min(idle))
+            // hyper runs this timer from the moment it waits for a head,
+            // so it also ends idle keep-alive connections: it is the idle
+            // timeout (a slow head gets no longer than an idle client).
+            .header_read_timeout(idle)
             .keep_alive(true);
         builder
             .http2()
