@@ -221,6 +221,14 @@ impl HttpProxy {
                 false,
             );
         }
+        if req.method() == Method::CONNECT {
+            // Routes lead to applications, not to tunnels anywhere.
+            return proxy_made(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not served.\n",
+                false,
+            );
+        }
         let Some(pool) = entry.pool.clone() else {
             return proxy_made(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -53,6 +53,11 @@ async fn routes_by_domain_and_path_with_headers_rewritten() {
     let r = send(p.http, get("a.b.example.com", "/")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(!r.body.is_empty());
+    let connect = Request::connect("app.example.com:443")
+        .body(Full::default())
+        .unwrap();
+    let r = send(p.http, connect).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 
     // What the upstream received: the X-Forwarded-* headers, no hop-by-hop ones.
     let seen = web.next().await;
@@ -92,8 +97,9 @@ async fn routes_by_domain_and_path_with_headers_rewritten() {
         .iter()
         .find(|s| s.domain == "app.example.com" && s.path == "/")
         .unwrap();
-    assert_eq!(root.requests, 3);
-    assert_eq!(root.statuses[1], 3);
+    assert_eq!(root.requests, 4, "three answered, one CONNECT refused");
+    assert_eq!(root.statuses, [0, 3, 0, 1, 0]);
+    assert_eq!(root.failed, 0);
 }
 
 #[tokio::test]
