@@ -189,8 +189,8 @@ impl HttpProxy {
             host = %host,
             path = %path,
             status = response.status().as_u16(),
-            upstream = upstream.map(|u| u.to_string()).unwrap_or_default(),
-            route = entry.map(|e| format!("{}{}", e.route.domain, e.route.path)).unwrap_or_default(),
+            upstream = %upstream.map_or_else(|| "-".to_owned(), |u| u.to_string()),
+            route = %entry.map_or_else(|| "-".to_owned(), |e| format!("{}{}", e.route.domain, e.route.path)),
             duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
             "Request answered."
         );

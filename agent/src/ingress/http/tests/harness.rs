@@ -135,6 +135,9 @@ async fn serve(
     if path == "/slow" {
         release.notified().await;
     }
+    if path == "/big" {
+        return Ok(Response::new(Full::new(Bytes::from(vec![b'b'; 6 << 20]))));
+    }
     if path == "/hang" {
         std::future::pending::<()>().await;
     }

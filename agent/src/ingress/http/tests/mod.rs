@@ -576,3 +576,77 @@ async fn an_idle_upgraded_connection_is_closed() {
         String::from_utf8_lossy(&all)
     );
 }
+
+#[tokio::test]
+async fn a_large_answer_streams_back() {
+    let (up, _) = two_upstreams("big", "unused").await;
+    let s = section(
+        1,
+        vec![route("big.test", "/", "big", up.addr.port())],
+        vec![backend("big", &[A])],
+    );
+    let p = Proxy::start(&s, Vec::new()).await;
+    let r = send(p.http, get("big.test", "/big")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 6 << 20);
+}
+
+/// A log writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request_and_no_header_values_or_bodies() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (mut up, _) = two_upstreams("logged", "unused").await;
+    let s = section(
+        1,
+        vec![route("log.test", "/", "logged", up.addr.port())],
+        vec![backend("logged", &[A])],
+    );
+    let p = Proxy::start(&s, Vec::new()).await;
+    let req = Request::post("/orders?id=7")
+        .header("host", "log.test")
+        .header("authorization", "Bearer SECRET-TOKEN")
+        .header("cookie", "session=SECRET-COOKIE")
+        .body(Full::new(Bytes::from("SECRET-BODY")))
+        .unwrap();
+    assert_eq!(send(p.http, req).await.status, StatusCode::OK);
+    assert_eq!(up.next().await.body_len, 11);
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("skiff::access"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    for want in [
+        "method=POST",
+        "host=log.test",
+        "path=/orders",
+        "status=200",
+        "upstream=127.0.0.2:",
+        "duration_ms=",
+    ] {
+        assert!(lines[0].contains(want), "{want} missing: {}", lines[0]);
+    }
+    assert!(!text.contains("SECRET"), "{text}");
+}
