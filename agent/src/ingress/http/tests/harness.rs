@@ -94,6 +94,41 @@ async fn serve(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let headers = req.headers().clone();
+    if path == "/ws" {
+        use futures_util::{SinkExt, StreamExt};
+        let key = headers
+            .get("sec-websocket-key")
+            .map(|k| tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes()))
+            .unwrap_or_default();
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(up),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let _ = tx.send(Seen {
+            path,
+            headers,
+            body_len: 0,
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", key)
+            .body(Full::default())
+            .unwrap());
+    }
     if path == "/upgrade" {
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {

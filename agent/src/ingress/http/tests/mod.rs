@@ -650,3 +650,31 @@ async fn the_access_log_has_one_line_per_request_and_no_header_values_or_bodies(
     }
     assert!(!text.contains("SECRET"), "{text}");
 }
+
+#[tokio::test]
+async fn websockets_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut up, _) = two_upstreams("ws", "unused").await;
+    let s = section(
+        1,
+        vec![route("ws.test", "/", "ws", up.addr.port())],
+        vec![backend("ws", &[A])],
+    );
+    let p = Proxy::start(&s, Vec::new()).await;
+    let tcp = TcpStream::connect(p.http).await.unwrap();
+    let (mut ws, answer) = tokio_tungstenite::client_async("ws://ws.test/ws", tcp)
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let seen = up.next().await;
+    assert_eq!(seen.headers["upgrade"], "websocket");
+    assert!(seen.headers.contains_key("sec-websocket-key"));
+    for text in ["hello", "again"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+}
