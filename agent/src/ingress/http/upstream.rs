@@ -17,8 +17,11 @@ use super::exec::TreeExecutor;
 
 /// How long connecting to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
+/// How long an idle pooled connection is kept: less than common servers'
+/// own keep-alive timeouts (Node.js closes after 5 s), so that the proxy
+/// closes first and rarely sends a request on a connection the endpoint
+/// is closing.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 /// The most idle pooled connections per endpoint.
 const POOL_MAX_IDLE: usize = 256;
 
