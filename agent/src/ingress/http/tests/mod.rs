@@ -12,6 +12,7 @@ use skiff_shared::sections::ingress::{Challenge, Tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod controller;
 mod harness;
 use harness::*;
 
