@@ -90,6 +90,9 @@ enum Command {
         idle_timeout_ms: u64,
         #[arg(long, default_value_t = 100 * 1024 * 1024)]
         max_body_bytes: u64,
+        /// The most client connections per listener.
+        #[arg(long, default_value_t = skiff_agent::ingress::http::MAX_CONNECTIONS)]
+        max_connections: usize,
     },
     /// Serve fixed answers, as an upstream.
     Upstream {
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             request_timeout_ms,
             idle_timeout_ms,
             max_body_bytes,
+            max_connections,
         } => {
             let port = upstream[0].port();
             if upstream.iter().any(|u| u.port() != port) {
@@ -174,7 +178,16 @@ fn main() -> ExitCode {
                 }],
                 ..IngressSection::default()
             };
-            runtime.block_on(serve(section, domain, http, https, cert_dir))
+            runtime.block_on(serve(
+                section,
+                domain,
+                Listeners {
+                    http,
+                    https,
+                    max_connections,
+                },
+                cert_dir,
+            ))
         }
         Command::Upstream { listen, body_bytes } => runtime.block_on(upstream(listen, body_bytes)),
     }
@@ -197,13 +210,24 @@ fn certificate(domain: &str) -> Result<(Arc<rustls::sign::CertifiedKey>, String)
     ))
 }
 
+/// Where the proxy listens, and how many connections each listener takes.
+struct Listeners {
+    http: SocketAddr,
+    https: SocketAddr,
+    max_connections: usize,
+}
+
 async fn serve(
     section: IngressSection,
     domain: String,
-    http: SocketAddr,
-    https: SocketAddr,
+    listeners: Listeners,
     cert_dir: Option<PathBuf>,
 ) -> ExitCode {
+    let Listeners {
+        http,
+        https,
+        max_connections,
+    } = listeners;
     let (key, pem) = match certificate(&domain) {
         Ok(c) => c,
         Err(e) => {
@@ -229,6 +253,7 @@ async fn serve(
     }
     let tree = TaskTree::root();
     let proxy = HttpProxy::new(tree.clone());
+    proxy.set_max_connections(max_connections);
     let pools = Pools::default().rebuild(&section, &tree);
     let names = vec![domain.clone(), format!("*.{domain}")];
     proxy.update(&section, &pools, vec![(names, key)]);

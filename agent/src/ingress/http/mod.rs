@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -62,8 +63,8 @@ use service::ConnInfo;
 use stats::RouteCounters;
 use table::Table;
 
-/// The most client connections one listener serves at once; past it,
-/// new connections wait in the kernel's backlog.
+/// The most client connections one listener serves at once by default;
+/// past it, new connections wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 16_384;
 /// How long a client has for the PROXY header and the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,6 +82,8 @@ pub struct HttpProxy {
     tls: Option<Arc<rustls::ServerConfig>>,
     upstreams: upstream::Upstreams,
     counters: Mutex<HashMap<(String, String), Arc<RouteCounters>>>,
+    /// The connection cap of listeners served from now on.
+    max_connections: AtomicUsize,
 }
 
 impl std::fmt::Debug for HttpProxy {
@@ -108,6 +111,7 @@ impl HttpProxy {
             resolver,
             tls,
             counters: Mutex::default(),
+            max_connections: AtomicUsize::new(MAX_CONNECTIONS),
         })
     }
 
@@ -165,7 +169,8 @@ impl HttpProxy {
         tls: bool,
         cancel: CancellationToken,
     ) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let cap = self.max_connections.load(Ordering::Relaxed).max(1);
+        let limit = Arc::new(Semaphore::new(cap));
         loop {
             let permit = tokio::select! {
                 p = limit.clone().acquire_owned() => match p {
@@ -313,6 +318,12 @@ impl HttpProxy {
         }
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+    }
+
+    /// Sets the connection cap of listeners served after this call
+    /// (default [`MAX_CONNECTIONS`], at least 1).
+    pub fn set_max_connections(&self, cap: usize) {
+        self.max_connections.store(cap, Ordering::Relaxed);
     }
 
     /// Every current route's counters since the agent started.

@@ -253,8 +253,14 @@ pub type Certs = Vec<(Vec<String>, Arc<rustls::sign::CertifiedKey>)>;
 
 impl Proxy {
     pub async fn start(section: &IngressSection, certs: Certs) -> Self {
+        Self::start_capped(section, certs, super::super::MAX_CONNECTIONS).await
+    }
+
+    /// A proxy whose listeners serve at most `cap` connections each.
+    pub async fn start_capped(section: &IngressSection, certs: Certs, cap: usize) -> Self {
         let tree = TaskTree::root();
         let proxy = HttpProxy::new(tree.clone());
+        proxy.set_max_connections(cap);
         let pools = Pools::default().rebuild(section, &tree);
         proxy.update(section, &pools, certs);
         let cancel = CancellationToken::new();

@@ -679,3 +679,60 @@ async fn websockets_echo_through_the_proxy() {
     }
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn connections_past_the_cap_wait_for_a_free_place() {
+    let (mut up, _) = two_upstreams("cap", "unused").await;
+    let s = section(
+        1,
+        vec![route("cap.test", "/", "cap", up.addr.port())],
+        vec![backend("cap", &[A])],
+    );
+    let p = Proxy::start_capped(&s, Vec::new(), 1).await;
+    let stream = TcpStream::connect(p.http).await.unwrap();
+    let (mut first, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let first_conn = tokio::spawn(conn);
+    let r = read(first.send_request(get("cap.test", "/one")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.next().await.path, "/one");
+
+    // A second connection, its request written: the kernel took it, the
+    // proxy does not serve it while the first is open. (Were the cap
+    // broken, its request would race the first connection's next one.)
+    let mut second = TcpStream::connect(p.http).await.unwrap();
+    second
+        .write_all(b"GET /two HTTP/1.1\r\nHost: cap.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read(first.send_request(get("cap.test", "/again")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        up.next().await.path,
+        "/again",
+        "the second connection waits"
+    );
+    assert!(
+        up.seen.try_recv().is_err(),
+        "the second connection was served past the cap"
+    );
+
+    // The first closes: the second is served.
+    drop(first);
+    let _ = first_conn.await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        second.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the waiting connection was served")
+    .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(up.next().await.path, "/two");
+}
