@@ -211,4 +211,63 @@ mod tests {
         assert_eq!(normalize_host("[::1]:80"), "::1");
         assert_eq!(normalize_host("10.0.0.1"), "10.0.0.1");
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use skiff_shared::sections::ingress::domain_matches;
+
+        use super::*;
+
+        const DOMAINS: [&str; 4] = ["a.io", "*.a.io", "b.a.io", "*.b.a.io"];
+        const PATHS: [&str; 5] = ["/", "/x", "/x/y", "/xy", "/y"];
+        const HOSTS: [&str; 5] = ["a.io", "b.a.io", "c.a.io", "d.b.a.io", "io"];
+        const REQUESTS: [&str; 6] = ["/", "/x", "/x/", "/x/y/z", "/xy", "/yy"];
+
+        /// The rules written plainly: among the routes that match, exact
+        /// domains before wildcards, then the longest path.
+        fn reference<'a>(
+            routes: &'a [Route],
+            host: &str,
+            path: &str,
+            tls: bool,
+        ) -> Option<&'a Route> {
+            let matching = |exact: bool| {
+                routes
+                    .iter()
+                    .filter(move |r| r.domain.starts_with("*.") != exact)
+                    .filter(|r| domain_matches(&r.domain, host))
+                    .filter(|r| path_matches(&r.path, path))
+                    .filter(|r| !(tls && r.tls == Tls::Off))
+                    .max_by_key(|r| r.path.len())
+            };
+            matching(true).or_else(|| matching(false))
+        }
+
+        proptest! {
+            #[test]
+            fn find_follows_the_rules(
+                picks in proptest::collection::btree_set((0..DOMAINS.len(), 0..PATHS.len(), any::<bool>()), 0..12),
+                host in 0..HOSTS.len(),
+                path in 0..REQUESTS.len(),
+                tls in any::<bool>(),
+            ) {
+                // One route per (domain, path), as the coordinator allows.
+                let mut seen = std::collections::BTreeSet::new();
+                let routes: Vec<Route> = picks
+                    .into_iter()
+                    .filter(|(d, p, _)| seen.insert((*d, *p)))
+                    .map(|(d, p, off)| {
+                        let tls = if off { Tls::Off } else { Tls::Auto };
+                        route(DOMAINS[d], PATHS[p], &format!("{d}-{p}"), tls)
+                    })
+                    .collect();
+                let section = IngressSection { routes: routes.clone(), ..IngressSection::default() };
+                let pools = Pools::default().rebuild(&section, &skiff_shared::tasks::TaskTree::root());
+                let t = Table::build(&section, &pools, |_| Arc::default());
+                let got = t.find(HOSTS[host], REQUESTS[path], tls).map(|e| &e.route);
+                let want = reference(&routes, HOSTS[host], REQUESTS[path], tls);
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }
