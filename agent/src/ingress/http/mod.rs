@@ -8,7 +8,7 @@
 //! pool per endpoint.
 //!
 //! Layout:
-//! - [`table`]: routing by host and path (pure, unit-tested).
+//! - `table`: routing by host and path (pure, unit- and property-tested).
 //! - `service`: one request: ACME, redirects, forwarding, retries,
 //!   upgrades, counters and the access log (target `skiff::access`).
 //! - `headers`: hop-by-hop removal and X-Forwarded-*.
@@ -51,7 +51,7 @@ mod exec;
 mod headers;
 mod service;
 mod stats;
-pub mod table;
+mod table;
 mod tls;
 mod upstream;
 
