@@ -16,6 +16,8 @@
 //!   D:PORT:127.0.0.1`. Clear-text clients send `Host: D`.
 //!   Runs until SIGTERM/SIGINT, then prints the route's counters as JSON
 //!   on stdout.
+//! - `tcp --listen IP:PORT --upstream IP:PORT...`: the published-port
+//!   TCP forwarder alone (layer 4), for iperf3.
 //! - `upstream --listen IP:PORT... [--body-bytes N]`: a minimal HTTP/1.1
 //!   upstream answering every request 200 with N bytes, for runs without
 //!   another server.
@@ -35,7 +37,7 @@ use hyper_util::rt::TokioIo;
 use skiff_agent::ingress::balance::Pools;
 use skiff_agent::ingress::http::HttpProxy;
 use skiff_shared::sections::ingress::{
-    Backend, Balance, Endpoint, IngressSection, ProxySettings, Route, Tls,
+    Backend, Balance, Endpoint, IngressSection, PortRule, Protocol, ProxySettings, Route, Tls,
 };
 use skiff_shared::tasks::TaskTree;
 use tokio::net::TcpListener;
@@ -93,6 +95,15 @@ enum Command {
         /// The most client connections per listener.
         #[arg(long, default_value_t = skiff_agent::ingress::http::MAX_CONNECTIONS)]
         max_connections: usize,
+    },
+    /// Forward TCP at layer 4 (the published-port forwarder) from
+    /// --listen to the upstreams, which share one port.
+    Tcp {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddrV4,
+        /// An upstream (IPv4:port); repeat for more. All share one port.
+        #[arg(long, required = true)]
+        upstream: Vec<SocketAddrV4>,
     },
     /// Serve fixed answers, as an upstream.
     Upstream {
@@ -163,19 +174,7 @@ fn main() -> ExitCode {
                     balance,
                     local_first: false,
                 }],
-                backends: vec![Backend {
-                    stack: "bench".into(),
-                    service: "web".into(),
-                    endpoints: upstream
-                        .iter()
-                        .zip(1..)
-                        .map(|(u, slot)| Endpoint {
-                            ip: *u.ip(),
-                            node: "bench".into(),
-                            slot,
-                        })
-                        .collect(),
-                }],
+                backends: vec![backend(&upstream)],
                 ..IngressSection::default()
             };
             runtime.block_on(serve(
@@ -189,8 +188,82 @@ fn main() -> ExitCode {
                 cert_dir,
             ))
         }
+        Command::Tcp { listen, upstream } => {
+            let port = upstream[0].port();
+            if upstream.iter().any(|u| u.port() != port) {
+                eprintln!("skiff-proxy-bench: the upstreams must share one port");
+                return ExitCode::from(2);
+            }
+            let section = IngressSection {
+                generation: 1,
+                node: "bench".into(),
+                edge: true,
+                ports: vec![PortRule {
+                    port: listen.port(),
+                    protocol: Protocol::Tcp,
+                    stack: "bench".into(),
+                    service: "web".into(),
+                    target: port,
+                }],
+                backends: vec![backend(&upstream)],
+                ..IngressSection::default()
+            };
+            runtime.block_on(tcp(section, listen))
+        }
         Command::Upstream { listen, body_bytes } => runtime.block_on(upstream(listen, body_bytes)),
     }
+}
+
+/// The bench service's endpoints: the upstreams' addresses.
+fn backend(upstream: &[SocketAddrV4]) -> Backend {
+    Backend {
+        stack: "bench".into(),
+        service: "web".into(),
+        endpoints: upstream
+            .iter()
+            .zip(1..)
+            .map(|(u, slot)| Endpoint {
+                ip: *u.ip(),
+                node: "bench".into(),
+                slot,
+            })
+            .collect(),
+    }
+}
+
+/// The TCP forwarder alone, until a signal; its counters as JSON then.
+async fn tcp(section: IngressSection, listen: SocketAddrV4) -> ExitCode {
+    use skiff_agent::ingress::l4;
+    let tree = TaskTree::root();
+    let pools = Arc::new(Pools::default().rebuild(&section, &tree));
+    let shared = l4::Shared::new(tree.clone(), l4::Limits::default());
+    shared.set_table(l4::Table::new(&section, pools.clone()));
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("skiff-proxy-bench: listening on {listen}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tree.spawn(
+        "bench tcp",
+        l4::tcp::serve(
+            listener,
+            listen.port(),
+            shared.clone(),
+            tree.token().clone(),
+        ),
+    );
+    eprintln!("skiff-proxy-bench: forwarding TCP from {listen}");
+    let code = wait_for_signal().await;
+    tree.cancel();
+    pools.cut_all();
+    tree.wait().await;
+    match serde_json::to_string(&shared.port_stats()) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("skiff-proxy-bench: {e}"),
+    }
+    code
 }
 
 /// A self-signed certificate for `domain` and `*.domain`: the proxy's
