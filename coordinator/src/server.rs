@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::ApiTokenSecret;
+use crate::certs::CertBook;
 use crate::config::{ApiLimits, Config};
 use crate::deploy::Deployer;
 use crate::dns::RecordsBook;
@@ -63,6 +64,8 @@ pub enum ServerError {
     Encode(serde_json::Error),
     #[error("{0}")]
     Network(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The agent binary to serve: the configured one, or `skiff-agent` beside
@@ -172,12 +175,29 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         }
         _ => None,
     };
+    let sessions = Arc::new(Sessions::new(revoked));
+    let events = Arc::new(EventLog::default());
+    let acme = config
+        .acme
+        .settings()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let certs = Arc::new(
+        CertBook::open(
+            store.clone(),
+            secret_key.clone(),
+            sessions.clone(),
+            events.clone(),
+            acme,
+        )
+        .await?,
+    );
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
         observed: observed.clone(),
         network: network.clone(),
         dns: dns.clone(),
+        certs: certs.clone(),
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in rows {
@@ -193,8 +213,6 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         epoch,
     };
     let identity = Arc::new(identity);
-    let sessions = Arc::new(Sessions::new(revoked));
-    let events = Arc::new(EventLog::default());
     let metrics = Arc::new(LinkMetrics::default());
     let deployer = Deployer::new(
         store.clone(),
@@ -231,6 +249,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         sections,
         identity,
         secret_key,
+        certs: certs.clone(),
         metrics,
         join_token_ttl: config.join_token_ttl,
         tree: tree.clone(),
@@ -244,6 +263,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         link,
         api,
         api_limits: config.api_limits.clone(),
+        certs,
     })
 }
 
@@ -353,6 +373,7 @@ pub struct Coordinator {
     link: Arc<Link>,
     api: Api,
     api_limits: ApiLimits,
+    certs: Arc<CertBook>,
 }
 
 /// Serves until the coordinator's tree is cancelled, then waits up to
@@ -454,6 +475,8 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
             }
         });
     }
+    // Certificates: expiry warnings, and ACME when it is configured.
+    c.certs.spawn(&tree);
     // Rollouts the last run of the coordinator left unfinished carry on.
     let deployer = c.deployer.clone();
     tree.spawn("resume", async move {

@@ -4,7 +4,7 @@
 //!
 //! One module per area, each with its routes: [`nodes`], [`tokens`],
 //! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`],
-//! [`network`]. Handlers take the
+//! [`network`], [`certs`]. Handlers take the
 //! [`Api`] handles they need; the request and answer types are
 //! `skiff-api-types`, shared with the CLI.
 
@@ -32,6 +32,7 @@ use crate::store::Store;
 
 mod access;
 mod api_tokens;
+mod certs;
 mod dns;
 mod error;
 mod events;
@@ -57,6 +58,7 @@ pub struct Api {
     pub sections: Arc<Sections>,
     pub identity: Arc<Identity>,
     pub secret_key: Arc<SecretKey>,
+    pub certs: Arc<crate::certs::CertBook>,
     pub metrics: Arc<LinkMetrics>,
     /// Default lifetime of join tokens.
     pub join_token_ttl: Duration,
@@ -99,14 +101,16 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
-        policy::revoke, network::network, dns::dns, dns::query),
+        policy::revoke, network::network, dns::dns, dns::query, certs::add_certificate,
+        certs::list_certificates, certs::remove_certificate),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
-        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView)),
+        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView,
+        AddCertificate, CertificateView, CertificateSource)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -143,6 +147,7 @@ pub fn router(api: Api) -> Router {
         .merge(events::routes())
         .merge(network::routes())
         .merge(dns::routes())
+        .merge(certs::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

@@ -132,6 +132,8 @@ pub struct SectionHandles {
     pub network: Option<Arc<crate::network::ClusterNetwork>>,
     /// The DNS records, with the cluster network.
     pub dns: Option<Arc<crate::dns::RecordsBook>>,
+    /// TLS certificates and ACME challenges, for the ingress section.
+    pub certs: Arc<crate::certs::CertBook>,
 }
 
 impl Sections {
