@@ -134,20 +134,8 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
             match outcome {
                 Ok(row) => {
                     if let Some(s) = streaks.remove(&domain) {
-                        info!(domain = %domain, failures = s.failures, "A certificate was obtained after failures.");
+                        info!(domain = %domain, id = %row.id, failures = s.failures, "A certificate was obtained after failures.");
                     }
-                    book.lock().forced.remove(&domain);
-                    info!(domain = %domain, id = %row.id, "Certificate obtained by ACME.");
-                    book.events.emit(
-                        EventKind::Certificate,
-                        None,
-                        None,
-                        format!(
-                            "Certificate {} for {} obtained from the ACME directory.",
-                            row.id,
-                            row.domains.join(", ")
-                        ),
-                    );
                 }
                 Err(error) => {
                     // A new account next time: the failure may be its.
@@ -309,6 +297,18 @@ async fn obtain(
     let chain = order.poll_certificate(&retry).await?;
     let checked = check(&chain, &key.serialize_pem(), now_ms()).map_err(AcmeError::Issued)?;
     let row = book.insert(checked, CertSource::Acme).await?;
+    book.lock().forced.remove(domain);
+    info!(domain = %domain, id = %row.id, "Certificate obtained by ACME.");
+    book.events.emit(
+        EventKind::Certificate,
+        None,
+        None,
+        format!(
+            "Certificate {} for {} obtained from the ACME directory.",
+            row.id,
+            row.domains.join(", ")
+        ),
+    );
     retire_replaced(book, &row).await;
     Ok(row)
 }

@@ -41,6 +41,8 @@ pub use acme::AcmeSettings;
 pub use validate::{CertError, Checked, check};
 
 #[cfg(test)]
+mod pebble_tests;
+#[cfg(test)]
 mod tests;
 
 /// A certificate this close to its expiry gets a warning event.
