@@ -33,6 +33,8 @@ use crate::store::Store;
 mod access;
 mod api_tokens;
 mod certs;
+#[cfg(test)]
+mod certs_tests;
 mod dns;
 mod error;
 mod events;

@@ -43,7 +43,7 @@ pub use validate::{CertError, Checked, check};
 #[cfg(test)]
 mod pebble_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// A certificate this close to its expiry gets a warning event.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);

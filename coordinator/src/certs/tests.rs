@@ -288,3 +288,56 @@ fn backoff_doubles_up_to_its_cap() {
     assert_eq!(s.backoff(3), s.retry_base * 4);
     assert_eq!(s.backoff(40), s.retry_max);
 }
+
+#[test]
+fn acme_config_is_off_without_a_directory_and_checked_with_one() {
+    use crate::config::AcmeConfig;
+    assert_eq!(AcmeConfig::default().settings().unwrap(), None);
+    let with = |directory: &str, email: Option<&str>| AcmeConfig {
+        directory: Some(directory.into()),
+        email: email.map(str::to_owned),
+        ca_bundle: None,
+    };
+    let s = with("https://acme.test/dir", Some("ops@example.com"))
+        .settings()
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.directory, "https://acme.test/dir");
+    assert_eq!(s.email.as_deref(), Some("ops@example.com"));
+    for (bad, key) in [
+        (with("http://acme.test/dir", None), "acme.directory"),
+        (with("https://", None), "acme.directory"),
+        (with("https://acme.test/dir", Some("nobody")), "acme.email"),
+        (
+            AcmeConfig {
+                ca_bundle: Some("/nonexistent/ca.pem".into()),
+                ..with("https://acme.test/dir", None)
+            },
+            "acme.ca_bundle",
+        ),
+        (
+            AcmeConfig {
+                email: Some("ops@example.com".into()),
+                ..AcmeConfig::default()
+            },
+            "acme.directory",
+        ),
+    ] {
+        let e = bad.settings().unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &path,
+        "[acme]\ndirectory = \"https://acme.test/dir\"\nemail = \"ops@example.com\"\n",
+    )
+    .unwrap();
+    let parsed = crate::config::Config::load(&path).unwrap();
+    assert!(parsed.acme.settings().unwrap().is_some());
+    std::fs::write(&path, "[acme]\ndirectroy = \"https://acme.test/dir\"\n").unwrap();
+    assert!(
+        crate::config::Config::load(&path).is_err(),
+        "unknown keys refused"
+    );
+}
