@@ -178,7 +178,7 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
     }
 }
 
-fn builder(settings: &AcmeSettings) -> Result<AccountBuilder, AcmeError> {
+pub(super) fn builder(settings: &AcmeSettings) -> Result<AccountBuilder, AcmeError> {
     Ok(match &settings.ca_bundle {
         Some(path) => Account::builder_with_root(path)?,
         None => Account::builder()?,
@@ -351,7 +351,11 @@ async fn retire_replaced(book: &CertBook, new: &crate::store::CertRow) {
 }
 
 /// Waits until every connected edge host says it answers `token`.
-async fn wait_answered(book: &CertBook, token: &str, wait: Duration) -> Result<(), AcmeError> {
+pub(super) async fn wait_answered(
+    book: &CertBook,
+    token: &str,
+    wait: Duration,
+) -> Result<(), AcmeError> {
     let mut wake = book.wake.subscribe();
     let deadline = Instant::now() + wait;
     loop {

@@ -341,3 +341,60 @@ fn acme_config_is_off_without_a_directory_and_checked_with_one() {
         "unknown keys refused"
     );
 }
+
+#[test]
+fn the_acme_client_trusts_the_system_roots_without_a_ca_bundle() {
+    // Public CAs' directories are checked against the system's roots
+    // (ca-certificates): the client must build with ring alone.
+    let settings = AcmeSettings::new("https://acme.test/dir");
+    if let Err(e) = acme::builder(&settings) {
+        panic!("the ACME client cannot be built: {e}");
+    }
+}
+
+fn connect(sessions: &Sessions, node: &str, capabilities: &[&str]) {
+    sessions.insert(
+        node,
+        crate::sessions::SessionInfo {
+            conn_id: 1,
+            connected_at_ms: 0,
+            remote_addr: "127.0.0.1:1".into(),
+            close: tokio_util::sync::CancellationToken::new(),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        },
+    );
+}
+
+#[tokio::test]
+async fn a_challenge_is_ready_only_once_every_connected_edge_host_answers_it() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (book, _, sessions, _) = book_in(dir.path(), None).await;
+    let short = Duration::from_millis(200);
+    assert!(matches!(
+        acme::wait_answered(&book, "tok", short).await,
+        Err(acme::AcmeError::NoEdgeHost)
+    ));
+    connect(&sessions, "n1", &["ingress.v1"]);
+    connect(&sessions, "n2", &["ingress.v1"]);
+    connect(&sessions, "old", &["containers.v1"]);
+    let changed = book.changed();
+    book.publish_challenge("tok", "tok.thumb");
+    assert!(changed.has_changed().unwrap());
+    assert_eq!(book.challenges()[0].key_authorization, "tok.thumb");
+    book.report_challenges("n1", &["tok".to_owned()]);
+    assert!(matches!(
+        acme::wait_answered(&book, "tok", short).await,
+        Err(acme::AcmeError::NotAnswered(1))
+    ));
+    let waiting = {
+        let book = book.clone();
+        tokio::spawn(
+            async move { acme::wait_answered(&book, "tok", Duration::from_secs(30)).await },
+        )
+    };
+    book.report_challenges("n2", &["other".to_owned(), "tok".to_owned()]);
+    waiting.await.unwrap().unwrap();
+    book.drop_challenge("tok");
+    assert!(book.challenges().is_empty());
+}
