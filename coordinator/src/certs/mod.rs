@@ -339,6 +339,23 @@ impl CertBook {
         self.lock().wanted.clone()
     }
 
+    /// The wanted domains no certificate valid now covers (HTTPS for
+    /// them fails until one is uploaded or obtained).
+    pub fn uncovered(&self) -> Vec<String> {
+        let state = self.lock();
+        let now = now_ms();
+        state
+            .wanted
+            .iter()
+            .filter(|d| {
+                !state.certs.iter().any(|c| {
+                    valid_at(c, now) && c.domains.iter().any(|n| n == *d || domain_matches(n, d))
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Has ACME obtain a new certificate for `domain` now, even though a
     /// valid one covers it.
     pub fn renew(&self, domain: &str) {

@@ -250,6 +250,7 @@ async fn wanted_domains_are_due_until_a_fresh_certificate_covers_them() {
     let (chain, key) = issued(&["*.example.org"], -1, 89);
     book.add(&chain, &key).await.unwrap();
     assert_eq!(book.due(now()), vec!["b.example.com"]);
+    assert_eq!(book.uncovered(), vec!["*.example.net"]);
     book.renew("a.example.com");
     assert_eq!(book.due(now()), vec!["a.example.com", "b.example.com"]);
 }
@@ -397,4 +398,49 @@ async fn a_challenge_is_ready_only_once_every_connected_edge_host_answers_it() {
     waiting.await.unwrap().unwrap();
     book.drop_challenge("tok");
     assert!(book.challenges().is_empty());
+}
+
+mod fuzzed {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    static VALID: LazyLock<(String, String)> =
+        LazyLock::new(|| issued(&["app.example.com"], -1, 90));
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends, the check answers (an error naming
+        /// the problem), and never with a byte of the key it was given.
+        #[test]
+        fn any_input_gets_an_answer_without_the_key(
+            chain in ".{0,300}",
+            key in ".{0,300}",
+        ) {
+            if let Err(e) = check(&chain, &key, now()) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// A valid chain with one byte changed is refused or still
+        /// matches its key; the check never panics on it.
+        #[test]
+        fn a_damaged_chain_is_refused_or_still_sound(at in 0usize..4000, byte in any::<u8>()) {
+            let (chain, key) = &*VALID;
+            let mut bytes = chain.as_bytes().to_vec();
+            let i = at % bytes.len();
+            bytes[i] = byte;
+            let damaged = String::from_utf8_lossy(&bytes);
+            match check(&damaged, key, now()) {
+                Ok(c) => prop_assert_eq!(c.domains, vec!["app.example.com".to_owned()]),
+                Err(e) => {
+                    let key_line = key.lines().nth(1).unwrap_or_default();
+                    prop_assert!(!e.to_string().contains(key_line));
+                }
+            }
+        }
+    }
 }
