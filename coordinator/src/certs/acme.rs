@@ -114,10 +114,12 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
     let mut wake = book.wake.subscribe();
     let mut account: Option<Account> = None;
     let mut streaks: BTreeMap<String, Streak> = BTreeMap::new();
+    let mut told_wildcards = std::collections::BTreeSet::new();
     info!(directory = %settings.directory, "ACME on: certificates are obtained for the domains of routes.");
     loop {
         wake.borrow_and_update();
         let mut next = Instant::now() + RECHECK;
+        tell_wildcards(&book, &mut told_wildcards);
         let due = book.due(now_ms());
         streaks.retain(|d, _| due.contains(d));
         for domain in due {
@@ -174,6 +176,24 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
                 }
             }
             () = tokio::time::sleep_until(next) => {}
+        }
+    }
+}
+
+/// Says once per domain (per run) that a wanted wildcard no certificate
+/// covers must be uploaded: HTTP-01 cannot prove a wildcard.
+fn tell_wildcards(book: &CertBook, told: &mut std::collections::BTreeSet<String>) {
+    for domain in book.uncovered() {
+        if domain.starts_with("*.") && told.insert(domain.clone()) {
+            warn!(domain = %domain, "A route's wildcard domain has no certificate; ACME's HTTP-01 cannot obtain one: upload it.");
+            book.events.emit(
+                EventKind::Certificate,
+                None,
+                None,
+                format!(
+                    "No certificate covers {domain}, and ACME cannot obtain a wildcard by HTTP-01: add one with `skiff cert add`."
+                ),
+            );
         }
     }
 }

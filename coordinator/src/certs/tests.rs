@@ -117,6 +117,26 @@ fn garbage_and_misplaced_pem_are_refused_with_what_to_pass() {
     blocks.reverse();
     let e = check(&blocks.concat(), &key, now()).unwrap_err();
     assert_eq!(e, CertError::OutOfOrder { index: 2 });
+    // A leaf whose name was changed after it was signed.
+    let tampered = chain.replacen(
+        &chain.lines().nth(5).unwrap().to_owned(),
+        &chain
+            .lines()
+            .nth(5)
+            .unwrap()
+            .replacen(char::is_alphanumeric, "A", 1),
+        1,
+    );
+    if tampered != chain {
+        let e = check(&tampered, &key, now()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CertError::BadSignature { index: 1 } | CertError::BadCertificate { index: 1, .. }
+            ),
+            "{e}"
+        );
+    }
     let big = "x".repeat(skiff_api_types::certs::MAX_CERTIFICATE_PEM_BYTES + 1);
     assert!(matches!(
         check(&big, &key, now()).unwrap_err(),
@@ -435,6 +455,7 @@ mod fuzzed {
             bytes[i] = byte;
             let damaged = String::from_utf8_lossy(&bytes);
             match check(&damaged, key, now()) {
+                // The signatures cover every byte that matters.
                 Ok(c) => prop_assert_eq!(c.domains, vec!["app.example.com".to_owned()]),
                 Err(e) => {
                     let key_line = key.lines().nth(1).unwrap_or_default();
@@ -443,4 +464,34 @@ mod fuzzed {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn acme_says_once_that_a_wildcard_must_be_uploaded() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = AcmeSettings::new("https://127.0.0.1:1/dir");
+    let (book, _, _, events) = book_in(dir.path(), Some(settings)).await;
+    let (_, mut rx) = events.subscribe();
+    book.want(BTreeSet::from(["*.example.net".to_owned()]));
+    let tree = skiff_shared::tasks::TaskTree::root();
+    book.spawn(&tree);
+    let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.kind, EventKind::Certificate);
+    assert!(event.message.contains("*.example.net") && event.message.contains("skiff cert add"));
+    // Another wake does not say it again.
+    book.want(BTreeSet::from([
+        "*.example.net".to_owned(),
+        "*.example.org".to_owned(),
+    ]));
+    let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(event.message.contains("*.example.org"), "{}", event.message);
+    tree.cancel();
+    tree.wait().await;
 }

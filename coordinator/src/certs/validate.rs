@@ -34,6 +34,10 @@ pub enum CertError {
     )]
     OutOfOrder { index: usize },
     #[error(
+        "certificate {index} of the chain does not carry a valid signature of its issuer: it was altered or is not the one your CA issued; pass the PEM your CA issued"
+    )]
+    BadSignature { index: usize },
+    #[error(
         "the key file holds no private key: pass it in PEM (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY), unencrypted"
     )]
     NoKey,
@@ -117,6 +121,17 @@ pub fn check(chain_pem: &str, key_pem: &str, now_ms: i64) -> Result<Checked, Cer
         if pair[0].issuer().as_raw() != pair[1].subject().as_raw() {
             return Err(CertError::OutOfOrder { index: i + 2 });
         }
+    }
+    // Each certificate is signed by the next; the last, when it issued
+    // itself, by its own key (an issuer left out cannot be checked here).
+    for (i, cert) in parsed.iter().enumerate() {
+        let issuer = match parsed.get(i + 1) {
+            Some(next) => Some(next.public_key()),
+            None if cert.issuer().as_raw() == cert.subject().as_raw() => None,
+            None => continue,
+        };
+        cert.verify_signature(issuer)
+            .map_err(|_| CertError::BadSignature { index: i + 1 })?;
     }
     let leaf = &parsed[0];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| CertError::NoKey)?;
