@@ -44,6 +44,9 @@ pub struct AcmeSettings {
     pub challenge_wait: Duration,
     /// How long the CA has to validate an order, then to issue it.
     pub order_timeout: Duration,
+    /// The longest one attempt at a certificate may take, every step
+    /// included (the ACME client has no deadlines of its own).
+    pub attempt_timeout: Duration,
     /// The first retry's delay after a failed order; it doubles with each
     /// further failure, up to `retry_max`.
     pub retry_base: Duration,
@@ -59,6 +62,9 @@ impl AcmeSettings {
             ca_bundle: None,
             challenge_wait: Duration::from_secs(120),
             order_timeout: Duration::from_secs(120),
+            // The challenge wait, the validation and the issuance, and
+            // room for the requests between them.
+            attempt_timeout: Duration::from_secs(600),
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(6 * 3600),
         }
@@ -98,6 +104,8 @@ pub enum AcmeError {
     Invalid(String),
     #[error("cannot make the certificate's key or request: {0}")]
     Key(#[from] rcgen::Error),
+    #[error("the ACME directory did not complete the order within {}", humantime::format_duration(*.0))]
+    Stalled(Duration),
     #[error("the CA's certificate was refused: {0}")]
     Issued(super::CertError),
 }
@@ -129,9 +137,15 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
                 next = next.min(s.retry_at);
                 continue;
             }
+            // The ACME client has no deadlines of its own: a stalled
+            // directory must not stall every later order.
+            let attempt = tokio::time::timeout(
+                settings.attempt_timeout,
+                obtain(&book, &settings, &mut account, &domain),
+            );
             let outcome = tokio::select! {
                 () = tree.cancelled() => return,
-                r = obtain(&book, &settings, &mut account, &domain) => r,
+                r = attempt => r.unwrap_or(Err(AcmeError::Stalled(settings.attempt_timeout))),
             };
             match outcome {
                 Ok(row) => {

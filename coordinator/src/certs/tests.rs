@@ -495,3 +495,44 @@ async fn acme_says_once_that_a_wildcard_must_be_uploaded() {
     tree.cancel();
     tree.wait().await;
 }
+
+#[tokio::test]
+async fn a_directory_that_never_answers_fails_the_attempt_and_it_is_retried() {
+    use std::time::Duration;
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let mut settings = AcmeSettings::new(format!("https://127.0.0.1:{port}/dir"));
+    settings.attempt_timeout = Duration::from_millis(300);
+    settings.retry_base = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap();
+    let (book, _, _, events) = book_in(dir.path(), Some(settings)).await;
+    let (_, mut rx) = events.subscribe();
+    book.want(BTreeSet::from(["app.example.com".to_owned()]));
+    let tree = skiff_shared::tasks::TaskTree::root();
+    book.spawn(&tree);
+    for failures in ["1 in a row", "2 in a row"] {
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.kind, EventKind::Certificate);
+        assert!(
+            event.message.contains("app.example.com")
+                && event.message.contains("did not complete")
+                && event.message.contains(failures),
+            "{}",
+            event.message
+        );
+    }
+    assert!(book.list().is_empty() && book.challenges().is_empty());
+    tree.cancel();
+    tree.wait().await;
+    held.abort();
+}
