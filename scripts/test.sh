@@ -14,10 +14,11 @@ say() { printf '==> %s\n' "$*"; }
 # Debian packages the tests use: busybox-static for the test image,
 # debootstrap for the tier-2 host image, curl for the install script,
 # docker-registry and apache2-utils (htpasswd) for the private-registry test,
+# pebble (a test ACME CA) for the coordinator's ACME test,
 # nftables and iptables for the agent's firewall (its rendered table is
 # checked with nft), tcpdump for the capture of the tier-2 hosts' network
 # (the mesh tests).
-packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump)
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -49,6 +49,79 @@ pub struct Config {
     pub network: NetworkConfig,
     /// The edge hosts' proxy (`[ingress]`).
     pub ingress: crate::ingress::IngressConfig,
+    /// Certificates from an ACME directory for HTTP routes (`[acme]`).
+    pub acme: AcmeConfig,
+}
+
+/// ACME: off unless a directory is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// The directory URL, such as
+    /// `https://acme-v02.api.letsencrypt.org/directory`; unset: no ACME.
+    pub directory: Option<String>,
+    /// The account's contact email (the CA's expiry notices go there).
+    pub email: Option<String>,
+    /// A PEM CA certificate to trust for the directory, for a private or
+    /// test CA (pebble); the system's roots otherwise.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl AcmeConfig {
+    /// The checked settings; `None` when ACME is off.
+    ///
+    /// # Errors
+    /// A key that makes no sense, named.
+    pub fn settings(&self) -> Result<Option<crate::certs::AcmeSettings>, ConfigError> {
+        let invalid = |key, message: String| ConfigError::Invalid { key, message };
+        let Some(directory) = &self.directory else {
+            if self.email.is_some() || self.ca_bundle.is_some() {
+                return Err(invalid(
+                    "acme.directory",
+                    "is not set, but other [acme] keys are: set it to your CA's directory URL, or remove [acme]".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let rest = directory.strip_prefix("https://").ok_or_else(|| {
+            invalid(
+                "acme.directory",
+                format!("{directory:?} is not an https:// URL: use your CA's directory URL"),
+            )
+        })?;
+        if rest.is_empty() || rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "acme.directory",
+                format!("{directory:?} is not a URL: use your CA's directory URL"),
+            ));
+        }
+        if let Some(email) = &self.email {
+            let ok = email.split_once('@').is_some_and(|(u, d)| {
+                !u.is_empty() && d.contains('.') && !email.chars().any(char::is_whitespace)
+            });
+            if !ok {
+                return Err(invalid(
+                    "acme.email",
+                    format!("{email:?} is not an email address: write one like admin@example.com"),
+                ));
+            }
+        }
+        if let Some(bundle) = &self.ca_bundle
+            && !bundle.is_file()
+        {
+            return Err(invalid(
+                "acme.ca_bundle",
+                format!(
+                    "{} is not a file: give the PEM CA certificate of the directory, or remove the key to trust the system's roots",
+                    bundle.display()
+                ),
+            ));
+        }
+        let mut settings = crate::certs::AcmeSettings::new(directory.clone());
+        settings.email = self.email.clone();
+        settings.ca_bundle = self.ca_bundle.clone();
+        Ok(Some(settings))
+    }
 }
 
 /// The cluster network: stack networks across hosts, on subnets of one
@@ -258,6 +331,7 @@ impl Default for Config {
             agent_limits: AgentPortLimits::default(),
             network: NetworkConfig::default(),
             ingress: crate::ingress::IngressConfig::default(),
+            acme: AcmeConfig::default(),
         }
     }
 }
@@ -321,6 +395,7 @@ impl Config {
         if self.network.enabled {
             self.network.settings()?;
         }
+        self.acme.settings()?;
         Ok(())
     }
 }

@@ -24,6 +24,8 @@
 //! - [`scheduler`]: placement, a pure function from hosts, services and what
 //!   runs where to the desired placements and the changes that get there.
 //! - [`policy`]: the cluster's container policy, checked on every release.
+//! - [`certs`]: TLS certificates for HTTP routes: uploaded or obtained by
+//!   ACME, keys sealed at rest, handed to the ingress section.
 //! - [`secrets`]: sealing stack secrets at rest.
 //! - [`registries`]: registry credentials for image pulls, sealed at rest
 //!   and delivered only to agents whose plans pull from those registries.
@@ -34,6 +36,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod certs;
 pub mod compose;
 pub mod config;
 pub mod deploy;

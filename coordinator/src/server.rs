@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::auth::ApiTokenSecret;
+use crate::certs::CertBook;
 use crate::config::{ApiLimits, Config};
 use crate::deploy::Deployer;
 use crate::dns::RecordsBook;
@@ -63,6 +64,8 @@ pub enum ServerError {
     Encode(serde_json::Error),
     #[error("{0}")]
     Network(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// The agent binary to serve: the configured one, or `skiff-agent` beside
@@ -172,6 +175,22 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         }
         _ => None,
     };
+    let sessions = Arc::new(Sessions::new(revoked));
+    let events = Arc::new(EventLog::default());
+    let acme = config
+        .acme
+        .settings()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let certs = Arc::new(
+        CertBook::open(
+            store.clone(),
+            secret_key.clone(),
+            sessions.clone(),
+            events.clone(),
+            acme,
+        )
+        .await?,
+    );
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
@@ -179,7 +198,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         network: network.clone(),
         dns: dns.clone(),
         ingress: config.ingress.settings(),
-        certs: None,
+        certs: Some(certs.clone()),
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in rows {
@@ -195,8 +214,6 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         epoch,
     };
     let identity = Arc::new(identity);
-    let sessions = Arc::new(Sessions::new(revoked));
-    let events = Arc::new(EventLog::default());
     let metrics = Arc::new(LinkMetrics::default());
     let deployer = Deployer::new(
         store.clone(),
@@ -233,11 +250,11 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         sections,
         identity,
         secret_key,
+        certs: certs.clone(),
         metrics,
         join_token_ttl: config.join_token_ttl,
         tree: tree.clone(),
         initial_token_file: config.data_dir.join(INITIAL_TOKEN_FILE),
-        certs: None,
     };
     Ok(Coordinator {
         tree: tree.clone(),
@@ -247,6 +264,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         link,
         api,
         api_limits: config.api_limits.clone(),
+        certs,
     })
 }
 
@@ -356,6 +374,7 @@ pub struct Coordinator {
     link: Arc<Link>,
     api: Api,
     api_limits: ApiLimits,
+    certs: Arc<CertBook>,
 }
 
 /// Serves until the coordinator's tree is cancelled, then waits up to
@@ -453,6 +472,40 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
                 reports.borrow_and_update();
                 if let Err(error) = crate::deploy::refresh_records(&deployer).await {
                     warn!(error = %error, "Making the DNS records failed.");
+                }
+            }
+        });
+    }
+    // Certificates: expiry warnings, and ACME when it is configured.
+    c.certs.spawn(&tree);
+    // The ingress: ACME is asked for the domains of the routes with TLS
+    // whenever the routes change, and edge hosts get new plans whenever
+    // the certificates or challenges to serve change.
+    if let Some(book) = c.deployer.dns.clone() {
+        let (certs, t) = (c.certs.clone(), tree.clone());
+        tree.spawn("ingress-domains", async move {
+            let mut changes = book.watch_ingress();
+            changes.mark_changed();
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+                changes.borrow_and_update();
+                certs.want(crate::ingress::tls_domains(&book.ingress()));
+            }
+        });
+        let (deployer, certs, t) = (c.deployer.clone(), c.certs.clone(), tree.clone());
+        tree.spawn("ingress-certificates", async move {
+            let mut changes = certs.changed();
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+                changes.borrow_and_update();
+                if let Err(error) = crate::deploy::replan_all(&deployer).await {
+                    warn!(error = %error, "Sending edge hosts new certificates failed.");
                 }
             }
         });

@@ -15,6 +15,8 @@
 //!   ([`SetRegistry`], [`RegistryView`]) and the event log ([`Event`]).
 //! - [`access`]: API tokens, their roles and stack scopes, and the answer
 //!   to `skiff login`.
+//! - [`certs`]: TLS certificates for HTTP routes ([`AddCertificate`],
+//!   [`CertificateView`]).
 //! - [`policy`]: the cluster's container policy: the settings an admin
 //!   allows per stack ([`policy::PolicySetting`], parsed the same on both
 //!   sides) and its views.
@@ -34,6 +36,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub mod access;
+pub mod certs;
 pub mod dns;
 pub mod network;
 pub mod policy;
@@ -41,6 +44,7 @@ pub mod routes;
 pub mod validate;
 
 pub use access::*;
+pub use certs::{AddCertificate, CertificateSource, CertificateView};
 pub use dns::{DnsHostView, DnsQueryView, DnsRecordView, DnsView};
 pub use network::{
     AddressView, LeaseView, MeshHostView, NetworkProblemView, NetworkView, PeerView,
@@ -541,6 +545,9 @@ pub enum EventKind {
     RegistryLogout,
     /// An admin allowed or revoked container policy settings for a stack.
     Policy,
+    /// A TLS certificate was added, obtained, removed or is close to
+    /// expiry, or obtaining one failed.
+    Certificate,
     /// A kind a newer coordinator sends.
     #[serde(other)]
     Other,
@@ -559,6 +566,7 @@ impl EventKind {
             Self::RegistryLogin => "registry_login",
             Self::RegistryLogout => "registry_logout",
             Self::Policy => "policy",
+            Self::Certificate => "certificate",
             Self::Other => "other",
         }
     }

@@ -73,6 +73,7 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/events"
         | "/stacks"
         | "/registries"
+        | "/certificates"
         | "/policy"
         | "/network"
         | "/dns"
@@ -219,6 +220,7 @@ mod tests {
                     || route == "/nodes/{id}" && method != Method::GET
                     || route == "/nodes/{id}/labels"
                     || route.starts_with("/registries") && method != Method::GET
+                    || route.starts_with("/certificates") && method != Method::GET
                     || route.starts_with("/policy") && method != Method::GET;
                 assert!(
                     is_admin_route || n != Need::Admin,

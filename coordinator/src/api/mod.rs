@@ -4,7 +4,7 @@
 //!
 //! One module per area, each with its routes: [`nodes`], [`tokens`],
 //! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`],
-//! [`network`]. Handlers take the
+//! [`network`], [`certs`]. Handlers take the
 //! [`Api`] handles they need; the request and answer types are
 //! `skiff-api-types`, shared with the CLI.
 
@@ -32,6 +32,9 @@ use crate::store::Store;
 
 mod access;
 mod api_tokens;
+mod certs;
+#[cfg(test)]
+mod certs_tests;
 mod dns;
 mod error;
 mod events;
@@ -58,6 +61,7 @@ pub struct Api {
     pub sections: Arc<Sections>,
     pub identity: Arc<Identity>,
     pub secret_key: Arc<SecretKey>,
+    pub certs: Arc<crate::certs::CertBook>,
     pub metrics: Arc<LinkMetrics>,
     /// Default lifetime of join tokens.
     pub join_token_ttl: Duration,
@@ -66,8 +70,6 @@ pub struct Api {
     /// Where the initial admin token was written; removed when `skiff
     /// login` replaces that token.
     pub initial_token_file: std::path::PathBuf,
-    /// The certificates edge hosts serve, when there is an ingress.
-    pub certs: Option<Arc<dyn crate::sections::ingress::CertSource>>,
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -102,14 +104,16 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         tokens::revoke_join_token, api_tokens::create_api_token, api_tokens::list_api_tokens,
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
-        policy::revoke, network::network, dns::dns, dns::query, routes::list),
+        policy::revoke, network::network, dns::dns, dns::query, routes::list,
+        certs::add_certificate, certs::list_certificates, certs::remove_certificate),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
         SetRegistry, RegistryView, LinkCounters, ApiRole, CreateApiToken, CreatedApiToken,
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
-        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView, IngressView, PublishedPortView, RouteView, EdgeView)),
+        PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView, IngressView, PublishedPortView, RouteView, EdgeView,
+        AddCertificate, CertificateView, CertificateSource)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -147,6 +151,7 @@ pub fn router(api: Api) -> Router {
         .merge(network::routes())
         .merge(dns::routes())
         .merge(routes::routes())
+        .merge(certs::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

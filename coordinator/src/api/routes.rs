@@ -18,7 +18,7 @@ pub(super) fn routes() -> Router<Api> {
 impl Api {
     /// The id of the certificate served for `domain`, if one covers it.
     fn certificate_for(&self, domain: &str) -> Option<String> {
-        let certs = self.certs.as_ref()?.refs();
+        let certs = self.certs.refs();
         let covers = |c: &&skiff_shared::sections::ingress::CertificateRef, wild: bool| {
             c.domains.iter().any(|d| {
                 d == domain || (wild && skiff_shared::sections::ingress::domain_matches(d, domain))

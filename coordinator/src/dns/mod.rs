@@ -86,6 +86,8 @@ pub struct RecordsBook {
     state: Mutex<State>,
     served: Mutex<BTreeMap<String, Served>>,
     ingress_served: Mutex<BTreeMap<String, IngressServed>>,
+    /// Fired when a service's ports or routes change.
+    ingress_changed: watch::Sender<u64>,
     served_changed: watch::Sender<u64>,
 }
 
@@ -101,6 +103,7 @@ impl RecordsBook {
             state: Mutex::default(),
             served: Mutex::default(),
             ingress_served: Mutex::default(),
+            ingress_changed: watch::Sender::new(0),
             served_changed: watch::Sender::new(0),
         }
     }
@@ -161,6 +164,7 @@ impl RecordsBook {
     /// scale, or the current releases at start).
     pub fn set_services(&self, stack: &str, defs: &[ServiceDef]) {
         let mut s = self.lock();
+        let before = s.ingress.clone();
         s.services.retain(|(st, _), _| st != stack);
         s.ingress.retain(|(st, _), _| st != stack);
         for d in defs {
@@ -171,13 +175,25 @@ impl RecordsBook {
                     .insert((stack.to_owned(), d.name.clone()), d.ingress.clone());
             }
         }
+        if s.ingress != before {
+            self.ingress_changed.send_modify(|n| *n += 1);
+        }
     }
 
     /// Forgets a removed stack's settings.
     pub fn remove_stack(&self, stack: &str) {
         let mut s = self.lock();
         s.services.retain(|(st, _), _| st != stack);
+        let before = s.ingress.len();
         s.ingress.retain(|(st, _), _| st != stack);
+        if s.ingress.len() != before {
+            self.ingress_changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Fires when a service's ports or routes change.
+    pub fn watch_ingress(&self) -> watch::Receiver<u64> {
+        self.ingress_changed.subscribe()
     }
 
     /// Every service's ingress (ports and routes), by (stack, service).

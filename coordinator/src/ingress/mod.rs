@@ -104,6 +104,18 @@ pub fn section(records: &Records, node_id: &str, shared: &Shared<'_>) -> Ingress
     }
 }
 
+/// The domains of routes served with TLS: what ACME is asked for.
+pub fn tls_domains(
+    services: &BTreeMap<(String, String), IngressSettings>,
+) -> std::collections::BTreeSet<String> {
+    services
+        .values()
+        .flat_map(|s| &s.routes)
+        .filter(|r| r.tls != skiff_shared::sections::ingress::Tls::Off)
+        .map(|r| r.domain.clone())
+        .collect()
+}
+
 /// The ports and routes of other stacks that `defs` of `stack` would
 /// take too: each a message naming the other stack and the fix.
 pub fn conflicts(

@@ -91,3 +91,22 @@ impl super::Section for IngressFeature {
         self.book.report_ingress(node_id, report);
     }
 }
+
+#[async_trait]
+impl CertSource for crate::certs::CertBook {
+    fn refs(&self) -> Vec<CertificateRef> {
+        crate::certs::CertBook::refs(self)
+    }
+
+    async fn materials(&self) -> Vec<CertificateMaterial> {
+        crate::certs::CertBook::materials(self).await
+    }
+
+    fn challenges(&self) -> Vec<Challenge> {
+        crate::certs::CertBook::challenges(self)
+    }
+
+    fn report_challenges(&self, node_id: &str, tokens: &[String]) {
+        crate::certs::CertBook::report_challenges(self, node_id, tokens);
+    }
+}

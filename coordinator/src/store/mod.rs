@@ -4,7 +4,8 @@
 //! the migrations.
 //!
 //! Times are Unix milliseconds. Token secrets are stored as SHA-256 only;
-//! stack secrets and registry passwords only sealed (see [`crate::secrets`]).
+//! stack secrets, registry passwords, certificates' private keys
+//! and the ACME account only sealed (see [`crate::secrets`]).
 //! A secret version is known by a random id, never by a plain hash of
 //! its value.
 
@@ -13,6 +14,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use skiff_shared::protocol::HostFacts;
 
+mod certs;
+pub use certs::*;
 pub mod memory;
 mod network;
 pub use network::*;
@@ -265,8 +268,8 @@ pub enum JoinRefusal {
 /// The store's traits, to call their methods: `use crate::store::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        DeployStore, MetaStore, NetworkStore, NodeStore, PlanStore, PolicyStore, RegistryStore,
-        SecretStore, StackStore, Store, TokenStore,
+        CertStore, DeployStore, MetaStore, NetworkStore, NodeStore, PlanStore, PolicyStore,
+        RegistryStore, SecretStore, StackStore, Store, TokenStore,
     };
 }
 
@@ -274,7 +277,15 @@ pub mod prelude {
 /// SQLite store. Code that needs only some parts takes the smaller trait
 /// ([`DeployStore`] for deploys), which tests implement in memory.
 pub trait Store:
-    DeployStore + MetaStore + TokenStore + RegistryStore + std::fmt::Debug + Send + Sync + 'static
+    DeployStore
+    + MetaStore
+    + TokenStore
+    + RegistryStore
+    + CertStore
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -283,6 +294,7 @@ impl<T> Store for T where
         + MetaStore
         + TokenStore
         + RegistryStore
+        + CertStore
         + std::fmt::Debug
         + Send
         + Sync

@@ -12,6 +12,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqlStr, SqlitePool};
 
+mod certs;
 mod network;
 mod policy;
 
@@ -90,6 +91,11 @@ fn migrator() -> Migrator {
             12,
             "cluster network",
             include_str!("../../migrations/0012_cluster_network.sql"),
+        ),
+        m(
+            13,
+            "certificates",
+            include_str!("../../migrations/0013_certificates.sql"),
         ),
     ])
 }

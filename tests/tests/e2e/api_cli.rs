@@ -263,6 +263,12 @@ async fn invalid_config_is_refused_before_any_port_is_bound() {
             format!("api_listen = \"127.0.0.1:{port}\"\nadvertise = [\"bad name!\"]\n"),
             "advertise",
         ),
+        (
+            format!(
+                "api_listen = \"127.0.0.1:{port}\"\n[acme]\ndirectory = \"http://acme.test/dir\"\n"
+            ),
+            "acme.directory",
+        ),
     ] {
         let cfg = dir.path().join("c.toml");
         std::fs::write(

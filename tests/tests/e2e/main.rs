@@ -7,6 +7,7 @@
 mod access;
 mod api_cli;
 mod bootstrap;
+mod certs;
 mod checks;
 mod configs;
 mod depends;

@@ -10,6 +10,7 @@
 //!   `skiff service scale`.
 //! - [`secrets`]: `skiff secret`, a stack's secrets.
 //! - [`registries`]: `skiff registry`, credentials for image pulls.
+//! - [`certs`]: `skiff cert`, TLS certificates for HTTP routes.
 //! - [`policy`]: `skiff policy`, the cluster's container policy.
 //! - [`events`]: `skiff events`, the cluster's event log.
 //! - [`network`]: `skiff network`, the cluster network and its mesh.
@@ -26,6 +27,7 @@ use crate::client::Client;
 use crate::config::{self, DEFAULT_URL};
 
 pub mod api_tokens;
+pub mod certs;
 pub mod deploy;
 pub mod dns;
 pub mod events;
@@ -107,6 +109,9 @@ pub enum Command {
     /// Credentials for pulling images from private registries (passwords are never shown).
     #[command(subcommand)]
     Registry(registries::RegistryCommand),
+    /// TLS certificates for HTTP routes (private keys are never shown).
+    #[command(subcommand)]
+    Cert(certs::CertCommand),
     /// The cluster's container policy: what containers may do beyond the
     /// defaults, per stack.
     #[command(subcommand)]
@@ -183,6 +188,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Registry(cmd) => {
             let client = Client::new(&url, token)?;
             registries::run(&client, cmd, &mut out).await?;
+        }
+        Command::Cert(cmd) => {
+            let client = Client::new(&url, token)?;
+            certs::run(&client, cmd, &mut out).await?;
         }
         Command::Policy(cmd) => {
             let client = Client::new(&url, token)?;
