@@ -57,7 +57,7 @@ fn compose(run: &str, version: &str, replicas: usize) -> String {
         {place}
   udp:
     image: skiff-test/busybox:1
-    command: ["udpsvd", "-E", "0", "5300", "cat"]
+    command: ["busybox", "udpsvd", "-E", "0", "5300", "cat"]
     ports: ["15300:5300/udp"]
     deploy:
       placement:
