@@ -103,6 +103,9 @@ struct State {
     wanted: BTreeSet<String>,
     /// Domains whose certificate is renewed at once, valid or not.
     forced: BTreeSet<String>,
+    /// Domains a renewal was asked for since the ACME task last looked:
+    /// tried at once, whatever their failures' backoff.
+    asked: BTreeSet<String>,
     /// ACME challenges in flight: token to key authorization.
     challenges: BTreeMap<String, String>,
     /// The challenge tokens each edge host last said it answers.
@@ -405,6 +408,7 @@ impl CertBook {
             return Err(RenewError::NotWanted { domain, wanted });
         }
         state.forced.insert(domain.clone());
+        state.asked.insert(domain.clone());
         drop(state);
         self.fire_wake();
         info!(domain = %domain, "Certificate renewal asked for.");
@@ -414,6 +418,11 @@ impl CertBook {
             .filter(|r| r.domains.contains(&domain))
             .map(|r| r.id)
             .collect())
+    }
+
+    /// The domains a renewal was asked for since the last call.
+    fn take_asked(&self) -> BTreeSet<String> {
+        std::mem::take(&mut self.lock().asked)
     }
 
     /// Publishes a challenge for every edge host to answer.

@@ -580,3 +580,37 @@ async fn a_directory_that_never_answers_fails_the_attempt_and_it_is_retried() {
     tree.wait().await;
     held.abort();
 }
+
+#[tokio::test]
+async fn an_asked_for_renewal_is_tried_at_once_despite_the_backoff() {
+    use std::time::Duration;
+    // Refuses every connection: each attempt fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut settings = AcmeSettings::new(format!("https://127.0.0.1:{port}/dir"));
+    // The next try after a failure would be an hour away.
+    settings.retry_base = Duration::from_secs(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let (book, _, _, events) = book_in(dir.path(), Some(settings)).await;
+    let (_, mut rx) = events.subscribe();
+    book.want(BTreeSet::from(["app.example.com".to_owned()]));
+    let tree = skiff_shared::tasks::TaskTree::root();
+    book.spawn(&tree);
+    for failures in ["1 in a row", "2 in a row"] {
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an attempt at once, not after the backoff")
+            .unwrap();
+        assert!(
+            event.message.contains("app.example.com") && event.message.contains(failures),
+            "{}",
+            event.message
+        );
+        if failures.starts_with('1') {
+            book.renew("app.example.com").unwrap();
+        }
+    }
+    tree.cancel();
+    tree.wait().await;
+}
