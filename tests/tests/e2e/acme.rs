@@ -436,8 +436,13 @@ async fn acme_certificates_are_obtained_served_on_every_edge_and_renewed() {
             },
         )
         .await;
-    if std::env::var_os("SKIFF_T2_KEEP").is_some() {
-        eprintln!("{}", ca.logs());
-    }
+    checks
+        .check("pebble validated each order over HTTP", async {
+            let logs = ca.logs();
+            let valid = logs.matches("set VALID by completed challenge").count();
+            anyhow::ensure!(valid >= 2, "{valid} validations:\n{logs}");
+            Ok(())
+        })
+        .await;
     checks.finish(&t2).await;
 }
