@@ -377,6 +377,14 @@ pub struct Coordinator {
     certs: Arc<CertBook>,
 }
 
+#[cfg(test)]
+impl Coordinator {
+    /// The certificates handle, for tests that stand in for routes.
+    pub(crate) fn certs(&self) -> Arc<CertBook> {
+        self.certs.clone()
+    }
+}
+
 /// Serves until the coordinator's tree is cancelled, then waits up to
 /// [`SHUTDOWN_GRACE`] for every task to end.
 pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result<(), ServerError> {

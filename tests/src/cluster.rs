@@ -91,6 +91,9 @@ pub struct CoordinatorOptions {
     /// machine share one kernel and one engine, where the cluster
     /// network's per-network subnets would collide; tier-2 hosts turn it on.
     pub network: String,
+    /// More tables of the coordinator's config (`[acme]`, say), written
+    /// after `[network]`'s keys; empty by default.
+    pub tables: String,
 }
 
 impl Default for CoordinatorOptions {
@@ -105,6 +108,7 @@ impl Default for CoordinatorOptions {
             process: ProcessOptions::default(),
             limits: ListenerLimits::default(),
             network: "enabled = false\n".into(),
+            tables: String::new(),
         }
     }
 }
@@ -204,13 +208,14 @@ impl Coordinator {
             .join(", ");
         let config = format!(
             "data_dir = {:?}\napi_listen = \"{api}\"\nagent_listen = \"{agent}\"\nadvertise = [{advertise}]\n\
-             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n{}[network]\n{}",
+             heartbeat_interval = \"{}ms\"\ncert_ttl = \"{}s\"\nhost_lost_grace = \"{}ms\"\n{}[network]\n{}{}",
             root.path().join("data"),
             opts.heartbeat_interval.as_millis(),
             opts.cert_ttl.as_secs(),
             opts.host_lost_grace.as_millis(),
             opts.limits.toml(),
             opts.network,
+            opts.tables,
         );
         std::fs::write(root.path().join("coordinator.toml"), config)?;
         let mut c = Self {

@@ -270,6 +270,8 @@ pub struct Tier2Options {
     pub network: String,
     /// Whether the hosts get /dev/net/tun.
     pub tun: bool,
+    /// More tables of the coordinator's config, such as `[acme]`.
+    pub coordinator_tables: String,
 }
 
 impl Tier2Options {
@@ -279,6 +281,7 @@ impl Tier2Options {
             hosts,
             network: format!("enabled = true\nmesh = \"{mesh}\"\n"),
             tun: true,
+            coordinator_tables: String::new(),
         }
     }
 }
@@ -345,6 +348,7 @@ impl Tier2 {
             agent_ip: gateway.clone(),
             advertise: vec![gateway.clone()],
             network: opts.network.clone(),
+            tables: opts.coordinator_tables.clone(),
             ..Default::default()
         })
         .await;

@@ -1,6 +1,7 @@
 //! TLS certificates for HTTP routes as the API shows them:
 //! `POST /api/v1/certificates` (upload a chain and its key),
-//! `GET /api/v1/certificates`, `DELETE /api/v1/certificates/{id}`.
+//! `GET /api/v1/certificates`, `DELETE /api/v1/certificates/{id}`,
+//! `POST /api/v1/certificates/renew` (a new ACME certificate now).
 //! A private key goes in once and never comes out.
 
 use serde::{Deserialize, Serialize};
@@ -70,4 +71,24 @@ pub struct CertificateView {
     pub served: bool,
     /// When it was stored, RFC 3339.
     pub created_at: String,
+}
+
+/// A domain to get a new ACME certificate for now, valid one or not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RenewCertificate {
+    /// A route's domain (not a wildcard: HTTP-01 cannot prove one).
+    pub domain: String,
+}
+
+/// A renewal asked for: the coordinator orders the certificate from its
+/// ACME directory in the background; it replaces `replaces` once issued
+/// (failures show in the events).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CertificateRenewal {
+    /// The domain, lower case.
+    pub domain: String,
+    /// The ids of the certificates that serve the domain now.
+    pub replaces: Vec<String>,
 }

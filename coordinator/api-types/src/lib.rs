@@ -44,7 +44,9 @@ pub mod routes;
 pub mod validate;
 
 pub use access::*;
-pub use certs::{AddCertificate, CertificateSource, CertificateView};
+pub use certs::{
+    AddCertificate, CertificateRenewal, CertificateSource, CertificateView, RenewCertificate,
+};
 pub use dns::{DnsHostView, DnsQueryView, DnsRecordView, DnsView};
 pub use network::{
     AddressView, LeaseView, MeshHostView, NetworkProblemView, NetworkView, PeerView,

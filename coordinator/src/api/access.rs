@@ -241,6 +241,8 @@ mod tests {
         assert_eq!(need(&Method::POST, "/tokens/join"), Need::Admin);
         assert_eq!(need(&Method::GET, "/tokens/api"), Need::Admin);
         assert_eq!(need(&Method::PATCH, "/nodes/{id}/labels"), Need::Admin);
+        assert_eq!(need(&Method::POST, "/certificates/renew"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/certificates"), Need::Read);
         assert_eq!(need(&Method::POST, "/login"), Need::Token);
         assert_eq!(need(&Method::GET, "/something/new"), Need::Admin);
         assert!(ApiRole::Admin > ApiRole::Deployer && ApiRole::Deployer > ApiRole::Viewer);

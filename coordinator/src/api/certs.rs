@@ -1,17 +1,17 @@
 //! TLS certificates for HTTP routes: a chain and its key go in, checked
-//! on the way; the key never comes out. Adding and removing needs an
-//! admin token; reading, any.
+//! on the way; the key never comes out. A renewal by ACME can be asked
+//! for. Adding, removing and renewing need an admin token; reading, any.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use skiff_api_types::*;
 
 use super::{Api, ApiError, ApiResult, json_body, rfc3339_ms};
-use crate::certs::BookError;
+use crate::certs::{BookError, RenewError};
 use crate::store::{CertRow, CertSource};
 
 /// The largest body of `POST /certificates`: a chain and a key of up to
@@ -27,6 +27,7 @@ pub(super) fn routes() -> Router<Api> {
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .route("/certificates/{id}", delete(remove_certificate))
+        .route("/certificates/renew", post(renew_certificate))
 }
 
 fn view(c: CertRow, served: bool) -> CertificateView {
@@ -104,4 +105,33 @@ pub(super) async fn remove_certificate(
         .map_err(book_error)?
         .ok_or_else(|| ApiError::not_found("certificate", &id))?;
     Ok(Json(view(row, false)))
+}
+
+#[utoipa::path(post, path = "/api/v1/certificates/renew", request_body = RenewCertificate,
+    responses((status = 200, body = CertificateRenewal), (status = 400, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody), (status = 409, body = ApiErrorBody)))]
+pub(super) async fn renew_certificate(
+    State(api): State<Api>,
+    body: Result<Json<RenewCertificate>, JsonRejection>,
+) -> ApiResult<CertificateRenewal> {
+    let req = json_body(body)?;
+    match api.certs.renew(&req.domain) {
+        Ok(replaces) => Ok(Json(CertificateRenewal {
+            domain: req.domain.trim().to_ascii_lowercase(),
+            replaces,
+        })),
+        Err(e @ RenewError::AcmeOff) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "acme_disabled",
+            e.to_string(),
+        )),
+        Err(e @ (RenewError::Invalid(_) | RenewError::Wildcard(_))) => {
+            Err(ApiError::bad_request("invalid_domain", e.to_string()))
+        }
+        Err(e @ RenewError::NotWanted { .. }) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_route",
+            e.to_string(),
+        )),
+    }
 }

@@ -1,8 +1,10 @@
 //! `/api/v1/certificates` on a real coordinator on loopback: upload,
 //! list, refusals that say what to fix and store nothing, removal, the
-//! body limit, and keys that never come back.
+//! body limit, keys that never come back, and renewals asked for.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request};
@@ -11,6 +13,7 @@ use serde_json::{Value, json};
 use skiff_shared::tasks::TaskTree;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::certs::CertBook;
 use crate::certs::tests::issued;
 use crate::config::Config;
 
@@ -22,14 +25,22 @@ struct Running {
 }
 
 async fn coordinator() -> Running {
+    coordinator_with(None).await.0
+}
+
+/// A coordinator, with ACME on when `acme` names a directory; its
+/// certificates handle too.
+async fn coordinator_with(acme: Option<&str>) -> (Running, Arc<CertBook>) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         data_dir: dir.path().to_owned(),
         ..Config::default()
     };
     config.network.enabled = false;
+    config.acme.directory = acme.map(str::to_owned);
     let tree = TaskTree::root();
     let c = crate::server::prepare(config, &tree).await.unwrap();
+    let certs = c.certs();
     let token = std::fs::read_to_string(dir.path().join("initial-admin-token"))
         .unwrap()
         .trim()
@@ -38,12 +49,13 @@ async fn coordinator() -> Running {
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = api.local_addr().unwrap();
     tokio::spawn(crate::server::run(c, api, agent));
-    Running {
+    let running = Running {
         addr,
         token,
         tree,
         _dir: dir,
-    }
+    };
+    (running, certs)
 }
 
 impl Running {
@@ -158,6 +170,86 @@ async fn certificates_need_a_token() {
     assert_eq!(status, 401);
     let (chain, key) = issued(&["app.example.com"], -1, 90);
     let (status, _) = c.add(&chain, &key).await;
+    assert_eq!(status, 401);
+    c.tree.cancel();
+}
+
+async fn renew(c: &Running, domain: &str) -> (u16, Value) {
+    let (status, body) = c
+        .call(
+            Method::POST,
+            "/certificates/renew",
+            Some(json!({ "domain": domain }).to_string()),
+        )
+        .await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_renewal_is_refused_without_acme_saying_how_to_turn_it_on() {
+    let c = coordinator().await;
+    let (status, err) = renew(&c, "app.example.com").await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["code"], "acme_disabled");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("[acme] directory"),
+        "{err}"
+    );
+    c.tree.cancel();
+}
+
+#[tokio::test]
+async fn a_renewal_is_asked_for_a_routes_domain_and_refused_for_others() {
+    // Nothing listens on the directory: the renewal is only asked for.
+    let (c, certs) = coordinator_with(Some("https://127.0.0.1:9/directory")).await;
+    let (status, err) = renew(&c, "app.example.com").await;
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(err["code"], "no_route");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("no route with TLS wants a certificate for app.example.com"),
+        "{err}"
+    );
+
+    // A route wants it (as the ingress section says when routes change),
+    // and an uploaded certificate serves it now.
+    certs.want(BTreeSet::from(["app.example.com".to_owned()]));
+    let (chain, key) = issued(&["app.example.com"], -1, 90);
+    let (_, view) = c.add(&chain, &key).await;
+    let (status, renewal) = renew(&c, "App.Example.com").await;
+    assert_eq!(status, 200, "{renewal}");
+    assert_eq!(renewal["domain"], "app.example.com");
+    assert_eq!(renewal["replaces"], json!([view["id"]]));
+
+    let (status, err) = renew(&c, "*.example.com").await;
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("wildcard"),
+        "{err}"
+    );
+    let (status, err) = renew(&c, "app.example.com:443").await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["code"], "invalid_domain");
+    let (status, err) = renew(&c, "other.example.com").await;
+    assert_eq!(status, 404, "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("app.example.com"),
+        "names the routes' domains: {err}"
+    );
+
+    // Without a token, refused (the access table asks for an admin).
+    let anonymous = Running {
+        addr: c.addr,
+        token: String::new(),
+        tree: c.tree.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let (status, _) = renew(&anonymous, "app.example.com").await;
     assert_eq!(status, 401);
     c.tree.cancel();
 }

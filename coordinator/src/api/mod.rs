@@ -105,7 +105,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         api_tokens::revoke_api_token, api_tokens::login, registries::list_registries,
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
         policy::revoke, network::network, dns::dns, dns::query, routes::list,
-        certs::add_certificate, certs::list_certificates, certs::remove_certificate),
+        certs::add_certificate, certs::list_certificates, certs::remove_certificate,
+        certs::renew_certificate),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
@@ -113,7 +114,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
         PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView, IngressView, PublishedPortView, RouteView, EdgeView,
-        AddCertificate, CertificateView, CertificateSource)),
+        AddCertificate, CertificateView, CertificateSource, RenewCertificate, CertificateRenewal)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

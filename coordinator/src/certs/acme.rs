@@ -130,6 +130,13 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
         tell_wildcards(&book, &mut told_wildcards);
         let due = book.due(now_ms());
         streaks.retain(|d, _| due.contains(d));
+        // An admin asked for these now: a failure streak's backoff (up
+        // to hours) does not hold them back.
+        for domain in book.take_asked() {
+            if let Some(s) = streaks.get_mut(&domain) {
+                s.retry_at = Instant::now();
+            }
+        }
         for domain in due {
             if let Some(s) = streaks.get(&domain)
                 && s.retry_at > Instant::now()

@@ -64,6 +64,31 @@ pub enum BookError {
     Seal(#[from] SecretError),
 }
 
+/// Why a renewal cannot be asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenewError {
+    #[error(
+        "ACME is not configured on this coordinator: set [acme] directory in its config file, or upload a renewed certificate with `skiff cert add`"
+    )]
+    AcmeOff,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(
+        "{0} is a wildcard, which ACME's HTTP-01 cannot prove: upload a renewed certificate with `skiff cert add`"
+    )]
+    Wildcard(String),
+    #[error("no route with TLS wants a certificate for {domain} (routes with TLS: {}): deploy a route for it first, or check the spelling", list_or_none(.wanted))]
+    NotWanted { domain: String, wanted: Vec<String> },
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 /// The context a certificate's private key is sealed under.
 fn key_context(id: &str) -> String {
     format!("certificate/{id}")
@@ -78,6 +103,9 @@ struct State {
     wanted: BTreeSet<String>,
     /// Domains whose certificate is renewed at once, valid or not.
     forced: BTreeSet<String>,
+    /// Domains a renewal was asked for since the ACME task last looked:
+    /// tried at once, whatever their failures' backoff.
+    asked: BTreeSet<String>,
     /// ACME challenges in flight: token to key authorization.
     challenges: BTreeMap<String, String>,
     /// The challenge tokens each edge host last said it answers.
@@ -357,10 +385,44 @@ impl CertBook {
     }
 
     /// Has ACME obtain a new certificate for `domain` now, even though a
-    /// valid one covers it.
-    pub fn renew(&self, domain: &str) {
-        self.lock().forced.insert(domain.to_owned());
+    /// valid one covers it. The domain is lowered and must be one a route
+    /// with TLS wants; returns the ids of the certificates serving it now
+    /// (the new one replaces them once issued).
+    ///
+    /// # Errors
+    /// [`RenewError`] when ACME is off, the domain is not a valid name or
+    /// a wildcard, or no route wants it.
+    pub fn renew(&self, domain: &str) -> Result<Vec<String>, RenewError> {
+        if self.acme.is_none() {
+            return Err(RenewError::AcmeOff);
+        }
+        let domain = domain.trim().to_ascii_lowercase();
+        skiff_shared::sections::ingress::check_domain(&domain)
+            .map_err(|e| RenewError::Invalid(e.to_string()))?;
+        if domain.starts_with("*.") {
+            return Err(RenewError::Wildcard(domain));
+        }
+        let mut state = self.lock();
+        if !state.wanted.contains(&domain) {
+            let wanted: Vec<String> = state.wanted.iter().cloned().collect();
+            return Err(RenewError::NotWanted { domain, wanted });
+        }
+        state.forced.insert(domain.clone());
+        state.asked.insert(domain.clone());
+        drop(state);
         self.fire_wake();
+        info!(domain = %domain, "Certificate renewal asked for.");
+        Ok(self
+            .refs()
+            .into_iter()
+            .filter(|r| r.domains.contains(&domain))
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// The domains a renewal was asked for since the last call.
+    fn take_asked(&self) -> BTreeSet<String> {
+        std::mem::take(&mut self.lock().asked)
     }
 
     /// Publishes a challenge for every edge host to answer.

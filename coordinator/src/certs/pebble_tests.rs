@@ -226,7 +226,7 @@ async fn a_certificate_is_obtained_from_pebble_stored_listed_and_renewed_when_fo
     );
 
     let challenges_before = seen.lock().unwrap().len();
-    book.renew(DOMAIN);
+    book.renew(DOMAIN).unwrap();
     let second = acme_cert(&book, Some(&first.id), &pebble).await;
     assert_eq!(second.domains, vec![DOMAIN]);
     assert!(

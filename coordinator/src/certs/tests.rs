@@ -247,7 +247,9 @@ async fn each_domain_is_served_by_its_newest_valid_certificate() {
 #[tokio::test]
 async fn wanted_domains_are_due_until_a_fresh_certificate_covers_them() {
     let dir = tempfile::tempdir().unwrap();
-    let (book, _, _, _) = book_in(dir.path(), None).await;
+    // ACME on, its task not running: `due` is what it would order.
+    let acme = AcmeSettings::new("https://acme.invalid/directory");
+    let (book, _, _, _) = book_in(dir.path(), Some(acme)).await;
     let wanted: BTreeSet<String> = [
         "a.example.com",
         "b.example.com",
@@ -271,8 +273,50 @@ async fn wanted_domains_are_due_until_a_fresh_certificate_covers_them() {
     book.add(&chain, &key).await.unwrap();
     assert_eq!(book.due(now()), vec!["b.example.com"]);
     assert_eq!(book.uncovered(), vec!["*.example.net"]);
-    book.renew("a.example.com");
+    let a = book
+        .refs()
+        .into_iter()
+        .find(|r| r.domains == ["a.example.com"]);
+    assert_eq!(
+        book.renew("A.Example.com").unwrap(),
+        vec![a.unwrap().id],
+        "the certificate it replaces"
+    );
     assert_eq!(book.due(now()), vec!["a.example.com", "b.example.com"]);
+}
+
+#[tokio::test]
+async fn a_renewal_needs_acme_and_a_route_that_wants_the_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (off, _, _, _) = book_in(dir.path(), None).await;
+    off.want(BTreeSet::from(["a.example.com".to_owned()]));
+    let e = off.renew("a.example.com").unwrap_err();
+    assert_eq!(e, RenewError::AcmeOff);
+    assert!(e.to_string().contains("[acme] directory"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let acme = AcmeSettings::new("https://acme.invalid/directory");
+    let (book, _, _, _) = book_in(dir.path(), Some(acme)).await;
+    let e = book.renew("a.example.com").unwrap_err();
+    assert!(e.to_string().contains("routes with TLS: none"), "{e}");
+    book.want(BTreeSet::from([
+        "a.example.com".to_owned(),
+        "*.example.org".to_owned(),
+    ]));
+    let e = book.renew("b.example.com").unwrap_err();
+    assert!(
+        matches!(&e, RenewError::NotWanted { domain, .. } if domain == "b.example.com"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("a.example.com"), "{e}");
+    let e = book.renew("*.example.org").unwrap_err();
+    assert!(matches!(e, RenewError::Wildcard(_)), "{e}");
+    let e = book.renew("not a domain").unwrap_err();
+    assert!(matches!(e, RenewError::Invalid(_)), "{e}");
+    assert!(book.due(now()).contains(&"a.example.com".to_owned()));
+    // Nothing covers it: a renewal is asked for all the same, and
+    // replaces nothing.
+    assert_eq!(book.renew("a.example.com").unwrap(), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -535,4 +579,38 @@ async fn a_directory_that_never_answers_fails_the_attempt_and_it_is_retried() {
     tree.cancel();
     tree.wait().await;
     held.abort();
+}
+
+#[tokio::test]
+async fn an_asked_for_renewal_is_tried_at_once_despite_the_backoff() {
+    use std::time::Duration;
+    // Refuses every connection: each attempt fails at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut settings = AcmeSettings::new(format!("https://127.0.0.1:{port}/dir"));
+    // The next try after a failure would be an hour away.
+    settings.retry_base = Duration::from_secs(3600);
+    let dir = tempfile::tempdir().unwrap();
+    let (book, _, _, events) = book_in(dir.path(), Some(settings)).await;
+    let (_, mut rx) = events.subscribe();
+    book.want(BTreeSet::from(["app.example.com".to_owned()]));
+    let tree = skiff_shared::tasks::TaskTree::root();
+    book.spawn(&tree);
+    for failures in ["1 in a row", "2 in a row"] {
+        let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("an attempt at once, not after the backoff")
+            .unwrap();
+        assert!(
+            event.message.contains("app.example.com") && event.message.contains(failures),
+            "{}",
+            event.message
+        );
+        if failures.starts_with('1') {
+            book.renew("app.example.com").unwrap();
+        }
+    }
+    tree.cancel();
+    tree.wait().await;
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod access;
+mod acme;
 mod api_cli;
 mod bootstrap;
 mod certs;

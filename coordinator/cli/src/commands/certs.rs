@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use skiff_api_types::certs::MAX_CERTIFICATE_PEM_BYTES;
-use skiff_api_types::{AddCertificate, CertificateView};
+use skiff_api_types::{AddCertificate, CertificateRenewal, CertificateView, RenewCertificate};
 
 use crate::Failure;
 use crate::client::{Client, Method};
@@ -33,6 +33,10 @@ pub enum CertCommand {
     },
     /// Remove a certificate (its domains fall back to another valid one).
     Rm { id: String },
+    /// Get a new certificate for a route's domain from the ACME directory
+    /// now, even though the current one is valid; it replaces the current
+    /// one once issued (see `skiff cert ls`, and `skiff events` on failure).
+    Renew { domain: String },
 }
 
 /// Reads a PEM file of at most 64 KiB.
@@ -125,6 +129,25 @@ pub(crate) async fn run(
                 view.domains.join(", ")
             );
         }
+        CertCommand::Renew { domain } => {
+            let renewal: CertificateRenewal = client
+                .call(
+                    Method::POST,
+                    "/certificates/renew",
+                    Some(&RenewCertificate { domain }),
+                )
+                .await?;
+            let replaces = if renewal.replaces.is_empty() {
+                String::new()
+            } else {
+                format!(" It replaces {}.", renewal.replaces.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "Renewal of the certificate for {} asked for: the coordinator orders it from its ACME directory now.{replaces} `skiff cert ls` shows it once issued; failures show in `skiff events`.",
+                renewal.domain
+            );
+        }
     }
     Ok(())
 }
@@ -152,6 +175,12 @@ mod tests {
             Command::Cert(CertCommand::Ls { json: true })
         ));
         assert!(Cli::try_parse_from(["skiff", "cert", "add", "--cert", "c.pem"]).is_err());
+        let cli = Cli::try_parse_from(["skiff", "cert", "renew", "app.example.com"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Cert(CertCommand::Renew { ref domain }) if domain == "app.example.com"
+        ));
+        assert!(Cli::try_parse_from(["skiff", "cert", "renew"]).is_err());
     }
 
     #[test]
