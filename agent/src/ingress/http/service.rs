@@ -277,6 +277,10 @@ impl HttpProxy {
             Limited::new(body, max, over.clone()).boxed_unsync()
         };
 
+        // The answer goes back in the client's version whatever the
+        // endpoint's: an HTTP/1.0 answer would end a keep-alive client
+        // connection.
+        let client_version = parts.version;
         let route = &entry.route;
         let pick_one = |skip: &[std::net::Ipv4Addr]| {
             pool.pick(route.balance, route.local_first, &table.node, skip)
@@ -403,6 +407,7 @@ impl HttpProxy {
                 drop(pick);
             });
             let (mut parts, body) = resp.into_parts();
+            parts.version = client_version;
             let up = upgrade_of(&parts.headers);
             strip_hop_by_hop(&mut parts.headers, up);
             return Forwarded {
@@ -412,6 +417,7 @@ impl HttpProxy {
             };
         }
         let (mut parts, body) = resp.into_parts();
+        parts.version = client_version;
         strip_hop_by_hop(&mut parts.headers, None);
         let body = Guarded::new(body, (pick, busy), Some(leaving.cancelled_owned()));
         Forwarded {

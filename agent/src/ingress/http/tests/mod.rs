@@ -10,7 +10,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use skiff_shared::sections::ingress::{Challenge, Tls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 mod controller;
 mod harness;
@@ -735,4 +735,58 @@ async fn connections_past_the_cap_wait_for_a_free_place() {
         String::from_utf8_lossy(&answer)
     );
     assert_eq!(up.next().await.path, "/two");
+}
+
+/// An endpoint that answers in HTTP/1.0 and closes (busybox httpd does)
+/// does not end the client's keep-alive connection: the answer goes back
+/// as HTTP/1.1 and the next request on the same connection is served.
+#[tokio::test]
+async fn an_http_1_0_endpoint_keeps_the_client_connection_alive() {
+    let ip = Ipv4Addr::new(127, 0, 0, 91);
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold\n")
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    let section = section(
+        1,
+        vec![route("old.example.com", "/", "old", port)],
+        vec![backend("old", &[ip])],
+    );
+    let proxy = Proxy::start(&section, Vec::new()).await;
+    let stream = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        sender
+            .ready()
+            .await
+            .expect("the client connection stays open");
+        let a = read(
+            sender
+                .send_request(get("old.example.com", "/"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "old\n"));
+    }
 }
