@@ -22,9 +22,13 @@ pub struct IngressConfig {
     /// The longest a request may wait for its answer's head.
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
-    /// How long an idle client connection is kept.
+    /// How long an idle HTTP client connection is kept.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// How long a TCP connection to a published port with no traffic
+    /// either way is kept.
+    #[serde(with = "duration_str")]
+    pub tcp_idle_timeout: Duration,
     /// The largest request body, in bytes.
     pub max_body_bytes: u64,
     /// How long requests and connections in flight to a replica that left
@@ -42,6 +46,7 @@ impl Default for IngressConfig {
             proxy_protocol: d.proxy_protocol,
             request_timeout: Duration::from_millis(d.request_timeout_ms),
             idle_timeout: Duration::from_millis(d.idle_timeout_ms),
+            tcp_idle_timeout: Duration::from_millis(d.tcp_idle_timeout_ms),
             max_body_bytes: d.max_body_bytes,
             drain_timeout: Duration::from_millis(d.drain_timeout_ms),
         }
@@ -58,6 +63,7 @@ impl IngressConfig {
             proxy_protocol: self.proxy_protocol,
             request_timeout_ms: ms(self.request_timeout),
             idle_timeout_ms: ms(self.idle_timeout),
+            tcp_idle_timeout_ms: ms(self.tcp_idle_timeout),
             max_body_bytes: self.max_body_bytes,
             drain_timeout_ms: ms(self.drain_timeout),
         }
@@ -94,8 +100,8 @@ impl IngressConfig {
             ),
             ("ingress.drain_timeout", self.drain_timeout, Duration::ZERO),
         ] {
-            if d < min || d > Duration::from_secs(3600) {
-                return invalid(key, format!("must be between {min:?} and 1h, not {d:?}"));
+            if d < min || d > Duration::from_secs(24 * 3600) {
+                return invalid(key, format!("must be between {min:?} and 24h, not {d:?}"));
             }
         }
         if self.max_body_bytes == 0 {
@@ -126,7 +132,7 @@ mod tests {
                 .contains("ingress.https_port")
         );
         let slow = IngressConfig {
-            idle_timeout: Duration::from_secs(7200),
+            idle_timeout: Duration::from_secs(48 * 3600),
             ..IngressConfig::default()
         };
         assert!(

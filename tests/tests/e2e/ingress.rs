@@ -57,7 +57,7 @@ fn compose(run: &str, version: &str, replicas: usize) -> String {
         {place}
   udp:
     image: skiff-test/busybox:1
-    command: ["busybox", "udpsvd", "-E", "0", "5300", "cat"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
     ports: ["15300:5300/udp"]
     deploy:
       placement:
@@ -453,6 +453,22 @@ async fn published_ports_and_routes_answer_on_every_edge_and_drop_nothing_across
         .await;
     checks
         .check("UDP is forwarded on both hosts", async {
+            // busybox has no UDP server: socat from the host's tools
+            // answers inside the replica's network namespace.
+            let tasks = t2.wait_running(&stack, 4).await?;
+            let udp = tasks
+                .iter()
+                .find(|t| t.service == "udp")
+                .ok_or_else(|| anyhow::anyhow!("no udp replica"))?;
+            let host = t2.host(&udp.node);
+            let id = host.container(&udp.name).await?;
+            let out = host
+                .exec_in_netns(
+                    &id,
+                    "setsid socat UDP4-RECVFROM:5300,fork EXEC:cat </dev/null >/dev/null 2>&1 &",
+                )
+                .await;
+            anyhow::ensure!(out.status.success(), "socat: {}", text(&out));
             for h in [&h0, &h1] {
                 let sock = UdpSocket::bind("0.0.0.0:0").await?;
                 sock.connect(format!("{h}:15300")).await?;

@@ -102,7 +102,7 @@ async fn connection(
             break (
                 upstream,
                 pick,
-                Duration::from_millis(now.settings.idle_timeout_ms),
+                Duration::from_millis(now.settings.tcp_idle_timeout_ms),
             );
         }
         swaps += 1;

@@ -36,7 +36,7 @@ fn section(port: u16, protocol: Protocol, target: u16, idle_ms: u64) -> IngressS
         }],
         ..IngressSection::default()
     };
-    s.settings.idle_timeout_ms = idle_ms;
+    s.settings.tcp_idle_timeout_ms = idle_ms;
     s
 }
 

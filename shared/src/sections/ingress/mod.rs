@@ -87,9 +87,14 @@ pub struct ProxySettings {
     /// The longest a request may take, head to the end of the answer's
     /// head (a WebSocket or a streaming answer runs on past it).
     pub request_timeout_ms: u64,
-    /// How long an idle client connection (HTTP keep-alive, or a TCP
-    /// connection with no byte either way) is kept.
+    /// How long an idle HTTP client connection (keep-alive, or an
+    /// upgraded one with no byte either way) is kept.
     pub idle_timeout_ms: u64,
+    /// How long a TCP connection to a published port with no byte either
+    /// way is kept (long-lived connections to databases and brokers sit
+    /// idle for minutes).
+    #[serde(default = "default_tcp_idle_timeout_ms")]
+    pub tcp_idle_timeout_ms: u64,
     /// The largest request body (413 past it).
     pub max_body_bytes: u64,
     /// How long a replica that left keeps its requests in flight (and a
@@ -105,10 +110,15 @@ impl Default for ProxySettings {
             proxy_protocol: false,
             request_timeout_ms: 60_000,
             idle_timeout_ms: 120_000,
+            tcp_idle_timeout_ms: default_tcp_idle_timeout_ms(),
             max_body_bytes: 100 * 1024 * 1024,
             drain_timeout_ms: 30_000,
         }
     }
+}
+
+fn default_tcp_idle_timeout_ms() -> u64 {
+    3_600_000
 }
 
 /// A published port: every edge host listens on `port` and forwards to
