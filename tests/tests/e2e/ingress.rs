@@ -398,6 +398,7 @@ async fn published_ports_and_routes_answer_on_every_edge_and_drop_nothing_across
         .check(
             "a killed replica is taken out and requests still succeed",
             async {
+                let before = bodies(&t2, &stack, "1", 4).await?;
                 let tasks = t2.wait_running(&stack, 4).await?;
                 let victim = tasks
                     .iter()
@@ -405,10 +406,41 @@ async fn published_ports_and_routes_answer_on_every_edge_and_drop_nothing_across
                     .ok_or_else(|| anyhow::anyhow!("no web replica"))?;
                 let host = t2.host(&victim.node);
                 let id = host.container(&victim.name).await?;
-                let out = host.exec(&format!("docker kill {id}")).await;
+                let name = skiff_tests::tier2::stdout(&host.exec_in(&id, "hostname").await);
+                let gone = format!("{} 1", name.trim());
+                // A crash: its process killed from outside.
+                let out = host
+                    .exec(&format!(
+                        "kill -9 $(docker inspect -f '{{{{.State.Pid}}}}' {id})"
+                    ))
+                    .await;
                 anyhow::ensure!(out.status.success(), "kill: {}", text(&out));
-                // It is started again, and comes back.
-                serves(&t2, &stack, "1", 4, &format!("{h0}:80")).await
+                // Every answer through the route is a 200 from a live replica
+                // (without it, or with it again once restarted); the load
+                // clients, checked below, see no failure meanwhile.
+                let others: BTreeSet<String> =
+                    before.iter().filter(|b| **b != gone).cloned().collect();
+                let last = std::sync::Mutex::new(String::new());
+                wait_for("answers from the live replicas", CONVERGE, || async {
+                    match sample(&format!("{h0}:80"), 12).await {
+                        Ok(seen) if seen == others || seen == before => Some(()),
+                        Ok(seen) => {
+                            *last.lock().ok()? = format!("saw {seen:?}");
+                            None
+                        }
+                        Err(e) => {
+                            *last.lock().ok()? = e;
+                            None
+                        }
+                    }
+                })
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}: {}",
+                        last.lock().map(|l| l.clone()).unwrap_or_default()
+                    )
+                })
             },
         )
         .await;
@@ -455,7 +487,7 @@ async fn published_ports_and_routes_answer_on_every_edge_and_drop_nothing_across
         .check("UDP is forwarded on both hosts", async {
             // busybox has no UDP server: socat from the host's tools
             // answers inside the replica's network namespace.
-            let tasks = t2.wait_running(&stack, 4).await?;
+            let tasks = t2.tasks(&stack).await;
             let udp = tasks
                 .iter()
                 .find(|t| t.service == "udp")
