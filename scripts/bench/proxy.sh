@@ -73,6 +73,8 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
   -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 mkdir -p "$dir/www" "$dir/logs"
+# nginx's workers (www-data) read the file.
+chmod 755 "$dir" "$dir/www"
 head -c 612 /dev/zero | tr '\0' x >"$dir/www/index.html"
 
 cat >"$dir/upstream.conf" <<CONF
@@ -107,8 +109,7 @@ http {
   }
   server {
     listen 127.0.0.1:18100;
-    listen 127.0.0.1:18101 ssl;
-    http2 on;
+    listen 127.0.0.1:18101 ssl http2;
     server_name bench.test;
     ssl_certificate $dir/cert.pem;
     ssl_certificate_key $dir/key.pem;
