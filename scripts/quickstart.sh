@@ -94,6 +94,13 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 printf '%s\n' "${page:?the example app did not answer on port 18080}"
+# A replica joins the proxies a moment after it is healthy: wait (up to
+# 10 s) until both answer, then show a few answers taking turns.
+for _ in $(seq 50); do
+  seen=$(for _ in 1 2 3 4; do curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/ 2>/dev/null; done | sort -u | wc -l)
+  [ "$seen" -ge 2 ] && break
+  sleep 0.2
+done
 for _ in 1 2 3 4; do
   curl -fsS --resolve hello.localhost:80:127.0.0.1 http://hello.localhost/ ||
     { echo "quickstart.sh: the route http://hello.localhost/ did not answer; see skiff route ls" >&2; exit 1; }
