@@ -336,12 +336,34 @@ async fn open_network(
         }
         Some(_) => {}
         None => {
-            if let Some((net, dev)) = crate::network::host_routes()
-                .into_iter()
+            let routes = crate::network::host_routes();
+            if let Some((net, dev)) = routes
+                .iter()
                 .find(|(net, _)| crate::network::ipam::overlaps(net, &settings.range.net))
             {
+                // Suggest only ranges this host does not use either.
+                let free: Vec<&str> = [
+                    "10.66.0.0/16",
+                    "172.30.0.0/16",
+                    "10.99.0.0/16",
+                    "10.248.0.0/16",
+                ]
+                .into_iter()
+                .filter(|c| {
+                    c.parse::<ipnet::Ipv4Net>().is_ok_and(|c| {
+                        !routes
+                            .iter()
+                            .any(|(n, _)| crate::network::ipam::overlaps(n, &c))
+                    })
+                })
+                .collect();
                 return Err(ServerError::Network(format!(
-                    "[network] range = {range:?} overlaps {net}, a network of this host (on {dev}): choose a private range that no host uses, such as 10.66.0.0/16 or 172.30.0.0/16"
+                    "[network] range = {range:?} overlaps {net}, a network of this host (on {dev}): choose a private range that no host uses{}",
+                    if free.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", such as {}", free.join(" or "))
+                    }
                 )));
             }
             store.set_meta(RANGE_KEY, &range).await?;
