@@ -127,6 +127,7 @@ async fn serve(cfg: config::Config, tree: &TaskTree) -> Result<(), RunError> {
 pub mod containers;
 pub mod dns;
 pub mod ingress;
+pub mod logs;
 pub mod mesh;
 pub mod networks;
 

@@ -10,7 +10,8 @@
 //! that both sides send heartbeats every `heartbeat_interval_ms` and close a
 //! link that has been silent for [`MISSED_HEARTBEATS`] intervals. Requests
 //! that need an answer (plans, certificate renewal) are answered with a
-//! message whose `re` is the request's id.
+//! message whose `re` is the request's id; a query is answered by a
+//! stream of such messages.
 //!
 //! A frame or message over the limits below, text that is not a valid
 //! envelope, or an unknown protocol version closes that one connection with
@@ -70,6 +71,10 @@ pub enum AgentMessage {
     /// A controller's observed state, sent on connect and whenever it
     /// changes, only for sections whose capability both sides have.
     Report(SectionMessage),
+    /// Part of the answer to a [`CoordinatorMessage::Query`]: its `re` is
+    /// the query's id. The section's own type says when the answer ends
+    /// (for `logs`, [`crate::sections::logs::LogChunk::end`]).
+    Answer(SectionMessage),
 }
 
 /// Messages a coordinator sends.
@@ -93,6 +98,15 @@ pub enum CoordinatorMessage {
     /// values, registry credentials), sent just before the plan that needs
     /// them and again when they change. Never logged, never stored in the plan.
     Deliver(SectionMessage),
+    /// A question for a section's controller (`skiff logs`), answered by
+    /// a stream of [`AgentMessage::Answer`]s whose `re` is this message's
+    /// id. Sent only to agents with the section's capability.
+    Query(SectionMessage),
+    /// The coordinator no longer wants answers to query `query` (the
+    /// reader left); the agent stops it. Answers already sent are dropped.
+    Cancel {
+        query: u64,
+    },
 }
 
 /// A report or delivery for one plan section. The link routes it by

@@ -234,6 +234,11 @@ impl<'a> Session<'a> {
     ) -> Result<bool, ConnectError> {
         match env.body {
             CoordinatorMessage::Heartbeat(_) | CoordinatorMessage::Welcome(_) => Ok(false),
+            CoordinatorMessage::Query(query) => {
+                warn!(section = %query.section, "Ignoring a query no controller answers yet.");
+                Ok(false)
+            }
+            CoordinatorMessage::Cancel { .. } => Ok(false),
             CoordinatorMessage::Deliver(delivery) => {
                 let section = delivery.section.clone();
                 match self.router.deliver(delivery) {

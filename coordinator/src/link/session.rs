@@ -538,6 +538,7 @@ impl Session {
     {
         match env.body {
             AgentMessage::Heartbeat(_) => Ok(()),
+            AgentMessage::Answer(_) => Ok(()),
             AgentMessage::Hello(_) => {
                 Err(End::Closed(CloseCode::Protocol, "hello sent twice".into()))
             }

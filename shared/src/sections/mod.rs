@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 pub mod containers;
 pub mod dns;
 pub mod ingress;
+pub mod logs;
 pub mod mesh;
 pub mod networks;
 
