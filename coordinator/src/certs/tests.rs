@@ -362,6 +362,7 @@ fn acme_config_is_off_without_a_directory_and_checked_with_one() {
         directory: Some(directory.into()),
         email: email.map(str::to_owned),
         ca_bundle: None,
+        dns01: None,
     };
     let s = with("https://acme.test/dir", Some("ops@example.com"))
         .settings()
