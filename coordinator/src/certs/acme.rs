@@ -370,7 +370,14 @@ async fn obtain(
     let chain = order.poll_certificate(&retry).await?;
     let checked = check(&chain, &key.serialize_pem(), now_ms()).map_err(AcmeError::Issued)?;
     let row = book.insert(checked, CertSource::Acme).await?;
-    book.lock().forced.remove(domain);
+    {
+        // A renewal asked while this order ran (not yet taken by the
+        // task) gets an order of its own: its forcing stays.
+        let mut state = book.lock();
+        if !state.asked.contains(domain) {
+            state.forced.remove(domain);
+        }
+    }
     info!(domain = %domain, id = %row.id, "Certificate obtained by ACME.");
     book.events.emit(
         EventKind::Certificate,
