@@ -25,6 +25,8 @@ const NAMED: &str = "/usr/sbin/named";
 const PEBBLE: &str = "/usr/bin/pebble";
 const WILDCARD: &str = "*.app.skiff.test";
 const KEY: &str = "skiff-acme";
+/// A key named gets no right to update the zone.
+const OTHER_KEY: &str = "other-key";
 
 /// Whether the programs these tests need are here; says why not.
 fn programs_present() -> bool {
@@ -82,6 +84,7 @@ impl Named {
 }};
 controls {{ }};
 key "{KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+key "{OTHER_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
 zone "skiff.test" {{
     type primary;
     file "{d}/skiff.test.zone";
@@ -130,6 +133,10 @@ zone "skiff.test" {{
 
     /// `[acme.dns01]` for this server, with `secret` in a 0600 file.
     fn settings(&self, secret: &str) -> Dns01Settings {
+        self.settings_for(secret, KEY, "skiff.test", &self.addr.to_string())
+    }
+
+    fn settings_for(&self, secret: &str, key: &str, zone: &str, server: &str) -> Dns01Settings {
         let path = tempfile::Builder::new()
             .suffix(".key")
             .tempfile_in(self.dir.path())
@@ -140,9 +147,9 @@ zone "skiff.test" {{
         std::fs::write(&path, format!("{secret}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         Dns01Config {
-            server: Some(self.addr.to_string()),
-            zone: Some("skiff.test".into()),
-            key_name: Some(KEY.into()),
+            server: Some(server.into()),
+            zone: Some(zone.into()),
+            key_name: Some(key.into()),
             algorithm: Some("hmac-sha256".into()),
             secret_file: Some(path),
             propagation_timeout: Some("20s".into()),
@@ -271,11 +278,67 @@ async fn a_wrong_tsig_secret_says_to_fix_the_secret_file_and_gets_no_certificate
         "{failures:?}"
     );
     assert!(
-        failures[0].contains("secret_file holds the secret of key skiff-acme."),
+        failures[0].contains("secret_file holds the secret of key skiff-acme"),
         "{failures:?}"
     );
     assert!(failures[1].contains("(2 in a row"), "{failures:?}");
     assert!(book.list().is_empty(), "no certificate");
     tree.cancel();
     tree.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_bind_answers_to_a_wrong_key_zone_or_server_names_the_fix() {
+    if !programs_present() {
+        return;
+    }
+    let named = Named::start().await;
+    let server = named.addr.to_string();
+    let add = |settings: Dns01Settings, domain: &'static str| async move {
+        let mut records = dns01::TxtRecords::new(settings);
+        records.add(domain, "value").await.unwrap_err().to_string()
+    };
+    let cases = [
+        (
+            named.settings_for(&named.secret, "nobody", "skiff.test", &server),
+            WILDCARD,
+            "does not know key nobody (hmac-sha256): check [acme.dns01] key_name and algorithm",
+        ),
+        (
+            named.settings_for(&random_secret(), KEY, "skiff.test", &server),
+            WILDCARD,
+            "check that [acme.dns01] secret_file holds the secret of key skiff-acme",
+        ),
+        (
+            named.settings_for(&named.secret, OTHER_KEY, "skiff.test", &server),
+            WILDCARD,
+            "refused the update: check that key other-key may update zone skiff.test",
+        ),
+        (
+            named.settings_for(&named.secret, KEY, "example.org", &server),
+            "*.app.example.org",
+            "not authoritative for zone example.org",
+        ),
+        (
+            named.settings_for(&named.secret, KEY, "skiff.test", &server),
+            "*.app.example.org",
+            "*.app.example.org is not in zone skiff.test ([acme.dns01] zone)",
+        ),
+        (
+            named.settings_for(
+                &named.secret,
+                KEY,
+                "skiff.test",
+                &format!("127.0.0.1:{}", free_port()),
+            ),
+            WILDCARD,
+            "cannot reach the DNS server 127.0.0.1:",
+        ),
+    ];
+    for (settings, domain, says) in cases {
+        let e = add(settings, domain).await;
+        assert!(e.contains(says), "{e}\nwanted: {says}");
+    }
+    let dns01 = named.settings(&named.secret);
+    assert!(challenge_txt(&dns01).await.is_empty(), "nothing was added");
 }

@@ -111,8 +111,8 @@ async fn wait_served(settings: &Dns01Settings, name: &Name, value: &str) -> Resu
         if Instant::now() + VISIBLE_RECHECK > deadline {
             return Err(last.unwrap_or(Dns01Error::NotVisible {
                 server: settings.server.clone(),
-                name: name.to_string(),
-                zone: settings.zone.to_string(),
+                name: rfc2136::shown(name),
+                zone: rfc2136::shown(&settings.zone),
                 wait: settings.propagation_timeout,
             }));
         }

@@ -77,13 +77,20 @@ pub enum Dns01Error {
     },
 }
 
+/// A name as people write it in configs: without the trailing dot.
+pub(super) fn shown(name: &Name) -> String {
+    let text = name.to_string();
+    text.strip_suffix('.')
+        .map_or_else(|| text.clone(), str::to_owned)
+}
+
 /// `_acme-challenge.<domain>.` for a domain (a wildcard's `*.` left
 /// out), checked to be in the configured zone.
 pub(crate) fn challenge_name(settings: &Dns01Settings, domain: &str) -> Result<Name, Dns01Error> {
     let base = domain.strip_prefix("*.").unwrap_or(domain);
     let outside = || Dns01Error::OutsideZone {
         name: domain.to_owned(),
-        zone: settings.zone.to_string(),
+        zone: shown(&settings.zone),
     };
     let name = super::settings::fqdn(&format!("_acme-challenge.{base}")).map_err(|_| outside())?;
     if !settings.zone.zone_of(&name) {
@@ -171,8 +178,8 @@ pub(super) fn check_update_answer(
             "the answer is not for the update sent".into(),
         ));
     }
-    let key = settings.key_name.to_string();
-    let zone = settings.zone.to_string();
+    let key = shown(&settings.key_name);
+    let zone = shown(&settings.zone);
     let tsig_error = parsed.signature().and_then(|s| s.data.error);
     match (parsed.response_code, tsig_error) {
         (_, Some(TsigError::BadKey)) => {
@@ -258,7 +265,7 @@ pub(crate) async fn txt_values(
         ResponseCode::Refused | ResponseCode::NotAuth => {
             return Err(Dns01Error::NotAuth {
                 server: settings.server.clone(),
-                zone: settings.zone.to_string(),
+                zone: shown(&settings.zone),
             });
         }
         code => {
