@@ -341,4 +341,20 @@ async fn what_bind_answers_to_a_wrong_key_zone_or_server_names_the_fix() {
     }
     let dns01 = named.settings(&named.secret);
     assert!(challenge_txt(&dns01).await.is_empty(), "nothing was added");
+
+    // Records of an attempt cut short (dropped without removal) are
+    // deleted all the same.
+    let mut records = dns01::TxtRecords::new(dns01.clone());
+    records.add(WILDCARD, "cut-short").await.unwrap();
+    assert_eq!(challenge_txt(&dns01).await, vec![b"cut-short".to_vec()]);
+    drop(records);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !challenge_txt(&dns01).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the record stays:\n{}",
+            named.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

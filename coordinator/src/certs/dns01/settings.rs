@@ -14,6 +14,9 @@ use crate::config::ConfigError;
 
 /// The default wait for the server to answer a new TXT record.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest wait allowed: with the CA's validation and issuance it
+/// must fit in one attempt's deadline (10 minutes).
+const PROPAGATION_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// How long one exchange with the server (an update or a query) may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,7 +37,8 @@ pub struct Dns01Config {
     /// A file (mode 0600) holding the key's base64 secret, or the key
     /// clause `tsig-keygen` writes.
     pub secret_file: Option<PathBuf>,
-    /// How long the server has to answer a new TXT record (`2m`).
+    /// How long the server has to answer a new TXT record (`2m`, at
+    /// most `5m`).
     pub propagation_timeout: Option<String>,
 }
 
@@ -141,11 +145,11 @@ impl Dns01Config {
             None => PROPAGATION_TIMEOUT,
             Some(s) => humantime::parse_duration(s)
                 .ok()
-                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= PROPAGATION_TIMEOUT_MAX)
                 .ok_or_else(|| {
                     invalid(
                         "acme.dns01.propagation_timeout",
-                        format!("{s:?} is not a duration from 1s to 1h: write e.g. \"2m\""),
+                        format!("{s:?} is not a duration from 1s to 5m: write e.g. \"2m\""),
                     )
                 })?,
         };

@@ -236,8 +236,10 @@ fn missing_or_senseless_keys_are_named_with_the_fix() {
     assert_eq!(refused(&c).0, "acme.dns01.zone");
 
     let mut c = good.clone();
-    c.propagation_timeout = Some("soon".into());
-    assert_eq!(refused(&c).0, "acme.dns01.propagation_timeout");
+    for wait in ["soon", "0s", "1h"] {
+        c.propagation_timeout = Some(wait.into());
+        assert_eq!(refused(&c).0, "acme.dns01.propagation_timeout", "{wait}");
+    }
 
     let (key, message) = refused(&config(dir.path(), "not base64 !", 0o600));
     assert_eq!(key, "acme.dns01.secret_file");
