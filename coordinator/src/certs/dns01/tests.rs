@@ -251,3 +251,33 @@ fn missing_or_senseless_keys_are_named_with_the_fix() {
     assert_eq!(key, "acme.dns01.secret_file");
     assert!(message.contains("cannot be read"), "{message}");
 }
+
+/// The bytes of the vector's answer the MAC does not cover: the TSIG
+/// RR's CLASS and TTL, which the MAC computation replaces by ANY and 0
+/// (RFC 8945 §4.3.3) and nothing here reads.
+const UNCOVERED: std::ops::Range<usize> = 42..48;
+
+proptest::proptest! {
+    /// Whatever a server (or someone on the path) answers, the check
+    /// says no without panicking, unless it is the signed answer.
+    #[test]
+    fn any_other_answer_is_refused_without_panic(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        flips in proptest::collection::vec((0usize..200, 1u8..=255), 1..4),
+    ) {
+        let (_, _, mut verifier) = signed_request();
+        proptest::prop_assert!(check_update_answer(&settings(), 0x1234, &bytes, &mut verifier).is_err());
+        let mut answer = unhex(RESPONSE);
+        for (at, flip) in flips {
+            let mut at = at % answer.len();
+            if UNCOVERED.contains(&at) {
+                at = 0;
+            }
+            answer[at] ^= flip;
+        }
+        // Flips that cancel out leave the signed answer.
+        proptest::prop_assume!(answer != unhex(RESPONSE));
+        let (_, _, mut verifier) = signed_request();
+        proptest::prop_assert!(check_update_answer(&settings(), 0x1234, &answer, &mut verifier).is_err());
+    }
+}
