@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
+use hickory_proto::rr::rdata::tsig::TsigAlgorithm;
 use skiff_shared::tasks::TaskTree;
 use tokio::time::Instant;
 
@@ -27,6 +28,8 @@ const WILDCARD: &str = "*.app.skiff.test";
 const KEY: &str = "skiff-acme";
 /// A key named gets no right to update the zone.
 const OTHER_KEY: &str = "other-key";
+/// A key with the right, signing with HMAC-SHA512.
+const SHA512_KEY: &str = "sha512-key";
 
 /// Whether the programs these tests need are here; says why not.
 fn programs_present() -> bool {
@@ -85,10 +88,11 @@ impl Named {
 controls {{ }};
 key "{KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
 key "{OTHER_KEY}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+key "{SHA512_KEY}" {{ algorithm hmac-sha512; secret "{secret}"; }};
 zone "skiff.test" {{
     type primary;
     file "{d}/skiff.test.zone";
-    allow-update {{ key "{KEY}"; }};
+    allow-update {{ key "{KEY}"; key "{SHA512_KEY}"; }};
 }};
 "#
         );
@@ -298,7 +302,16 @@ async fn what_bind_answers_to_a_wrong_key_zone_or_server_names_the_fix() {
         let mut records = dns01::TxtRecords::new(settings);
         records.add(domain, "value").await.unwrap_err().to_string()
     };
+    let sha512 = |key: &str| Dns01Settings {
+        algorithm: TsigAlgorithm::HmacSha512,
+        ..named.settings_for(&named.secret, key, "skiff.test", &server)
+    };
     let cases = [
+        (
+            sha512(KEY),
+            WILDCARD,
+            "does not know key skiff-acme (hmac-sha512)",
+        ),
         (
             named.settings_for(&named.secret, "nobody", "skiff.test", &server),
             WILDCARD,
@@ -357,4 +370,11 @@ async fn what_bind_answers_to_a_wrong_key_zone_or_server_names_the_fix() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // HMAC-SHA512 keys work as well.
+    let mut records = dns01::TxtRecords::new(sha512(SHA512_KEY));
+    records.add(WILDCARD, "sha512").await.unwrap();
+    assert_eq!(challenge_txt(&dns01).await, vec![b"sha512".to_vec()]);
+    records.remove_all().await;
+    assert!(challenge_txt(&dns01).await.is_empty(), "deleted");
 }
