@@ -92,7 +92,8 @@ key "{SHA512_KEY}" {{ algorithm hmac-sha512; secret "{secret}"; }};
 zone "skiff.test" {{
     type primary;
     file "{d}/skiff.test.zone";
-    allow-update {{ key "{KEY}"; key "{SHA512_KEY}"; }};
+    // As docs/ingress.md suggests: the keys may change TXT records only.
+    update-policy {{ grant {KEY} zonesub TXT; grant {SHA512_KEY} zonesub TXT; }};
 }};
 "#
         );
