@@ -119,9 +119,11 @@ zone "skiff.test" {{
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             secret,
         };
-        // named says "running" once its zones are loaded and it listens.
+        // Ready once it answers for the zone over TCP.
+        let settings = named.settings(&named.secret);
+        let apex = settings.zone.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !named.log().contains("running") {
+        while dns01::rfc2136::txt_values(&settings, &apex).await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "named did not start:\n{}",
