@@ -14,11 +14,12 @@ say() { printf '==> %s\n' "$*"; }
 # Debian packages the tests use: busybox-static for the test image,
 # debootstrap for the tier-2 host image, curl for the install script,
 # docker-registry and apache2-utils (htpasswd) for the private-registry test,
-# pebble (a test ACME CA) for the coordinator's ACME test,
+# pebble (a test ACME CA) for the coordinator's ACME test, bind9 (named,
+# taking RFC 2136 updates signed with TSIG) for its DNS-01 test,
 # nftables and iptables for the agent's firewall (its rendered table is
 # checked with nft), tcpdump for the capture of the tier-2 hosts' network
 # (the mesh tests).
-packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble)
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble bind9)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +32,11 @@ if ((${#missing[@]})); then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The DNS-01 test starts its own named on a free port; the service the
+  # package starts would hold port 53 on every address.
+  if [[ " ${missing[*]} " == *" bind9 "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now named >/dev/null 2>&1 || true
+  fi
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "test.sh: the Docker Engine is not reachable (docker info failed); start it first" >&2
