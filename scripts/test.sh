@@ -17,8 +17,9 @@ say() { printf '==> %s\n' "$*"; }
 # pebble (a test ACME CA) for the coordinator's ACME test,
 # nftables and iptables for the agent's firewall (its rendered table is
 # checked with nft), tcpdump for the capture of the tier-2 hosts' network
-# (the mesh tests).
-packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble)
+# (the mesh tests), rsyslog and rsyslog-gnutls (its TLS driver) as the
+# receiver the agent's log sinks ship to over TCP and TLS.
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble rsyslog rsyslog-gnutls)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -174,6 +174,15 @@ impl Buffer {
         {
             let mut inner = buffer.lock();
             buffer.start_segment(&mut inner, next)?;
+            if let Some(first) = inner.segments.front()
+                && first.seq != inner.ack.seq
+            {
+                inner.ack = Pos {
+                    seq: first.seq,
+                    offset: 0,
+                };
+                inner.acked_lines = 0;
+            }
             buffer.settle(&mut inner)?;
         }
         Ok(Arc::new(buffer))
@@ -477,6 +486,14 @@ impl Buffer {
         if inner.ack == batch.start {
             inner.ack = batch.end;
             inner.acked_lines += lines;
+        } else if inner
+            .segments
+            .front()
+            .is_none_or(|s| batch.start.seq < s.seq)
+        {
+            // Its segment was dropped while it was on its way, and its
+            // lines counted as dropped: they were delivered after all.
+            inner.dropped = inner.dropped.saturating_sub(lines);
         }
         self.settle(&mut inner)?;
         if inner.checkpoint_at.elapsed() >= CHECKPOINT_EVERY {
