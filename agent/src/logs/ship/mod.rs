@@ -460,15 +460,15 @@ impl Shipping {
                     buffered_lines: counts.buffered_lines,
                     buffered_bytes: counts.buffered_bytes,
                     dropped: counts.dropped,
-                    error: health.error,
-                    refused: lock(&sink.refused).clone(),
+                    error: health.error.map(bounded),
+                    refused: lock(&sink.refused).clone().map(bounded),
                 }
             })
             .collect();
         out.extend(state.refused_new.iter().map(|(key, why)| SinkStatus {
             name: key.name.clone(),
             stack: key.stack.clone(),
-            refused: Some(why.clone()),
+            refused: Some(bounded(why.clone())),
             ..SinkStatus::default()
         }));
         out.sort_by(|a, b| (&a.stack, &a.name).cmp(&(&b.stack, &b.name)));
@@ -493,6 +493,20 @@ async fn stop(sink: &Sink) {
     stop_shipper(sink).await;
     let dir = sink.buffer.dir().to_owned();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+}
+
+/// A message cut to the report's bound (1024 bytes) at a character.
+fn bounded(mut text: String) -> String {
+    const MAX: usize = 1000;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 fn stored_spec(dir: &Path) -> Option<SinkSpec> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use skiff_shared::sections::logs::{Endpoint, SinkFormat, SinkSpec, Transport};
+use skiff_shared::sections::logs::{Endpoint, SinkFormat, SinkSpec};
 use skiff_shared::tasks::TaskTree;
 use tracing::{info, warn};
 
@@ -202,7 +202,6 @@ async fn send(conn: &mut Conn, target: &Target, batch: &Batch) -> Result<(), Shi
                     ("application/x-ndjson", out)
                 }
             };
-            debug_assert!(matches!(e.transport, Transport::Http | Transport::Https));
             transport::post(sender, e, content_type, body).await
         }
     }

@@ -22,7 +22,7 @@ struct Request {
     body: Vec<u8>,
 }
 
-/// Answers 503 to the first `refuse` requests, then 200; keeps what the
+/// Answers `refusal` (503) to the first `refuse` requests, then 200; keeps what the
 /// 200s took.
 struct Receiver {
     port: u16,
@@ -31,6 +31,10 @@ struct Receiver {
 }
 
 async fn receiver(refuse: usize, tree: &TaskTree) -> Receiver {
+    receiver_answering(refuse, 503, tree).await
+}
+
+async fn receiver_answering(refuse: usize, refusal: u16, tree: &TaskTree) -> Receiver {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let taken = Arc::new(Mutex::new(Vec::new()));
@@ -56,7 +60,7 @@ async fn receiver(refuse: usize, tree: &TaskTree) -> Receiver {
                                 .unwrap_or_default();
                             let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
                             let status = if r.fetch_add(1, Ordering::SeqCst) < refuse {
-                                503
+                                refusal
                             } else {
                                 r.fetch_sub(1, Ordering::SeqCst);
                                 t.lock().unwrap().push(Request {
@@ -69,7 +73,9 @@ async fn receiver(refuse: usize, tree: &TaskTree) -> Receiver {
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .status(status)
-                                    .body(Full::new(Bytes::from_static(b"busy")))
+                                    .body(Full::new(Bytes::from_static(
+                                        b"no field 'line' expected",
+                                    )))
                                     .unwrap(),
                             )
                         }
@@ -206,6 +212,42 @@ async fn otlp_logs_arrive_in_the_otlp_json_shape() {
     for key in ["stack", "service", "replica", "release", "stream"] {
         assert!(keys.contains(&key), "{key} in {keys:?}");
     }
+    tree.cancel();
+    tree.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_the_lines_is_named_with_the_fix_and_the_lines_stay_buffered() {
+    let tree = TaskTree::root();
+    let rx = receiver_answering(usize::MAX, 400, &tree).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shipping = Shipping::new(dir.path(), &tree);
+    let url = format!("http://127.0.0.1:{}/bulk", rx.port);
+    shipping
+        .configure(&section(vec![spec("picky", &url, SinkFormat::JsonLines)]))
+        .await;
+    shipping
+        .push(records(&source("web", "api", 1), 0, 10))
+        .await;
+    until(20, "the sink reports the refusal", || {
+        shipping.statuses()[0].error.is_some()
+    })
+    .await;
+    let s = &shipping.statuses()[0];
+    assert_eq!(
+        s.error.as_deref().unwrap(),
+        format!(
+            "http://127.0.0.1:{}/bulk: the receiver answered 400 Bad Request no field 'line' expected: \
+             the receiver refused the lines; check its format settings",
+            rx.port
+        )
+    );
+    assert!(!s.healthy);
+    assert_eq!(
+        (s.delivered, s.buffered_lines, s.dropped),
+        (0, 10, 0),
+        "kept, not dropped"
+    );
     tree.cancel();
     tree.wait().await;
 }

@@ -288,3 +288,39 @@ fn json_lines_and_otlp_carry_every_field() {
         attrs.contains(&serde_json::json!({"key": "stream", "value": {"stringValue": "stderr"}}))
     );
 }
+
+#[tokio::test]
+async fn a_new_sink_that_cannot_be_reached_is_refused_and_not_started() {
+    use crate::logs::record::Sinks as _;
+    let tree = skiff_shared::tasks::TaskTree::root();
+    let dir = tempfile::tempdir().unwrap();
+    let shipping = super::Shipping::new(dir.path(), &tree);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    shipping
+        .configure(&section(vec![spec("away", &url, SinkFormat::Syslog)]))
+        .await;
+    let s = shipping.statuses();
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0].refused.as_deref().unwrap(),
+        format!("{url}: connection refused: is the receiver listening on port {port}?")
+    );
+    shipping.push(records(&source("web", "api", 1), 0, 5)).await;
+    assert_eq!(
+        shipping.statuses()[0].buffered_lines,
+        0,
+        "not started: nothing buffered"
+    );
+    assert!(
+        !dir.path().join("logs/buffers/cluster.away").exists(),
+        "no buffer for a refused new sink"
+    );
+    tree.cancel();
+    tree.wait().await;
+}

@@ -94,7 +94,12 @@ impl Rsyslog {
                  module(load=\"imtcp\" StreamDriver.Name=\"gtls\" StreamDriver.Mode=\"1\" StreamDriver.AuthMode=\"anon\")\n"
             )
         } else {
-            "module(load=\"imtcp\")\n".to_owned()
+            // Plain TCP, and UDP on the same port number.
+            format!(
+                "module(load=\"imtcp\")\nmodule(load=\"imudp\")\n\
+                 input(type=\"imudp\" port=\"{}\" address=\"127.0.0.1\")\n",
+                self.port
+            )
         };
         let conf = format!(
             "global(workDirectory=\"{d}\")\n{tls}\
@@ -441,6 +446,44 @@ async fn tls_lines_arrive_and_a_certificate_that_does_not_verify_is_refused_keep
     let s = shipping.statuses();
     assert_eq!(s.len(), 1);
     assert!(s[0].refused.is_none(), "{s:?}");
+    tree.cancel();
+    tree.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_reach_rsyslog_over_udp_one_datagram_each_and_long_ones_are_cut() {
+    if missing(false) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let rsyslog = Rsyslog::start(dir.path(), port, None);
+    let tree = TaskTree::root();
+    let shipping = Shipping::new(&dir.path().join("data"), &tree);
+    let url = format!("udp://127.0.0.1:{port}");
+    shipping
+        .configure(&section(vec![spec("datagrams", &url, SinkFormat::Syslog)]))
+        .await;
+    let src = source("web", "api", 1);
+    let mut recs = records(&src, 0, 50);
+    recs[49].line = format!("seq=49 {}", "y".repeat(20_000));
+    shipping.push(recs).await;
+    until(20, "rsyslog has every datagram", || {
+        rsyslog.seqs().len() == 50
+    })
+    .await;
+    let long = rsyslog
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("seq=49 "))
+        .unwrap();
+    assert!(
+        long.len() < 8192,
+        "the long line was cut: {} bytes",
+        long.len()
+    );
+    assert!(long.starts_with("host-1|web.api|1|stderr|11|[skiff@32473 host=\"host-1\""));
+    assert_eq!(shipping.statuses()[0].delivered, 50);
     tree.cancel();
     tree.wait().await;
 }
