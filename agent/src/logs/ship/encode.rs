@@ -33,10 +33,17 @@ fn severity(stream: Stream) -> u8 {
 /// RFC 3339 in UTC with `digits` fractional digits (6 for syslog, whose
 /// TIME-SECFRAC allows no more; 9 elsewhere).
 pub fn rfc3339(ts_ns: i64, digits: u32) -> String {
+    let mut out = Vec::with_capacity(32);
+    write_rfc3339(&mut out, ts_ns, digits);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn write_rfc3339(out: &mut Vec<u8>, ts_ns: i64, digits: u32) {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts_ns))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let frac = t.nanosecond() / 10u32.pow(9 - digits);
-    format!(
+    let _ = write!(
+        Wr(out),
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:0width$}Z",
         t.year(),
         u8::from(t.month()),
@@ -46,14 +53,14 @@ pub fn rfc3339(ts_ns: i64, digits: u32) -> String {
         t.second(),
         frac,
         width = digits as usize
-    )
+    );
 }
 
 /// A header field: printable US-ASCII without spaces, at most `max`
 /// bytes, `-` when empty.
-fn field(out: &mut Vec<u8>, value: &str, max: usize) {
+fn field(out: &mut Vec<u8>, value: impl Iterator<Item = u8>, max: usize) {
     let mut n = 0;
-    for b in value.bytes() {
+    for b in value {
         if n == max {
             break;
         }
@@ -79,11 +86,17 @@ fn param(out: &mut Vec<u8>, value: &str) {
 pub fn syslog(record: &Record, out: &mut Vec<u8>) {
     let s = &record.source;
     let pri = FACILITY_USER * 8 + severity(record.stream);
-    let _ = write!(Wr(out), "<{pri}>1 {} ", rfc3339(record.ts_ns, 6));
-    field(out, &s.host, 255);
+    let _ = write!(Wr(out), "<{pri}>1 ");
+    write_rfc3339(out, record.ts_ns, 6);
     out.push(b' ');
-    let app = format!("{}.{}", s.stack, s.service);
-    field(out, &app, 48);
+    field(out, s.host.bytes(), 255);
+    out.push(b' ');
+    let app = s
+        .stack
+        .bytes()
+        .chain(std::iter::once(b'.'))
+        .chain(s.service.bytes());
+    field(out, app, 48);
     let _ = write!(
         Wr(out),
         " {} {} [{SD_ID} host=\"",

@@ -184,7 +184,13 @@ impl Shipping {
             info!(sink = %key.name, stack = ?key.stack, "A sink was removed with its buffer.");
         }
         self.remove_other_buffers(&desired).await;
-        let mut refused_any = false;
+        {
+            let mut state = lock(&inner.state);
+            state.own = section.stack_sinks.keys().cloned().collect();
+            state.last = Some(Arc::new(section.clone()));
+        }
+        // Settings to try: new or changed ones, probed side by side.
+        let mut probes = Vec::new();
         for (key, spec) in &desired {
             let existing = lock(&inner.state).sinks.get(key).cloned();
             if let Some(sink) = &existing
@@ -208,13 +214,20 @@ impl Shipping {
                 }
             }
             let tree = inner.tree.child();
-            let probe = match Target::new(spec) {
-                Ok(target) => match target.connect(&tree).await {
-                    Ok(conn) => Ok((target, conn)),
+            probes.push(async move {
+                let probe = match Target::new(spec) {
+                    Ok(target) => match target.connect(&tree).await {
+                        Ok(conn) => Ok((target, conn)),
+                        Err(e) => Err(e.0),
+                    },
                     Err(e) => Err(e.0),
-                },
-                Err(e) => Err(e.0),
-            };
+                };
+                (key, spec, existing, dir, tree, probe)
+            });
+        }
+        let mut refused_any = false;
+        for (key, spec, existing, dir, tree, probe) in futures_util::future::join_all(probes).await
+        {
             match (existing, probe) {
                 (_, Ok((target, conn))) => {
                     self.start(key, target, Some(conn), Some(tree)).await;
@@ -243,11 +256,6 @@ impl Shipping {
                     lock(&inner.state).refused_new.insert(key.clone(), why);
                 }
             }
-        }
-        {
-            let mut state = lock(&inner.state);
-            state.own = section.stack_sinks.keys().cloned().collect();
-            state.last = Some(Arc::new(section.clone()));
         }
         if refused_any {
             inner.retry.notify_one();

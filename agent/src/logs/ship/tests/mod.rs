@@ -324,3 +324,62 @@ async fn a_new_sink_that_cannot_be_reached_is_refused_and_not_started() {
     tree.cancel();
     tree.wait().await;
 }
+
+/// A rough figure, not a benchmark (debug build, one machine): lines per
+/// second from `push` to a TCP receiver that reads and discards.
+/// `cargo test -p skiff-agent --lib ship_rate -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints a rate; run by hand"]
+async fn ship_rate() {
+    use crate::logs::record::Sinks as _;
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let r = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    r.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let tree = skiff_shared::tasks::TaskTree::root();
+    let dir = tempfile::tempdir().unwrap();
+    let shipping = super::Shipping::new(dir.path(), &tree);
+    let mut sink = spec(
+        "rate",
+        &format!("tcp://127.0.0.1:{port}"),
+        SinkFormat::Syslog,
+    );
+    sink.buffer_bytes = 256 << 20;
+    shipping.configure(&section(vec![sink])).await;
+    let src = source("web", "api", 1);
+    let lines = 200_000u64;
+    let started = std::time::Instant::now();
+    for i in 0..lines / 1000 {
+        shipping.push(records(&src, i * 1000, 1000)).await;
+    }
+    until(120, "every line is delivered", || {
+        shipping.statuses()[0].delivered == lines
+    })
+    .await;
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = received.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "{lines} lines, {:.1} MiB sent in {secs:.2} s: {:.0} lines/s, {:.1} MiB/s",
+        bytes as f64 / f64::from(1 << 20),
+        lines as f64 / secs,
+        bytes as f64 / f64::from(1 << 20) / secs
+    );
+    tree.cancel();
+    tree.wait().await;
+}
