@@ -349,6 +349,18 @@ impl Buffer {
     /// Reading failed. A corrupt frame drops the rest of its segment
     /// (counted) and is reported as an error.
     pub fn read(&self, max_lines: usize, max_bytes: usize) -> io::Result<Option<Batch>> {
+        // A segment dropped (`drop_oldest`) between choosing it and
+        // opening it: read again from the new position.
+        for _ in 0..8 {
+            match self.read_once(max_lines, max_bytes) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => return other,
+            }
+        }
+        self.read_once(max_lines, max_bytes)
+    }
+
+    fn read_once(&self, max_lines: usize, max_bytes: usize) -> io::Result<Option<Batch>> {
         let (start, end_of_segment) = {
             let mut inner = self.lock();
             self.settle(&mut inner)?;

@@ -424,6 +424,9 @@ impl Shipping {
         }
     }
 
+    /// Appends to one sink's buffer, waiting for room under `block`. Only
+    /// a shutdown (the tree cancelled) ends the wait without storing; the
+    /// follower, cancelled with it, must not checkpoint past those lines.
     async fn store_in(&self, sink: &Sink, frames: Arc<Vec<u8>>, lines: u64) {
         loop {
             let room = sink.buffer.room().notified();
