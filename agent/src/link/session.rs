@@ -2,6 +2,7 @@
 //! ways, plans and deliveries handed to the controllers through the
 //! [`Router`], their reports sent back, and certificate renewal.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,8 +12,10 @@ use skiff_shared::protocol::{
 };
 use skiff_shared::tasks::TaskTree;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConnectError, Ended, closed};
@@ -27,7 +30,24 @@ pub(crate) struct Session<'a> {
     /// Capabilities both sides have, from the welcome.
     accepted: Vec<String>,
     mesh_endpoint: Option<String>,
+    /// The queries being answered, by query id.
+    queries: HashMap<u64, CancellationToken>,
+    /// Every query's chunks, on their way to the coordinator: `None` says
+    /// a query's answer ended.
+    answers: (mpsc::Sender<AnswerPart>, mpsc::Receiver<AnswerPart>),
+    /// Parent of every query's token: cancelled when the session ends.
+    queries_root: CancellationToken,
 }
+
+/// A chunk of query `.0`'s answer from section `.1`; `None` when it ended.
+type AnswerPart = (u64, String, Option<serde_json::Value>);
+
+/// Most queries answered at once on one link.
+const MAX_QUERIES: usize = 64;
+/// Chunks of one answer waiting to be sent.
+const QUERY_BUFFER: usize = 4;
+/// Chunks of all answers waiting for the session loop.
+const ANSWERS_BUFFER: usize = 16;
 
 impl<'a> Session<'a> {
     pub(crate) fn new(
@@ -42,6 +62,9 @@ impl<'a> Session<'a> {
             renewal_pending: None,
             accepted: Vec::new(),
             mesh_endpoint,
+            queries: HashMap::new(),
+            answers: mpsc::channel(ANSWERS_BUFFER),
+            queries_root: CancellationToken::new(),
         }
     }
 
@@ -116,6 +139,8 @@ impl<'a> Session<'a> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut renew_at = self.renew_deadline();
+        // A closed link stops every query it carried.
+        let _queries = self.queries_root.clone().drop_guard();
         loop {
             let renew_sleep = tokio::time::sleep_until(renew_at.into());
             tokio::select! {
@@ -148,6 +173,19 @@ impl<'a> Session<'a> {
                     }
                     renew_at = Instant::now() + Duration::from_secs(60);
                 }
+                Some((re, section, body)) = self.answers.1.recv() => {
+                    match body {
+                        Some(body) => {
+                            let msg = AgentMessage::Answer(SectionMessage { section, body });
+                            if let Err(e) = self.send(ws, Some(re), &msg).await {
+                                return Ok(Ended::Lost(started.elapsed(), format!("sending an answer failed: {e}")));
+                            }
+                        }
+                        None => {
+                            self.queries.remove(&re);
+                        }
+                    }
+                }
                 msg = ws.next() => {
                     last_rx = Instant::now();
                     let msg = match msg {
@@ -165,7 +203,7 @@ impl<'a> Session<'a> {
                                     return Ok(Ended::Lost(started.elapsed(), error.to_string()));
                                 }
                             };
-                            if self.handle(ws, env).await? {
+                            if self.handle(ws, env, tree).await? {
                                 renew_at = self.renew_deadline();
                             }
                         }
@@ -226,19 +264,70 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Starts answering query `id`: its controller writes chunks into a
+    /// bounded channel of its own, a task moves them to the session loop,
+    /// which sends them between heartbeats and plans.
+    fn start_query(
+        &mut self,
+        id: u64,
+        query: SectionMessage,
+        tree: &TaskTree,
+    ) -> Result<(), String> {
+        if self.queries.len() >= MAX_QUERIES {
+            return Err(format!(
+                "this agent already answers {MAX_QUERIES} queries: try again when one ended"
+            ));
+        }
+        if self.queries.contains_key(&id) {
+            return Err(format!("query {id} is already being answered"));
+        }
+        let token = self.queries_root.child_token();
+        let (tx, mut rx) = mpsc::channel(QUERY_BUFFER);
+        self.router
+            .query(&query.section, query.body, tx, token.clone())?;
+        self.queries.insert(id, token.clone());
+        let answers = self.answers.0.clone();
+        let section = query.section;
+        tree.spawn("link-answer", async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    chunk = rx.recv() => {
+                        let Some(chunk) = chunk else { break };
+                        if answers.send((id, section.clone(), Some(chunk))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = answers.send((id, section, None)).await;
+        });
+        Ok(())
+    }
+
     /// Handles one message; returns true when the certificate was replaced.
     async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         env: protocol::Envelope<CoordinatorMessage>,
+        tree: &TaskTree,
     ) -> Result<bool, ConnectError> {
         match env.body {
             CoordinatorMessage::Heartbeat(_) | CoordinatorMessage::Welcome(_) => Ok(false),
             CoordinatorMessage::Query(query) => {
-                warn!(section = %query.section, "Ignoring a query no controller answers yet.");
+                if let Err(error) = self.start_query(env.id, query, tree) {
+                    warn!(error = %error, "Query refused.");
+                    self.send(ws, Some(env.id), &AgentMessage::Ack(Ack::err(error)))
+                        .await?;
+                }
                 Ok(false)
             }
-            CoordinatorMessage::Cancel { .. } => Ok(false),
+            CoordinatorMessage::Cancel { query } => {
+                if let Some(token) = self.queries.remove(&query) {
+                    token.cancel();
+                }
+                Ok(false)
+            }
             CoordinatorMessage::Deliver(delivery) => {
                 let section = delivery.section.clone();
                 match self.router.deliver(delivery) {
