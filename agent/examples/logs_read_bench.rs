@@ -1,6 +1,6 @@
 //! How much CPU reading a container's output costs, two ways: through the
-//! Docker API (`GET /containers/{id}/logs`, what the agent does) and by
-//! reading the engine's json-file log directly. Not a test: run it by hand
+//! Docker API (`GET /containers/{id}/logs`, the agent's fallback) and by
+//! reading the engine's json-file log directly (what the agent does). Not a test: run it by hand
 //! on an idle machine (root, Docker Engine with the json-file driver, the
 //! `skiff-test/busybox:1` image) and copy the figures to
 //! docs/benchmarks.md ("Logs").

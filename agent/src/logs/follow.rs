@@ -1,6 +1,7 @@
-//! Following one container: its output through the Docker API
-//! (`GET /containers/{id}/logs?follow=1&timestamps=1&since=<checkpoint>`),
-//! in batches of at most [`MAX_BATCH_LINES`] lines or [`MAX_BATCH_WAIT`],
+//! Following one container: its output from the engine's json-file log
+//! (`jsonfile`, the cheaper way), or through the Docker API
+//! (`GET /containers/{id}/logs?follow=1&timestamps=1&since=<checkpoint>`)
+//! when the container has another log driver; in batches of at most [`MAX_BATCH_LINES`] lines or [`MAX_BATCH_WAIT`],
 //! each written to the container's file, pushed to the sinks, offered to
 //! live queries and then checkpointed.
 //!
@@ -9,18 +10,21 @@
 //! its own log, and the container never waits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::query_parameters::LogsOptions;
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use skiff_shared::sections::logs::Stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Position;
 use super::files;
+use super::jsonfile::{Frame, JsonFile};
 use super::record::{Record, Source};
 use super::{LiveBatch, Shared};
 
@@ -33,6 +37,11 @@ pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
 /// A line Docker split (over 16 KiB) is put back together up to this
 /// size, then cut.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Entries read from a json-file log at a time.
+const READ_ENTRIES: usize = 2048;
+/// How often the end of a json-file log is looked at again.
+const POLL: Duration = Duration::from_millis(100);
 
 /// Why following stopped before the container's output ended.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +85,7 @@ pub async fn follow(
     docker: Docker,
     source: Arc<Source>,
     cancel: CancellationToken,
+    stopped: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
     let start = shared.checkpoints.load(&source.container_id);
     let path = files::render(&shared.settings().path_template, &source);
@@ -83,15 +93,10 @@ pub async fn follow(
     let writer = shared.files.writer(&path);
     // Lines after the checkpoint already in the file: read again, counted.
     let dup_until = start.and_then(|_| files::last_ts(&path));
-    let options = LogsOptions {
-        follow: true,
-        stdout: true,
-        stderr: true,
-        timestamps: true,
-        since: start.map_or(0, |p| p.since_secs()),
-        ..Default::default()
+    let mut output = match json_file(&docker, &source.container_id).await {
+        Some(file) => from_file(file, cancel.clone(), stopped),
+        None => from_api(&docker, &source, start),
     };
-    let mut output = docker.logs(&source.container_id, Some(options));
     let mut seen = Position {
         ts_ns: i64::MIN,
         at_ts: 0,
@@ -174,25 +179,15 @@ pub async fn follow(
             }
             item = output.next() => item,
         };
-        let out = match item {
+        let frame = match item {
             None => return flush(&mut batch, &mut seq).await,
             Some(Err(error)) => {
                 flush(&mut batch, &mut seq).await?;
-                return Err(FollowError::Engine {
-                    container: source.container.clone(),
-                    error,
-                });
+                return Err(error);
             }
-            Some(Ok(out)) => out,
+            Some(Ok(frame)) => frame,
         };
-        let (stream, message) = match out {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                (Stream::Stdout, message)
-            }
-            LogOutput::StdErr { message } => (Stream::Stderr, message),
-            LogOutput::StdIn { .. } => continue,
-        };
-        let (ts_ns, text) = split_ts(&message);
+        let (stream, ts_ns, text) = (frame.stream, frame.ts_ns, frame.text.as_slice());
         seen.advance(ts_ns);
         if start.is_some_and(|p| p.covers(seen.ts_ns, seen.at_ts)) {
             continue;
@@ -242,6 +237,130 @@ pub async fn follow(
             flush(&mut batch, &mut seq).await?;
         }
     }
+}
+
+/// The engine's json-file log of a container, when it has one this
+/// agent can read.
+async fn json_file(docker: &Docker, id: &str) -> Option<JsonFile> {
+    let c = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .ok()?;
+    let driver = c.host_config?.log_config?.typ?;
+    let path = c.log_path.filter(|p| !p.is_empty())?;
+    if driver != "json-file" {
+        return None;
+    }
+    let path = std::path::PathBuf::from(path);
+    tokio::task::spawn_blocking(move || JsonFile::open(&path).ok())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Entries from the json-file log, read by a task of their own (so a
+/// batch's deadline never interrupts a read) that stops at the end of the
+/// output once `stopped` says the container stopped.
+fn from_file(
+    mut file: JsonFile,
+    cancel: CancellationToken,
+    stopped: Arc<AtomicBool>,
+) -> BoxStream<'static, Result<Frame, FollowError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Frame>, FollowError>>(4);
+    tokio::spawn(async move {
+        // One more read after the container stopped: its last lines.
+        let mut last = false;
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                let r = file.read(READ_ENTRIES);
+                (file, r)
+            })
+            .await;
+            let Ok((f, read)) = read else { return };
+            file = f;
+            let (frames, at_end) = match read {
+                Ok(r) => r,
+                Err(error) => {
+                    let _ = tx
+                        .send(Err(FollowError::File {
+                            path: "the engine's log".into(),
+                            error,
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            if !frames.is_empty() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    sent = tx.send(Ok(frames)) => if sent.is_err() { return },
+                }
+            }
+            if at_end {
+                if last {
+                    return;
+                }
+                last = stopped.load(Ordering::Acquire);
+                if !last {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(POLL) => {}
+                    }
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .flat_map(|item| match item {
+        Ok(frames) => futures_util::stream::iter(frames.into_iter().map(Ok)).left_stream(),
+        Err(e) => futures_util::stream::once(std::future::ready(Err(e))).right_stream(),
+    })
+    .boxed()
+}
+
+/// Entries through the Docker API, from the checkpoint's second.
+fn from_api(
+    docker: &Docker,
+    source: &Source,
+    start: Option<Position>,
+) -> BoxStream<'static, Result<Frame, FollowError>> {
+    let options = LogsOptions {
+        follow: true,
+        stdout: true,
+        stderr: true,
+        timestamps: true,
+        since: start.map_or(0, |p| p.since_secs()),
+        ..Default::default()
+    };
+    let container = source.container.clone();
+    docker
+        .logs(&source.container_id, Some(options))
+        .filter_map(move |item| {
+            let out = match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok((Stream::Stdout, message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok((Stream::Stderr, message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(error) => Some(Err(FollowError::Engine {
+                    container: container.clone(),
+                    error,
+                })),
+            };
+            std::future::ready(out.map(|r| {
+                r.map(|(stream, message)| {
+                    let (ts_ns, text) = split_ts(&message);
+                    Frame {
+                        stream,
+                        ts_ns,
+                        text: text.to_vec(),
+                    }
+                })
+            }))
+        })
+        .boxed()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -151,6 +151,11 @@ impl Node {
 
     /// Runs a labelled container (slot, release) with a shell script.
     fn run(&mut self, slot: u32, release: u64, script: &str) -> String {
+        self.run_with(slot, release, &[], script)
+    }
+
+    /// The same with more `docker run` options.
+    fn run_with(&mut self, slot: u32, release: u64, options: &[&str], script: &str) -> String {
         let labels = [
             format!("skiff.node={}", self.id),
             "skiff.stack=t".to_owned(),
@@ -163,6 +168,7 @@ impl Node {
         for l in &labels {
             args.extend(["--label", l.as_str()]);
         }
+        args.extend(options);
         args.extend([IMAGE, "sh", "-c", script]);
         let (ok, id) = docker_cli(&args);
         assert!(ok, "docker run failed: {id}");
@@ -446,6 +452,52 @@ async fn live_a_blocked_sink_stops_reading_and_loses_nothing() {
         .collect();
     assert_eq!(outs, (0..5000).collect::<Vec<_>>());
     assert_eq!(seqs(&read_all(&path)).len(), 5000);
+    tree.cancel();
+    tree.wait().await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker Engine; runs containers"]
+async fn live_docker_rotations_other_drivers_and_restarts_lose_nothing() {
+    let Some(docker) = engine().await else { return };
+    let mut node = Node::new("f");
+    let (_c, tree) = node.start(&docker, Arc::new(Collect::default()), node.settings());
+    // json-file rotated by the engine every 20 KB while it is read.
+    node.run_with(
+        1,
+        1,
+        &["--log-opt", "max-size=20k", "--log-opt", "max-file=100"],
+        &COUNT_TO.replace("$N", "4000"),
+    );
+    // The local driver: read through the API.
+    let local = node.run_with(
+        2,
+        1,
+        &["--log-driver", "local"],
+        &COUNT_TO.replace("$N", "3000").replace("sleep 600", "true"),
+    );
+    wait_for("4000 lines", || {
+        seqs(&read_all(&node.file(1))).len() >= 4000
+    })
+    .await;
+    assert_eq!(
+        seqs(&read_all(&node.file(1))),
+        (0..4000).collect::<Vec<_>>()
+    );
+    wait_for("3000 lines", || {
+        seqs(&read_all(&node.file(2))).len() >= 3000
+    })
+    .await;
+    // Started again, it is followed again: its output comes once more
+    // (the script starts from 0), after the first run's.
+    assert!(docker_cli(&["start", &local]).0);
+    wait_for("6000 lines", || {
+        seqs(&read_all(&node.file(2))).len() >= 6000
+    })
+    .await;
+    let mut expected: Vec<u64> = (0..3000).collect();
+    expected.extend(0..3000);
+    assert_eq!(seqs(&read_all(&node.file(2))), expected);
     tree.cancel();
     tree.wait().await;
 }

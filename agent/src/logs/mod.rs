@@ -45,6 +45,7 @@ pub mod checkpoint;
 pub mod diff;
 pub mod files;
 pub mod follow;
+pub mod jsonfile;
 pub mod query;
 pub mod record;
 
@@ -384,6 +385,9 @@ impl crate::controller::Controller for Controller {
 
 struct Follower {
     cancel: CancellationToken,
+    /// Set while its container is not running: a follower reading the
+    /// json-file ends at the end of the output.
+    stopped: Arc<AtomicBool>,
     ended: Arc<AtomicBool>,
 }
 
@@ -435,6 +439,10 @@ impl Reconciler {
         }
         let containers = &self.observed.containers;
         self.sources.retain(|id, _| containers.contains_key(id));
+        for (id, f) in &self.followers {
+            let running = self.observed.containers.get(id).copied().unwrap_or(false);
+            f.stopped.store(!running, Ordering::Release);
+        }
         self.observed.following = self
             .followers
             .iter()
@@ -501,11 +509,15 @@ impl Reconciler {
         let cancel = tree.token().clone();
         let handle = cancel.clone();
         let ended = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(
+            !self.observed.containers.get(id).copied().unwrap_or(false),
+        ));
+        let stop = stopped.clone();
         let shared = self.shared.clone();
         let docker = self.docker.clone();
         let done = ended.clone();
         tree.clone().spawn("logs-follow", async move {
-            let result = follow::follow(shared.clone(), docker, source.clone(), cancel).await;
+            let result = follow::follow(shared.clone(), docker, source.clone(), cancel, stop).await;
             if let Err(error) = result {
                 warn!(container = %source.container, error = %error, "Following a container's output stopped; resuming from its checkpoint.");
                 shared.error(error.to_string());
@@ -522,6 +534,7 @@ impl Reconciler {
             id.to_owned(),
             Follower {
                 cancel: handle,
+                stopped,
                 ended,
             },
         );
