@@ -392,4 +392,45 @@ mod tests {
         assert_eq!(mode(&path), FILE_MODE);
         assert_eq!(mode(path.parent().unwrap()), DIR_MODE);
     }
+
+    #[test]
+    fn retention_removes_old_rotations_and_files_of_containers_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = FileSettings {
+            keep_files: 2,
+            retain_days: 2,
+            ..FileSettings::default()
+        };
+        let kept = dir.path().join("kept.log");
+        let gone = dir.path().join("gone.log");
+        for p in [&kept, &gone] {
+            for suffix in ["", ".1", ".2", ".3"] {
+                let mut name = p.as_os_str().to_owned();
+                name.push(suffix);
+                fs::write(PathBuf::from(name), "x\n").unwrap();
+            }
+        }
+        let age = |p: &Path, days: &str| {
+            let ok = std::process::Command::new("touch")
+                .args(["-d", days])
+                .arg(p)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+        };
+        // kept: written now, its .1 recent, its .2 old; .3 is past keep_files.
+        age(&numbered(&kept, 2), "3 days ago");
+        // gone: nothing written for 3 days.
+        for p in rotated(&gone, 10).iter().chain([&gone]) {
+            age(p, "3 days ago");
+        }
+        let files = Files::default();
+        let _open = files.writer(&kept);
+        let removed = retain(&files, &[kept.clone(), gone.clone()], &settings);
+        assert_eq!(removed, vec![gone.clone()]);
+        assert_eq!(rotated(&kept, 10), vec![numbered(&kept, 1)]);
+        assert!(kept.exists());
+        assert!(!gone.exists() && rotated(&gone, 10).is_empty());
+    }
 }
