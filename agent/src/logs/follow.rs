@@ -19,8 +19,8 @@ use bollard::query_parameters::{InspectContainerOptions, LogsOptions};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use skiff_shared::sections::logs::Stream;
+use skiff_shared::tasks::TaskTree;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Position;
 use super::files;
@@ -84,9 +84,10 @@ pub async fn follow(
     shared: Arc<Shared>,
     docker: Docker,
     source: Arc<Source>,
-    cancel: CancellationToken,
+    tree: TaskTree,
     stopped: Arc<AtomicBool>,
 ) -> Result<(), FollowError> {
+    let cancel = tree.token().clone();
     let start = shared.checkpoints.load(&source.container_id);
     let path = files::render(&shared.settings().path_template, &source);
     shared.index.note(&source, &path);
@@ -94,7 +95,7 @@ pub async fn follow(
     // Lines after the checkpoint already in the file: read again, counted.
     let dup_until = start.and_then(|_| files::last_ts(&path));
     let mut output = match json_file(&docker, &source.container_id).await {
-        Some(file) => from_file(file, cancel.clone(), stopped),
+        Some(file) => from_file(file, &tree, stopped),
         None => from_api(&docker, &source, start),
     };
     let mut seen = Position {
@@ -263,11 +264,12 @@ async fn json_file(docker: &Docker, id: &str) -> Option<JsonFile> {
 /// output once `stopped` says the container stopped.
 fn from_file(
     mut file: JsonFile,
-    cancel: CancellationToken,
+    tree: &TaskTree,
     stopped: Arc<AtomicBool>,
 ) -> BoxStream<'static, Result<Frame, FollowError>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<Frame>, FollowError>>(4);
-    tokio::spawn(async move {
+    let cancel = tree.token().clone();
+    tree.spawn("logs-read", async move {
         // One more read after the container stopped: its last lines.
         let mut last = false;
         loop {

@@ -56,6 +56,8 @@ mod live_tests;
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// How often the report is refreshed (sent only when it changed).
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How long a problem stays in the report after it was last seen.
+const ERRORS_KEPT: Duration = Duration::from_secs(600);
 /// Live batches a slow query may fall behind before it loses some.
 const LIVE_BATCHES: usize = 1024;
 
@@ -211,7 +213,8 @@ pub struct Shared {
     pub sinks: Arc<dyn Sinks>,
     pub live: broadcast::Sender<Arc<LiveBatch>>,
     pub counters: Counters,
-    errors: Mutex<VecDeque<String>>,
+    /// Recent problems, with when each was last seen.
+    errors: Mutex<VecDeque<(std::time::Instant, String)>>,
     /// Fires when a follower ends.
     ended: Notify,
 }
@@ -246,14 +249,14 @@ impl Shared {
     }
 
     fn error(&self, error: String) {
+        let mut error = error;
+        error.truncate(1000);
         let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-        errors.retain(|e| *e != error);
+        errors.retain(|(_, e)| *e != error);
         if errors.len() >= MAX_REPORT_ERRORS {
             errors.pop_front();
         }
-        let mut error = error;
-        error.truncate(1000);
-        errors.push_back(error);
+        errors.push_back((std::time::Instant::now(), error));
     }
 }
 
@@ -358,26 +361,37 @@ impl crate::controller::Controller for Controller {
                     failing = true;
                 }
             }
-            r.report(&cx.reports);
             let wait = if failing {
                 Duration::from_secs(2)
             } else {
                 Duration::from_secs(30)
             };
-            tokio::select! {
-                () = cx.tree.cancelled() => return,
-                changed = desired.changed() => if changed.is_err() { return },
-                () = self.shared.ended.notified() => {}
-                event = events.next() => if event.is_none() {
-                    tokio::select! {
-                        () = cx.tree.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            let next_round = tokio::time::Instant::now() + wait;
+            // A round on what happens; the report at most every REPORT_EVERY.
+            loop {
+                tokio::select! {
+                    () = cx.tree.cancelled() => return,
+                    changed = desired.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
                     }
-                    events = r.events();
-                },
-                _ = retention.tick() => r.retain(),
-                _ = report.tick() => {}
-                () = tokio::time::sleep(wait) => {}
+                    () = self.shared.ended.notified() => break,
+                    event = events.next() => {
+                        if event.is_none() {
+                            tokio::select! {
+                                () = cx.tree.cancelled() => return,
+                                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            }
+                            events = r.events();
+                        }
+                        break;
+                    }
+                    _ = retention.tick() => r.retain(),
+                    _ = report.tick() => r.report(&cx.reports),
+                    () = tokio::time::sleep_until(next_round) => break,
+                }
             }
         }
     }
@@ -506,8 +520,7 @@ impl Reconciler {
             return;
         };
         let tree = self.tree.child();
-        let cancel = tree.token().clone();
-        let handle = cancel.clone();
+        let handle = tree.token().clone();
         let ended = Arc::new(AtomicBool::new(false));
         let stopped = Arc::new(AtomicBool::new(
             !self.observed.containers.get(id).copied().unwrap_or(false),
@@ -517,7 +530,7 @@ impl Reconciler {
         let docker = self.docker.clone();
         let done = ended.clone();
         tree.clone().spawn("logs-follow", async move {
-            let result = follow::follow(shared.clone(), docker, source.clone(), cancel, stop).await;
+            let result = follow::follow(shared.clone(), docker, source.clone(), tree.clone(), stop).await;
             if let Err(error) = result {
                 warn!(container = %source.container, error = %error, "Following a container's output stopped; resuming from its checkpoint.");
                 shared.error(error.to_string());
@@ -546,14 +559,16 @@ impl Reconciler {
             .values()
             .filter(|f| !f.ended.load(Ordering::Acquire))
             .count();
-        let errors = self
-            .shared
-            .errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect();
+        let errors = {
+            let mut errors = self
+                .shared
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // A problem not seen again for a while is over.
+            errors.retain(|(at, _)| at.elapsed() < ERRORS_KEPT);
+            errors.iter().map(|(_, e)| e.clone()).collect()
+        };
         let mut sinks = self.shared.sinks.statuses();
         sinks.truncate(skiff_shared::sections::logs::MAX_REPORT_SINKS);
         reports.send(&LogsReport {
