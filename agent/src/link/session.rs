@@ -378,3 +378,191 @@ impl<'a> Session<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use skiff_shared::protocol::Welcome;
+    use skiff_shared::sections::logs::{LogChunk, Logs};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::controller::Context;
+
+    /// Answers a query with `n` chunks (`n` = 0: chunks until cancelled).
+    struct Counter;
+
+    impl crate::controller::Controller for Counter {
+        type Kind = Logs;
+
+        fn query(
+            &self,
+            body: serde_json::Value,
+            out: mpsc::Sender<serde_json::Value>,
+            cancel: CancellationToken,
+        ) -> Result<(), String> {
+            let n = body["n"].as_u64().unwrap_or(0);
+            tokio::spawn(async move {
+                for i in 1.. {
+                    let chunk = LogChunk {
+                        dropped: i,
+                        end: i == n,
+                        ..LogChunk::default()
+                    };
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        sent = out.send(serde_json::to_value(&chunk).unwrap()) => if sent.is_err() { return },
+                    }
+                    if chunk.end {
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+
+        async fn run(self: Arc<Self>, cx: Context<Logs>) {
+            cx.tree.cancelled().await;
+        }
+    }
+
+    fn identity(dir: &std::path::Path) -> Identity {
+        Identity {
+            dir: dir.to_owned(),
+            node: crate::identity::NodeFile {
+                node_id: "n1".into(),
+                name: "n1".into(),
+                coordinator: "127.0.0.1:1".into(),
+                cluster_id: None,
+            },
+            key_pem: String::new(),
+            ca: rustls::pki_types::CertificateDer::from(vec![0u8]),
+            plan_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        }
+    }
+
+    async fn next(
+        ws: &mut WebSocketStream<tokio::io::DuplexStream>,
+    ) -> protocol::Envelope<AgentMessage> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("the agent said nothing for 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return protocol::decode(t.as_str()).unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("link ended: {other:?}"),
+            }
+        }
+    }
+
+    async fn send(
+        ws: &mut WebSocketStream<tokio::io::DuplexStream>,
+        id: u64,
+        m: &CoordinatorMessage,
+    ) {
+        let text = protocol::encode(id, None, m).unwrap();
+        ws.send(Message::text(text)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queries_are_answered_under_their_id_and_cancel_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = identity(dir.path());
+        let tree = TaskTree::root();
+        let mut s = crate::supervisor::Supervisor::new(tree.child());
+        s.add(Counter);
+        let router = s.router();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut coord = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let agent_tree = tree.child();
+        let agent = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+            Session::new(&identity, &router, None)
+                .run(&mut ws, &agent_tree)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        assert!(matches!(
+            next(&mut coord).await.body,
+            AgentMessage::Hello(_)
+        ));
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: "n1".into(),
+            capabilities: vec!["logs.v1".into()],
+            heartbeat_interval_ms: 100,
+            coordinator_version: "test".into(),
+        };
+        send(&mut coord, 1, &CoordinatorMessage::Welcome(welcome)).await;
+        let query = |n: u64| {
+            CoordinatorMessage::Query(SectionMessage {
+                section: "logs".into(),
+                body: serde_json::json!({ "n": n }),
+            })
+        };
+        // A query of 3 chunks, one that runs until cancelled, one for a
+        // section no controller runs.
+        send(&mut coord, 10, &query(3)).await;
+        send(&mut coord, 11, &query(0)).await;
+        send(
+            &mut coord,
+            12,
+            &CoordinatorMessage::Query(SectionMessage {
+                section: "nope".into(),
+                body: serde_json::json!({}),
+            }),
+        )
+        .await;
+        let (mut ten, mut eleven, mut refused, mut heartbeats) = (Vec::new(), 0, false, 0);
+        while ten.len() < 3 || eleven < 50 || !refused || heartbeats == 0 {
+            let env = next(&mut coord).await;
+            match env.body {
+                AgentMessage::Answer(a) => {
+                    assert_eq!(a.section, "logs");
+                    let chunk: LogChunk = serde_json::from_value(a.body).unwrap();
+                    match env.re {
+                        Some(10) => ten.push(chunk.dropped),
+                        Some(11) => eleven += 1,
+                        other => panic!("an answer to {other:?}"),
+                    }
+                }
+                AgentMessage::Ack(ack) => {
+                    assert_eq!(env.re, Some(12));
+                    assert!(ack.error.unwrap().contains("\"nope\""));
+                    refused = true;
+                }
+                AgentMessage::Heartbeat(_) => heartbeats += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(ten, [1, 2, 3]);
+        send(&mut coord, 13, &CoordinatorMessage::Cancel { query: 11 }).await;
+        // After the cancel, what was already on its way arrives, then
+        // heartbeats only.
+        let mut quiet = 0;
+        let mut late = 0;
+        while quiet < 3 {
+            late += 1;
+            assert!(late < 10_000, "answers go on after the cancel");
+            let env = next(&mut coord).await;
+            match env.body {
+                AgentMessage::Answer(_) => quiet = 0,
+                AgentMessage::Heartbeat(_) => {
+                    quiet += 1;
+                    send(
+                        &mut coord,
+                        14,
+                        &CoordinatorMessage::Heartbeat(Heartbeat { sent_at_ms: 0 }),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
+        tree.cancel();
+        agent.await.unwrap().unwrap();
+    }
+}
