@@ -23,6 +23,7 @@ use skiff_shared::plan::Section;
 use skiff_shared::sections::SectionKind;
 use skiff_shared::tasks::TaskTree;
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// One agent subsystem.
@@ -39,6 +40,19 @@ pub trait Controller: Send + Sync + 'static {
     /// needs it is accepted, so it must be quick.
     fn deliver(&self, _delivery: <Self::Kind as SectionKind>::Delivery) -> Result<(), String> {
         Err(format!("section {} takes no deliveries", Self::Kind::NAME))
+    }
+
+    /// Starts answering a query (`skiff logs`): chunks go to `out` (the
+    /// section's own type says which one ends the answer) until the answer
+    /// ends, `out` closes or `cancel` fires. Must not block: the answer runs
+    /// in a task of the controller's own.
+    fn query(
+        &self,
+        _body: serde_json::Value,
+        _out: tokio::sync::mpsc::Sender<serde_json::Value>,
+        _cancel: CancellationToken,
+    ) -> Result<(), String> {
+        Err(format!("section {} answers no queries", Self::Kind::NAME))
     }
 
     /// Runs until `cx.tree` is cancelled.
@@ -87,6 +101,13 @@ pub trait Port: Send + Sync {
     fn absent(&self) -> Publish;
     /// Parses a delivery and hands it to the controller.
     fn deliver(&self, body: serde_json::Value) -> Result<(), String>;
+    /// Starts answering a query; see [`Controller::query`].
+    fn query(
+        &self,
+        body: serde_json::Value,
+        out: tokio::sync::mpsc::Sender<serde_json::Value>,
+        cancel: CancellationToken,
+    ) -> Result<(), String>;
 }
 
 /// Publishes one prepared section to its controller.
@@ -141,6 +162,15 @@ impl<C: Controller> Port for TypedPort<C> {
         let delivery = serde_json::from_value(body)
             .map_err(|e| format!("a delivery for {} is invalid: {e}", C::Kind::NAME))?;
         self.controller.deliver(delivery)
+    }
+
+    fn query(
+        &self,
+        body: serde_json::Value,
+        out: tokio::sync::mpsc::Sender<serde_json::Value>,
+        cancel: CancellationToken,
+    ) -> Result<(), String> {
+        self.controller.query(body, out, cancel)
     }
 }
 

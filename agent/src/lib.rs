@@ -14,7 +14,8 @@
 //! - [`supervisor`]: runs controllers and routes sections to them.
 //! - [`engine`]: the connection to the Docker Engine the controllers share.
 //! - The controllers, one folder each, listed at the end of this file
-//!   ([`start_controllers`]): [`containers`], [`networks`], [`mesh`], [`dns`], [`ingress`].
+//!   ([`start_controllers`]): [`containers`], [`networks`], [`mesh`], [`dns`], [`ingress`],
+//!   [`logs`].
 //! - [`facts`]: host facts from sysinfo and the Docker Engine.
 //! - [`firewall`]: the agent's nftables table, which controllers add to.
 //! - [`leases`]: the cluster networks' leases on this host, which the
@@ -138,6 +139,7 @@ pub fn start_controllers(tree: &TaskTree, host: &supervisor::Host) -> supervisor
     s.add(networks::Controller::new(host));
     s.add(mesh::Controller::new(host));
     s.add(dns::Controller::new(host.dns.clone()));
+    s.add(logs::Controller::new(host, tree));
     s.add(ingress::Controller::new(
         &host.data_dir,
         ingress::IngressOptions::default(),

@@ -153,6 +153,23 @@ impl Router {
         port.deliver(message.body)
     }
 
+    /// Starts a query's answer by its section's controller.
+    ///
+    /// # Errors
+    /// No controller runs the section, or it answers no queries.
+    pub fn query(
+        &self,
+        section: &str,
+        body: serde_json::Value,
+        out: tokio::sync::mpsc::Sender<serde_json::Value>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
+        let port = self.ports.get(section).ok_or_else(|| {
+            format!("a query for section {section:?}, which this agent does not run")
+        })?;
+        port.query(body, out, cancel)
+    }
+
     pub fn reports(&self) -> &Reports {
         &self.reports
     }

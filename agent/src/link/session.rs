@@ -2,6 +2,7 @@
 //! ways, plans and deliveries handed to the controllers through the
 //! [`Router`], their reports sent back, and certificate renewal.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{SinkExt, StreamExt};
@@ -11,8 +12,10 @@ use skiff_shared::protocol::{
 };
 use skiff_shared::tasks::TaskTree;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{ConnectError, Ended, closed};
@@ -27,7 +30,24 @@ pub(crate) struct Session<'a> {
     /// Capabilities both sides have, from the welcome.
     accepted: Vec<String>,
     mesh_endpoint: Option<String>,
+    /// The queries being answered, by query id.
+    queries: HashMap<u64, CancellationToken>,
+    /// Every query's chunks, on their way to the coordinator: `None` says
+    /// a query's answer ended.
+    answers: (mpsc::Sender<AnswerPart>, mpsc::Receiver<AnswerPart>),
+    /// Parent of every query's token: cancelled when the session ends.
+    queries_root: CancellationToken,
 }
+
+/// A chunk of query `.0`'s answer from section `.1`; `None` when it ended.
+type AnswerPart = (u64, String, Option<serde_json::Value>);
+
+/// Most queries answered at once on one link.
+const MAX_QUERIES: usize = 64;
+/// Chunks of one answer waiting to be sent.
+const QUERY_BUFFER: usize = 4;
+/// Chunks of all answers waiting for the session loop.
+const ANSWERS_BUFFER: usize = 16;
 
 impl<'a> Session<'a> {
     pub(crate) fn new(
@@ -42,6 +62,9 @@ impl<'a> Session<'a> {
             renewal_pending: None,
             accepted: Vec::new(),
             mesh_endpoint,
+            queries: HashMap::new(),
+            answers: mpsc::channel(ANSWERS_BUFFER),
+            queries_root: CancellationToken::new(),
         }
     }
 
@@ -116,6 +139,8 @@ impl<'a> Session<'a> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut renew_at = self.renew_deadline();
+        // A closed link stops every query it carried.
+        let _queries = self.queries_root.clone().drop_guard();
         loop {
             let renew_sleep = tokio::time::sleep_until(renew_at.into());
             tokio::select! {
@@ -148,6 +173,19 @@ impl<'a> Session<'a> {
                     }
                     renew_at = Instant::now() + Duration::from_secs(60);
                 }
+                Some((re, section, body)) = self.answers.1.recv() => {
+                    match body {
+                        Some(body) => {
+                            let msg = AgentMessage::Answer(SectionMessage { section, body });
+                            if let Err(e) = self.send(ws, Some(re), &msg).await {
+                                return Ok(Ended::Lost(started.elapsed(), format!("sending an answer failed: {e}")));
+                            }
+                        }
+                        None => {
+                            self.queries.remove(&re);
+                        }
+                    }
+                }
                 msg = ws.next() => {
                     last_rx = Instant::now();
                     let msg = match msg {
@@ -165,7 +203,7 @@ impl<'a> Session<'a> {
                                     return Ok(Ended::Lost(started.elapsed(), error.to_string()));
                                 }
                             };
-                            if self.handle(ws, env).await? {
+                            if self.handle(ws, env, tree).await? {
                                 renew_at = self.renew_deadline();
                             }
                         }
@@ -226,19 +264,70 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Starts answering query `id`: its controller writes chunks into a
+    /// bounded channel of its own, a task moves them to the session loop,
+    /// which sends them between heartbeats and plans.
+    fn start_query(
+        &mut self,
+        id: u64,
+        query: SectionMessage,
+        tree: &TaskTree,
+    ) -> Result<(), String> {
+        if self.queries.len() >= MAX_QUERIES {
+            return Err(format!(
+                "this agent already answers {MAX_QUERIES} queries: try again when one ended"
+            ));
+        }
+        if self.queries.contains_key(&id) {
+            return Err(format!("query {id} is already being answered"));
+        }
+        let token = self.queries_root.child_token();
+        let (tx, mut rx) = mpsc::channel(QUERY_BUFFER);
+        self.router
+            .query(&query.section, query.body, tx, token.clone())?;
+        self.queries.insert(id, token.clone());
+        let answers = self.answers.0.clone();
+        let section = query.section;
+        tree.spawn("link-answer", async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    chunk = rx.recv() => {
+                        let Some(chunk) = chunk else { break };
+                        if answers.send((id, section.clone(), Some(chunk))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = answers.send((id, section, None)).await;
+        });
+        Ok(())
+    }
+
     /// Handles one message; returns true when the certificate was replaced.
     async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         ws: &mut WebSocketStream<S>,
         env: protocol::Envelope<CoordinatorMessage>,
+        tree: &TaskTree,
     ) -> Result<bool, ConnectError> {
         match env.body {
             CoordinatorMessage::Heartbeat(_) | CoordinatorMessage::Welcome(_) => Ok(false),
             CoordinatorMessage::Query(query) => {
-                warn!(section = %query.section, "Ignoring a query no controller answers yet.");
+                if let Err(error) = self.start_query(env.id, query, tree) {
+                    warn!(error = %error, "Query refused.");
+                    self.send(ws, Some(env.id), &AgentMessage::Ack(Ack::err(error)))
+                        .await?;
+                }
                 Ok(false)
             }
-            CoordinatorMessage::Cancel { .. } => Ok(false),
+            CoordinatorMessage::Cancel { query } => {
+                if let Some(token) = self.queries.remove(&query) {
+                    token.cancel();
+                }
+                Ok(false)
+            }
             CoordinatorMessage::Deliver(delivery) => {
                 let section = delivery.section.clone();
                 match self.router.deliver(delivery) {
@@ -287,5 +376,193 @@ impl<'a> Session<'a> {
                 Ok(false)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use skiff_shared::protocol::Welcome;
+    use skiff_shared::sections::logs::{LogChunk, Logs};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::controller::Context;
+
+    /// Answers a query with `n` chunks (`n` = 0: chunks until cancelled).
+    struct Counter;
+
+    impl crate::controller::Controller for Counter {
+        type Kind = Logs;
+
+        fn query(
+            &self,
+            body: serde_json::Value,
+            out: mpsc::Sender<serde_json::Value>,
+            cancel: CancellationToken,
+        ) -> Result<(), String> {
+            let n = body["n"].as_u64().unwrap_or(0);
+            tokio::spawn(async move {
+                for i in 1.. {
+                    let chunk = LogChunk {
+                        dropped: i,
+                        end: i == n,
+                        ..LogChunk::default()
+                    };
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        sent = out.send(serde_json::to_value(&chunk).unwrap()) => if sent.is_err() { return },
+                    }
+                    if chunk.end {
+                        return;
+                    }
+                }
+            });
+            Ok(())
+        }
+
+        async fn run(self: Arc<Self>, cx: Context<Logs>) {
+            cx.tree.cancelled().await;
+        }
+    }
+
+    fn identity(dir: &std::path::Path) -> Identity {
+        Identity {
+            dir: dir.to_owned(),
+            node: crate::identity::NodeFile {
+                node_id: "n1".into(),
+                name: "n1".into(),
+                coordinator: "127.0.0.1:1".into(),
+                cluster_id: None,
+            },
+            key_pem: String::new(),
+            ca: rustls::pki_types::CertificateDer::from(vec![0u8]),
+            plan_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key(),
+        }
+    }
+
+    async fn next(
+        ws: &mut WebSocketStream<tokio::io::DuplexStream>,
+    ) -> protocol::Envelope<AgentMessage> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("the agent said nothing for 10 s");
+            match msg {
+                Some(Ok(Message::Text(t))) => return protocol::decode(t.as_str()).unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("link ended: {other:?}"),
+            }
+        }
+    }
+
+    async fn send(
+        ws: &mut WebSocketStream<tokio::io::DuplexStream>,
+        id: u64,
+        m: &CoordinatorMessage,
+    ) {
+        let text = protocol::encode(id, None, m).unwrap();
+        ws.send(Message::text(text)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queries_are_answered_under_their_id_and_cancel_stops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = identity(dir.path());
+        let tree = TaskTree::root();
+        let mut s = crate::supervisor::Supervisor::new(tree.child());
+        s.add(Counter);
+        let router = s.router();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let mut coord = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let agent_tree = tree.child();
+        let agent = tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+            Session::new(&identity, &router, None)
+                .run(&mut ws, &agent_tree)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        assert!(matches!(
+            next(&mut coord).await.body,
+            AgentMessage::Hello(_)
+        ));
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            node_id: "n1".into(),
+            capabilities: vec!["logs.v1".into()],
+            heartbeat_interval_ms: 100,
+            coordinator_version: "test".into(),
+        };
+        send(&mut coord, 1, &CoordinatorMessage::Welcome(welcome)).await;
+        let query = |n: u64| {
+            CoordinatorMessage::Query(SectionMessage {
+                section: "logs".into(),
+                body: serde_json::json!({ "n": n }),
+            })
+        };
+        // A query of 3 chunks, one that runs until cancelled, one for a
+        // section no controller runs.
+        send(&mut coord, 10, &query(3)).await;
+        send(&mut coord, 11, &query(0)).await;
+        send(
+            &mut coord,
+            12,
+            &CoordinatorMessage::Query(SectionMessage {
+                section: "nope".into(),
+                body: serde_json::json!({}),
+            }),
+        )
+        .await;
+        let (mut ten, mut eleven, mut refused, mut heartbeats) = (Vec::new(), 0, false, 0);
+        while ten.len() < 3 || eleven < 50 || !refused || heartbeats == 0 {
+            let env = next(&mut coord).await;
+            match env.body {
+                AgentMessage::Answer(a) => {
+                    assert_eq!(a.section, "logs");
+                    let chunk: LogChunk = serde_json::from_value(a.body).unwrap();
+                    match env.re {
+                        Some(10) => ten.push(chunk.dropped),
+                        Some(11) => eleven += 1,
+                        other => panic!("an answer to {other:?}"),
+                    }
+                }
+                AgentMessage::Ack(ack) => {
+                    assert_eq!(env.re, Some(12));
+                    assert!(ack.error.unwrap().contains("\"nope\""));
+                    refused = true;
+                }
+                AgentMessage::Heartbeat(_) => heartbeats += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(ten, [1, 2, 3]);
+        send(&mut coord, 13, &CoordinatorMessage::Cancel { query: 11 }).await;
+        // After the cancel, what was already on its way arrives, then
+        // heartbeats only.
+        let mut quiet = 0;
+        let mut late = 0;
+        while quiet < 3 {
+            late += 1;
+            assert!(late < 10_000, "answers go on after the cancel");
+            let env = next(&mut coord).await;
+            match env.body {
+                AgentMessage::Answer(_) => quiet = 0,
+                AgentMessage::Heartbeat(_) => {
+                    quiet += 1;
+                    send(
+                        &mut coord,
+                        14,
+                        &CoordinatorMessage::Heartbeat(Heartbeat { sent_at_ms: 0 }),
+                    )
+                    .await;
+                }
+                _ => {}
+            }
+        }
+        tree.cancel();
+        agent.await.unwrap().unwrap();
     }
 }

@@ -95,9 +95,11 @@ impl Records {
             .services
             .iter()
             .find(|s| s.stack == stack && s.service == service)?;
-        Some(svc.replicas.iter().any(|r| {
-            r.slot == slot && r.node == node && r.release == release && r.published
-        }))
+        Some(
+            svc.replicas
+                .iter()
+                .any(|r| r.slot == slot && r.node == node && r.release == release && r.published),
+        )
     }
 }
 
