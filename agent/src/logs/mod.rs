@@ -29,7 +29,7 @@ use bollard::query_parameters::ListContainersOptions;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use skiff_shared::sections::logs::{
-    FileSettings, Logs, LogsReport, LogsSection, MAX_REPORT_ERRORS, SinkStatus,
+    FileSettings, Logs, LogsReport, LogsSection, MAX_REPORT_ERRORS,
 };
 use skiff_shared::tasks::TaskTree;
 use skiff_shared::workload::{LABEL_KEY, LABEL_NAME, LABEL_SERVICE, LABEL_SLOT, LABEL_STACK};
@@ -39,7 +39,7 @@ use tracing::{info, warn};
 
 use crate::controller::Context;
 use crate::engine::{EngineHandle, node_filter};
-use record::{BoxFuture, Record, Sinks, Source};
+use record::{Record, Sinks, Source};
 
 pub mod checkpoint;
 pub mod diff;
