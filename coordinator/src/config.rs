@@ -51,6 +51,8 @@ pub struct Config {
     pub ingress: crate::ingress::IngressConfig,
     /// Certificates from an ACME directory for HTTP routes (`[acme]`).
     pub acme: AcmeConfig,
+    /// The containers' log files on every host (`[logs]`).
+    pub logs: crate::logs::config::LogsConfig,
 }
 
 /// ACME: off unless a directory is set.
@@ -332,6 +334,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             ingress: crate::ingress::IngressConfig::default(),
             acme: AcmeConfig::default(),
+            logs: crate::logs::config::LogsConfig::default(),
         }
     }
 }
@@ -396,6 +399,7 @@ impl Config {
             self.network.settings()?;
         }
         self.acme.settings()?;
+        self.logs.validate()?;
         Ok(())
     }
 }

@@ -62,6 +62,8 @@ pub struct Api {
     pub identity: Arc<Identity>,
     pub secret_key: Arc<SecretKey>,
     pub certs: Arc<crate::certs::CertBook>,
+    /// The cluster's sinks and the hosts' log reports.
+    pub logs: Arc<crate::logs::LogBook>,
     pub metrics: Arc<LinkMetrics>,
     /// Default lifetime of join tokens.
     pub join_token_ttl: Duration,

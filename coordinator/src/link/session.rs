@@ -77,7 +77,12 @@ pub async fn accept(
     };
     // Why the node behind this certificate may not open a session, if it may not.
     let refusal = match link.store.node(&node_id).await {
-        Ok(Some(node)) if node.removed_at.is_none() => None,
+        Ok(Some(node)) if node.removed_at.is_none() => {
+            if let Some(logs) = &link.logs {
+                logs.set_name(&node.id, &node.name);
+            }
+            None
+        }
         Ok(Some(_)) => Some("node has been removed from the cluster"),
         Ok(None) => Some("node is not known to this coordinator"),
         Err(error) => {
