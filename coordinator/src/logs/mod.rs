@@ -24,6 +24,8 @@ pub mod query;
 const SINKS_KEY: &str = "logs.sinks";
 /// Most cluster sinks.
 pub const MAX_SINKS: usize = 32;
+/// Most `skiff logs` streams served at once.
+pub const MAX_LOG_STREAMS: usize = 64;
 
 /// Why a change of sinks was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub struct LogBook {
     /// One change of cluster sinks at a time.
     edit: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
+    /// One permit per `skiff logs` stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -88,6 +92,7 @@ impl LogBook {
             reports: RwLock::default(),
             edit: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_STREAMS)),
         })
     }
 
@@ -212,6 +217,11 @@ impl LogBook {
             &read(&self.stacks),
             containers,
         )
+    }
+
+    /// A permit to serve one more `skiff logs` stream, if there is room.
+    pub fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.streams.clone().try_acquire_owned().ok()
     }
 
     /// Fires whenever the sections change.
