@@ -46,7 +46,17 @@ pub struct LogsParams {
 /// What is wrong, with the forms accepted.
 pub fn parse_since(text: &str, now: SystemTime) -> Result<i64, String> {
     let t = text.trim();
-    let at = match humantime::parse_rfc3339_weak(t) {
+    let offset = skiff_api_types::validate::split_utc_offset(t);
+    let utc = offset.as_ref().and_then(|(base, east)| {
+        let at = humantime::parse_rfc3339_weak(base).ok()?;
+        let shift = Duration::from_secs(east.unsigned_abs());
+        if *east >= 0 {
+            at.checked_sub(shift)
+        } else {
+            at.checked_add(shift)
+        }
+    });
+    let at = match utc.map_or_else(|| humantime::parse_rfc3339_weak(t), Ok) {
         Ok(at) => at,
         Err(_) => match humantime::parse_duration(t) {
             Ok(d) => now.checked_sub(d).unwrap_or(UNIX_EPOCH),
@@ -191,6 +201,10 @@ mod tests {
         assert_eq!(parse_since("10m", now).unwrap(), 9_400 * 1_000_000_000);
         assert_eq!(
             parse_since("1970-01-01T00:00:05Z", now).unwrap(),
+            5_000_000_000
+        );
+        assert_eq!(
+            parse_since("1970-01-01T01:00:05+01:00", now).unwrap(),
             5_000_000_000
         );
         let e = parse_since("yesterday", now).unwrap_err();
