@@ -131,6 +131,7 @@ pub async fn run(
     while hosts.iter().any(|h| !h.history_done && !h.ended) {
         let next = tokio::select! {
             () = &mut timer => None,
+            () = out.closed() => return,
             next = all.next() => next,
         };
         let Some((i, event)) = next else { break };
@@ -144,9 +145,6 @@ pub async fn run(
             for (d, n) in pot_dropped.iter_mut().zip(dropped) {
                 *d += n;
             }
-        }
-        if out.is_closed() {
-            return;
         }
     }
     for h in hosts.iter().filter(|h| !h.history_done && !h.ended) {
@@ -186,7 +184,11 @@ pub async fn run(
     }
     // Live: as the lines come.
     while hosts.iter().any(|h| !h.ended) {
-        let Some((i, event)) = all.next().await else {
+        let next = tokio::select! {
+            () = out.closed() => return,
+            next = all.next() => next,
+        };
+        let Some((i, event)) = next else {
             break;
         };
         let name = hosts[i].name.clone();
