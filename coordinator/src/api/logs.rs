@@ -3,18 +3,18 @@
 //! served by [`super::log_stream`]). Changing sinks needs an admin
 //! token; reading them, any.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::routing::{get, put};
+use axum::{Extension, Json};
 use skiff_api_types::logs::MAX_SINK_CA_BYTES;
 use skiff_api_types::*;
 use skiff_shared::sections::logs::{
     DEFAULT_BUFFER_BYTES, FullPolicy, LogsReport, SinkError, SinkFormat, SinkSpec,
 };
 
-use super::{Api, ApiError, ApiResult, json_body};
+use super::{Api, ApiError, ApiResult, Caller, json_body};
 use crate::logs::LogsError;
 
 /// The largest body of `PUT /logs/sinks/{name}`: a CA of the largest
@@ -129,8 +129,11 @@ pub fn sink_of(name: &str, req: PutSink) -> Result<SinkSpec, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/logs/sinks",
-    responses((status = 200, body = [SinkView])))]
-pub(super) async fn list_sinks(State(api): State<Api>) -> ApiResult<Vec<SinkView>> {
+    responses((status = 200, body = [SinkView], description = "the cluster's sinks, then the own sinks of the stacks the token covers")))]
+pub(super) async fn list_sinks(
+    State(api): State<Api>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Vec<SinkView>> {
     let reports = api.logs.reports();
     let mut out: Vec<SinkView> = api
         .logs
@@ -138,7 +141,13 @@ pub(super) async fn list_sinks(State(api): State<Api>) -> ApiResult<Vec<SinkView
         .iter()
         .map(|s| view(s, None, &reports))
         .collect();
-    for (stack, sinks) in api.logs.stack_sinks() {
+    // A token limited to stacks sees only their own sinks.
+    for (stack, sinks) in api
+        .logs
+        .stack_sinks()
+        .into_iter()
+        .filter(|(stack, _)| caller.covers(stack))
+    {
         out.extend(sinks.iter().map(|s| view(s, Some(&stack), &reports)));
     }
     Ok(Json(out))
