@@ -34,16 +34,17 @@ use crate::now_ms;
 use crate::plans::NodePlan;
 use crate::sessions::QueryRequest;
 use crate::sessions::SessionInfo;
+use queries::next_query;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, watch};
 
 /// Queries handed to a session and not yet sent.
 const QUERY_QUEUE: usize = 16;
-/// Queries open at once on one link; more are refused.
-const MAX_OPEN_QUERIES: usize = 64;
 
 /// Time an agent has to send its hello after the WebSocket opens.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+mod queries;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -164,7 +165,7 @@ struct Session {
     query_rx: Option<mpsc::Receiver<QueryRequest>>,
     /// Open queries by the id they were sent with: their section and
     /// where their answers go.
-    open_queries: HashMap<u64, (String, mpsc::Sender<Result<serde_json::Value, String>>)>,
+    open_queries: queries::OpenQueries,
 }
 
 /// How a session ended, for the log.
@@ -614,108 +615,6 @@ impl Session {
         }
     }
 
-    /// Sends a query with a fresh id and keeps where its answers go.
-    async fn ask<S>(&mut self, ws: &mut WebSocketStream<S>, q: QueryRequest) -> Result<(), WsError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if self.open_queries.len() >= MAX_OPEN_QUERIES {
-            // The reader learns why; a full queue has no room to say it.
-            let _ = q.answers.try_send(Err(format!(
-                "this host has {MAX_OPEN_QUERIES} queries open already; retry when one ends"
-            )));
-            return Ok(());
-        }
-        let message = CoordinatorMessage::Query(SectionMessage {
-            section: q.section.clone(),
-            body: q.body,
-        });
-        let id = self.send(ws, None, &message).await?;
-        debug!(query = id, section = %q.section, "Query sent.");
-        self.open_queries.insert(id, (q.section, q.answers));
-        Ok(())
-    }
-
-    /// Routes part of an answer to its reader. An answer to no open query
-    /// (one cancelled meanwhile) is dropped; a reader gone or too slow
-    /// ends its query, and the agent is told to stop it.
-    async fn answer<S>(
-        &mut self,
-        ws: &mut WebSocketStream<S>,
-        re: Option<u64>,
-        answer: SectionMessage,
-    ) -> Result<(), End>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let Some(id) = re else {
-            self.link.metrics.malformed.inc();
-            return Err(End::Closed(
-                CloseCode::Protocol,
-                "an answer that answers no query".into(),
-            ));
-        };
-        let Some((section, answers)) = self.open_queries.get(&id) else {
-            return Ok(());
-        };
-        if *section != answer.section {
-            self.link.metrics.malformed.inc();
-            return Err(End::Closed(
-                CloseCode::Protocol,
-                format!(
-                    "an answer for section {:?} to a query of section {section:?}",
-                    answer.section
-                ),
-            ));
-        }
-        // Every query's answer ends with a part that says `end: true`.
-        let end = answer.body.get("end").and_then(serde_json::Value::as_bool) == Some(true);
-        match answers.try_send(Ok(answer.body)) {
-            Ok(()) if end => {
-                self.open_queries.remove(&id);
-                Ok(())
-            }
-            Ok(()) => Ok(()),
-            Err(e) => {
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    debug!(
-                        query = id,
-                        "A query's reader fell behind; the query is cut."
-                    );
-                }
-                // Dropping the sender tells the reader it was cut.
-                self.open_queries.remove(&id);
-                self.send(ws, None, &CoordinatorMessage::Cancel { query: id })
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| End::Quiet(format!("cancelling a query failed: {e}")))
-            }
-        }
-    }
-
-    /// Cancels the queries whose reader left.
-    async fn cancel_abandoned<S>(&mut self, ws: &mut WebSocketStream<S>) -> Result<(), WsError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let gone: Vec<u64> = self
-            .open_queries
-            .iter()
-            .filter(|(_, (_, tx))| tx.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            self.open_queries.remove(&id);
-            debug!(
-                query = id,
-                "A query's reader left; the agent is told to stop."
-            );
-            self.send(ws, None, &CoordinatorMessage::Cancel { query: id })
-                .await?;
-        }
-        Ok(())
-    }
-
     async fn plan_acked(&self, generation: u64, ack: &Ack) {
         let generation = i64::try_from(generation).unwrap_or(i64::MAX);
         let error = if ack.ok {
@@ -856,14 +755,6 @@ enum SendError {
 }
 
 /// Waits for the node's plan to change; never, for agents without plans.
-/// The next query handed to the session; never, without a queue.
-async fn next_query(rx: Option<&mut mpsc::Receiver<QueryRequest>>) -> Option<QueryRequest> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 async fn plan_changed(
     rx: Option<&mut watch::Receiver<Arc<NodePlan>>>,
 ) -> Result<(), watch::error::RecvError> {
