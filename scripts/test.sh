@@ -14,11 +14,13 @@ say() { printf '==> %s\n' "$*"; }
 # Debian packages the tests use: busybox-static for the test image,
 # debootstrap for the tier-2 host image, curl for the install script,
 # docker-registry and apache2-utils (htpasswd) for the private-registry test,
-# pebble (a test ACME CA) for the coordinator's ACME test,
+# pebble (a test ACME CA) for the coordinator's ACME test, bind9 (named,
+# taking RFC 2136 updates signed with TSIG) for its DNS-01 test,
 # nftables and iptables for the agent's firewall (its rendered table is
 # checked with nft), tcpdump for the capture of the tier-2 hosts' network
-# (the mesh tests).
-packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble)
+# (the mesh tests), rsyslog and rsyslog-gnutls (its TLS driver) as the
+# receiver the agent's log sinks ship to over TCP and TLS.
+packages=(busybox-static debootstrap curl ca-certificates iproute2 docker-registry apache2-utils nftables iptables tcpdump pebble bind9 rsyslog rsyslog-gnutls)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +33,14 @@ if ((${#missing[@]})); then
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The DNS-01 test starts its own named on a free port; the service the
+  # package starts would hold port 53 on every address.
+  # Stopped whichever way this machine runs services.
+  if [[ " ${missing[*]} " == *" bind9 "* ]]; then
+    systemctl disable --now named >/dev/null 2>&1 || true
+    service named stop >/dev/null 2>&1 || true
+    pkill -x named 2>/dev/null || true
+  fi
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "test.sh: the Docker Engine is not reachable (docker info failed); start it first" >&2

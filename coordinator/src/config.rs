@@ -67,6 +67,9 @@ pub struct AcmeConfig {
     /// A PEM CA certificate to trust for the directory, for a private or
     /// test CA (pebble); the system's roots otherwise.
     pub ca_bundle: Option<PathBuf>,
+    /// DNS-01 through RFC 2136 updates (`[acme.dns01]`), for wildcard
+    /// domains; unset: wildcards must be uploaded.
+    pub dns01: Option<crate::certs::dns01::Dns01Config>,
 }
 
 impl AcmeConfig {
@@ -77,7 +80,7 @@ impl AcmeConfig {
     pub fn settings(&self) -> Result<Option<crate::certs::AcmeSettings>, ConfigError> {
         let invalid = |key, message: String| ConfigError::Invalid { key, message };
         let Some(directory) = &self.directory else {
-            if self.email.is_some() || self.ca_bundle.is_some() {
+            if self.email.is_some() || self.ca_bundle.is_some() || self.dns01.is_some() {
                 return Err(invalid(
                     "acme.directory",
                     "is not set, but other [acme] keys are: set it to your CA's directory URL, or remove [acme]".into(),
@@ -122,6 +125,7 @@ impl AcmeConfig {
         let mut settings = crate::certs::AcmeSettings::new(directory.clone());
         settings.email = self.email.clone();
         settings.ca_bundle = self.ca_bundle.clone();
+        settings.dns01 = self.dns01.as_ref().map(|d| d.settings()).transpose()?;
         Ok(Some(settings))
     }
 }

@@ -17,7 +17,10 @@
 #   SKIFF_BENCH_CONNECTIONS  wrk's connections (default 64)
 #   SKIFF_BENCH_KEEP         1: keep the temp dir (configs, logs)
 #
-# Output: one line per run on stderr, then a table on stdout. Needs wrk,
+# Output: one line per run on stderr, then a table on stdout: requests/s,
+# p99 latency, each proxy's CPU time (user + system, from /proc) per
+# request -- the figure that other load on the machine disturbs least --
+# and the load average before and after. Needs wrk,
 # nginx, haproxy, iperf3 and openssl (apt-get install wrk nginx-light
 # haproxy iperf3 openssl); adds `127.0.0.1 bench.test` to /etc/hosts for
 # the run (wrk sends the URL's host as SNI), so run it as root. Ports
@@ -147,11 +150,13 @@ nginx -c "$dir/upstream.conf" -g 'daemon off;' &
 pids+=($!)
 nginx -c "$dir/proxy.conf" -g 'daemon off;' &
 pids+=($!)
+nginx_proxy=$!
 haproxy -f "$dir/haproxy.cfg" -db >"$dir/logs/haproxy.log" 2>&1 &
 pids+=($!)
 "$bench" serve --upstream 127.0.0.2:18001 --upstream 127.0.0.3:18001 --domain bench.test \
   --http 127.0.0.1:18200 --https 127.0.0.1:18201 --cert-dir "$dir/skiff" >"$dir/logs/skiff.json" 2>"$dir/logs/skiff.err" &
 pids+=($!)
+skiff_proxy=$!
 "$bench" tcp --listen 127.0.0.1:18202 --upstream 127.0.0.2:15201 >"$dir/logs/skiff-tcp.json" 2>"$dir/logs/skiff-tcp.err" &
 pids+=($!)
 iperf3 -s -B 127.0.0.2 -p 15201 >"$dir/logs/iperf3.log" 2>&1 &
@@ -172,19 +177,40 @@ done
 
 results="$dir/results"
 : >"$results"
-# wrk: requests/s and p99 latency (ms).
+# CPU time (user + system, clock ticks) used so far by processes $@ and
+# their threads: what a proxy spends, whatever else runs on the machine.
+ticks() {
+  local p
+  for p in "$@"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{t += $1} END {print t + 0}'
+}
+# The processes doing a proxy's work: nginx's workers, or skiff's one.
+workers() {
+  case "$1" in
+    *-nginx) pgrep -P "$nginx_proxy" ;;
+    *) echo "$skiff_proxy" ;;
+  esac
+}
+# wrk: requests/s, p99 latency (ms), and the proxy's CPU time per request
+# (microseconds).
 run_wrk() {
-  local name=$1 url=$2 out
+  local name=$1 url=$2 out before after procs
+  procs=$(workers "$name")
+  # shellcheck disable=SC2086  # one pid per word
+  before=$(ticks $procs)
   out=$(wrk -t2 -c"$conns" -d"${seconds}s" --latency -H 'Host: bench.test' "$url/")
-  python3 - "$name" "$out" >>"$results" <<'PY'
+  # shellcheck disable=SC2086
+  after=$(ticks $procs)
+  python3 - "$name" "$out" "$((after - before))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import re, sys
-name, out = sys.argv[1], sys.argv[2]
+name, out, ticks, hz = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+total = int(re.search(r"(\d+) requests in", out).group(1))
+cpu_us = ticks / hz * 1e6 / max(total, 1)
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 sock = re.search(r"Socket errors: (.*)", out)
-print(f"{name} {rps:.0f} {p99:.3f} {errors.group(1) if errors else 0} {'1' if sock else '0'}")
+print(f"{name} {rps:.0f} {p99:.3f} {errors.group(1) if errors else 0} {'1' if sock else '0'} {cpu_us:.1f}")
 PY
   tail -1 "$results" >&2
 }
@@ -194,11 +220,12 @@ run_iperf() {
   python3 - "$name" "$out" >>"$results" <<'PY'
 import json, sys
 name, out = sys.argv[1], json.loads(sys.argv[2])
-print(f"{name} {out['end']['sum_received']['bits_per_second'] / 1e9:.3f} 0 0 0")
+print(f"{name} {out['end']['sum_received']['bits_per_second'] / 1e9:.3f} 0 0 0 0")
 PY
   tail -1 "$results" >&2
 }
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq "$repeats"); do
   say "Round $r of $repeats"
   run_wrk http-nginx http://bench.test:18100
@@ -209,14 +236,15 @@ for r in $(seq "$repeats"); do
   run_iperf tcp-skiff 18202
 done
 
-python3 - "$results" "$(nproc)" <<'PY'
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+python3 - "$results" "$(nproc)" "$load_before" "$load_after" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, a, b, bad, sock = line.split()
-    rows.setdefault(name, []).append((float(a), float(b), int(bad), int(sock)))
+    name, a, b, bad, sock, cpu = line.split()
+    rows.setdefault(name, []).append((float(a), float(b), int(bad), int(sock), float(cpu)))
 med = lambda name, i: statistics.median(r[i] for r in rows[name])
-print(f"# {sys.argv[2]} cores; medians of {len(rows['http-skiff'])} runs")
+print(f"# {sys.argv[2]} cores; medians of {len(rows['http-skiff'])} runs; load average {sys.argv[3]} before, {sys.argv[4]} after")
 print("| case | nginx / HAProxy | Skiff | ratio |")
 print("|---|---|---|---|")
 for case in ("http", "tls"):
@@ -224,6 +252,8 @@ for case in ("http", "tls"):
     print(f"| {case} requests/s | {n:.0f} | {s:.0f} | {s / n:.2f}x |")
     n, s = med(f"{case}-nginx", 1), med(f"{case}-skiff", 1)
     print(f"| {case} p99 latency (ms) | {n:.2f} | {s:.2f} | {s / n:.2f}x |")
+    n, s = med(f"{case}-nginx", 4), med(f"{case}-skiff", 4)
+    print(f"| {case} proxy CPU per request (us) | {n:.1f} | {s:.1f} | {s / n:.2f}x |")
 n, s = med("tcp-haproxy", 0), med("tcp-skiff", 0)
 print(f"| TCP layer 4, iperf3 (Gbit/s) | {n:.2f} | {s:.2f} | {s / n:.2f}x |")
 bad = sum(r[2] + r[3] for v in rows.values() for r in v)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use skiff_shared::sections::networks::engine_name;
-use skiff_shared::workload::ContainerSpec;
+use skiff_shared::workload::{ContainerSpec, RestartSpec};
 
 /// A Skiff-managed container as found on the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,9 @@ pub enum State {
     Created,
     /// Running, restarting or paused: left alone.
     Up,
-    /// Exited or dead. Docker's restart policy decides whether it comes back.
+    /// Exited or dead. Docker's restart policy decides whether it comes
+    /// back, except that a container Docker left down under `always` (it
+    /// was stopped or killed by hand) is started again.
     Down,
 }
 
@@ -74,7 +76,8 @@ pub enum Action {
 /// - a container whose spec fingerprint differs from the desired one:
 ///   remove it, then create the new one (the coordinator orders rolling
 ///   updates across hosts; within a host replacement is stop-first);
-/// - a created, never-started container: start it;
+/// - a created, never-started container: start it, and so an exited one
+///   whose policy is `always` (Docker left it down: stopped by hand);
 /// - more than one container for a key: keep the one matching the spec
 ///   (preferring one that is up), remove the rest;
 /// - a container no spec asks for: remove it;
@@ -103,7 +106,13 @@ pub fn diff(desired: &[ContainerSpec], host: &Host) -> Vec<Action> {
         let mut rest = found.into_iter();
         match rest.next() {
             Some(keep) if keep.spec == fingerprint => {
-                if keep.state == State::Created {
+                // Docker restarts an `always` container by itself (it is
+                // `restarting` meanwhile) unless someone stopped it; the
+                // plan still wants it, so it is started again, as Swarm
+                // replaces a stopped task. `unless-stopped` keeps Docker's
+                // meaning: stopped by hand stays stopped.
+                let abandoned = keep.state == State::Down && spec.restart == RestartSpec::Always;
+                if keep.state == State::Created || abandoned {
                     starts.push(Action::Start {
                         id: keep.id.clone(),
                         name: name.clone(),
@@ -276,14 +285,33 @@ mod tests {
     }
 
     #[test]
-    fn exited_containers_are_left_to_their_restart_policy() {
-        let web1 = spec("web", 1, "img:1");
-        assert!(
+    fn exited_containers_are_left_to_their_restart_policy_but_always_comes_back() {
+        let mut web1 = spec("web", 1, "img:1");
+        for policy in [
+            RestartSpec::No,
+            RestartSpec::UnlessStopped,
+            RestartSpec::OnFailure { max_attempts: 3 },
+        ] {
+            web1.restart = policy;
+            assert!(
+                diff(
+                    std::slice::from_ref(&web1),
+                    &host_with(vec![obs("a", &web1, State::Down)])
+                )
+                .is_empty(),
+                "{policy:?}"
+            );
+        }
+        web1.restart = RestartSpec::Always;
+        assert_eq!(
             diff(
                 std::slice::from_ref(&web1),
                 &host_with(vec![obs("a", &web1, State::Down)])
-            )
-            .is_empty()
+            ),
+            vec![Action::Start {
+                id: "a".into(),
+                name: "shop.web.1@0".into()
+            }]
         );
     }
 

@@ -3,3 +3,4 @@
 //! on-disk buffers, and answers `skiff logs` queries.
 
 pub mod record;
+pub mod ship;

@@ -77,7 +77,8 @@ pub struct CertificateView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewCertificate {
-    /// A route's domain (not a wildcard: HTTP-01 cannot prove one).
+    /// A route's domain; a wildcard only when the coordinator has
+    /// `[acme.dns01]` (HTTP-01 cannot prove one).
     pub domain: String,
 }
 

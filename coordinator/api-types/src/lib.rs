@@ -463,17 +463,24 @@ pub struct TaskView {
     pub up_to_date: bool,
     /// Why the host could not create it, such as an image it cannot pull.
     pub error: Option<String>,
+    /// Whether every connected host's DNS server and ingress proxy give
+    /// this replica (absent when its service has no cluster records, or
+    /// from an older coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<bool>,
     /// The exit code of a container that stopped.
     #[serde(default)]
     pub exit_code: Option<i64>,
 }
 
 impl TaskView {
-    /// Runs the current spec and is healthy (where it has a health check),
-    /// or, a one-shot task, ran it to completion (exit code 0).
+    /// Runs the current spec, is healthy (where it has a health check) and
+    /// is given by every host's DNS server and proxy (where it has cluster
+    /// records), or, a one-shot task, ran it to completion (exit code 0).
     pub fn is_ready(&self) -> bool {
-        let running =
-            self.state == "running" && self.health.as_deref().is_none_or(|h| h == "healthy");
+        let running = self.state == "running"
+            && self.health.as_deref().is_none_or(|h| h == "healthy")
+            && self.serving != Some(false);
         let completed = self.state == "exited" && self.exit_code == Some(0);
         self.up_to_date && (running || completed)
     }

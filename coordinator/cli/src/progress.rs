@@ -149,8 +149,19 @@ mod tests {
             addresses: Vec::new(),
             up_to_date,
             error: None,
+            serving: None,
             exit_code: None,
         }
+    }
+
+    #[test]
+    fn a_running_replica_no_proxy_gives_yet_is_not_ready() {
+        let mut t = task("web", 1, true, "running");
+        assert!(t.is_ready());
+        t.serving = Some(false);
+        assert!(!t.is_ready());
+        t.serving = Some(true);
+        assert!(t.is_ready());
     }
 
     #[test]

@@ -72,6 +72,7 @@ fn task_view(t: crate::deploy::Task) -> TaskView {
         ips: o.map(|o| o.ips).unwrap_or_default(),
         up_to_date: t.up_to_date,
         error: t.error,
+        serving: t.serving,
     }
 }
 

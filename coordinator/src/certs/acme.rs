@@ -1,10 +1,14 @@
-//! ACME (RFC 8555) with HTTP-01: for every wanted domain that no valid
-//! certificate covers with more than a third of its life left, the task
-//! orders a certificate from the configured directory, publishes the
-//! challenge for every edge host to answer, waits until each connected
-//! edge host says it answers it, tells the CA, and stores the issued
-//! chain with a fresh key. Renewal is the same path. A failing domain is
-//! retried with backoff; each streak of failures is logged once.
+//! ACME (RFC 8555): for every wanted domain that no valid certificate
+//! covers with more than a third of its life left, the task orders a
+//! certificate from the configured directory and proves the domain. By
+//! HTTP-01: it publishes the challenge for every edge host to answer and
+//! waits until each connected edge host says it answers it. A wildcard,
+//! with `[acme.dns01]`, by DNS-01: it adds the TXT record to the zone by
+//! a signed dynamic update ([`super::dns01`]) and waits until the zone's
+//! primary serves it. Then it tells the CA, withdraws the challenge once
+//! the order is validated, and stores the issued chain with a fresh key.
+//! Renewal is the same path. A failing domain is retried with backoff;
+//! each streak of failures is logged once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +24,7 @@ use skiff_shared::tasks::TaskTree;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::dns01::{Dns01Error, Dns01Settings, TxtRecords};
 use super::{BookError, CertBook, check};
 use crate::now_ms;
 use crate::store::{CertSource, StoreError};
@@ -51,6 +56,9 @@ pub struct AcmeSettings {
     /// further failure, up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// DNS-01 for wildcard domains (`[acme.dns01]`); without it they are
+    /// left to uploads.
+    pub dns01: Option<Dns01Settings>,
 }
 
 impl AcmeSettings {
@@ -67,6 +75,7 @@ impl AcmeSettings {
             attempt_timeout: Duration::from_secs(600),
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(6 * 3600),
+            dns01: None,
         }
     }
 
@@ -90,6 +99,10 @@ pub enum AcmeError {
     Account(String),
     #[error("the CA offered no HTTP-01 challenge for {0}")]
     NoHttp01(String),
+    #[error("the CA offered no DNS-01 challenge for {0}")]
+    NoDns01(String),
+    #[error("DNS-01: {0}")]
+    Dns01(#[from] Dns01Error),
     #[error("the CA's authorization for {domain} is {status}")]
     Authorization { domain: String, status: String },
     #[error(
@@ -127,7 +140,9 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
     loop {
         wake.borrow_and_update();
         let mut next = Instant::now() + RECHECK;
-        tell_wildcards(&book, &mut told_wildcards);
+        if settings.dns01.is_none() {
+            tell_wildcards(&book, &mut told_wildcards);
+        }
         let due = book.due(now_ms());
         streaks.retain(|d, _| due.contains(d));
         // An admin asked for these now: a failure streak's backoff (up
@@ -202,17 +217,18 @@ pub(super) async fn run(book: Arc<CertBook>, settings: AcmeSettings, tree: TaskT
 }
 
 /// Says once per domain (per run) that a wanted wildcard no certificate
-/// covers must be uploaded: HTTP-01 cannot prove a wildcard.
+/// covers must be uploaded: HTTP-01 cannot prove a wildcard (only
+/// called without DNS-01).
 fn tell_wildcards(book: &CertBook, told: &mut std::collections::BTreeSet<String>) {
     for domain in book.uncovered() {
         if domain.starts_with("*.") && told.insert(domain.clone()) {
-            warn!(domain = %domain, "A route's wildcard domain has no certificate; ACME's HTTP-01 cannot obtain one: upload it.");
+            warn!(domain = %domain, "A route's wildcard domain has no certificate; ACME's HTTP-01 cannot obtain one: upload it, or configure [acme.dns01].");
             book.events.emit(
                 EventKind::Certificate,
                 None,
                 None,
                 format!(
-                    "No certificate covers {domain}, and ACME cannot obtain a wildcard by HTTP-01: add one with `skiff cert add`."
+                    "No certificate covers {domain}, and ACME cannot obtain a wildcard by HTTP-01: add one with `skiff cert add`, or configure [acme.dns01]."
                 ),
             );
         }
@@ -300,6 +316,9 @@ async fn obtain(
         book,
         tokens: Vec::new(),
     };
+    // DNS-01 proves wildcards; everything else keeps HTTP-01.
+    let dns01 = settings.dns01.as_ref().filter(|_| domain.starts_with("*."));
+    let mut records = dns01.map(|s| TxtRecords::new(s.clone()));
     {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -314,6 +333,15 @@ async fn obtain(
                     });
                 }
             }
+            if let Some(records) = &mut records {
+                let mut challenge = authz
+                    .challenge(ChallengeType::Dns01)
+                    .ok_or_else(|| AcmeError::NoDns01(domain.to_owned()))?;
+                let value = challenge.key_authorization().dns_value();
+                records.add(domain, &value).await?;
+                challenge.set_ready().await?;
+                continue;
+            }
             let mut challenge = authz
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| AcmeError::NoHttp01(domain.to_owned()))?;
@@ -325,11 +353,15 @@ async fn obtain(
         }
     }
     let retry = RetryPolicy::new().timeout(settings.order_timeout);
-    let status = order.poll_ready(&retry).await?;
-    if status != OrderStatus::Ready {
-        return Err(AcmeError::Invalid(order_problem(&mut order).await));
+    let status = order.poll_ready(&retry).await;
+    // Validated or failed: the challenges are no longer needed.
+    if let Some(records) = &mut records {
+        records.remove_all().await;
     }
     drop(published);
+    if status? != OrderStatus::Ready {
+        return Err(AcmeError::Invalid(order_problem(&mut order).await));
+    }
     let key = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(vec![domain.to_owned()])?;
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -338,7 +370,14 @@ async fn obtain(
     let chain = order.poll_certificate(&retry).await?;
     let checked = check(&chain, &key.serialize_pem(), now_ms()).map_err(AcmeError::Issued)?;
     let row = book.insert(checked, CertSource::Acme).await?;
-    book.lock().forced.remove(domain);
+    {
+        // A renewal asked while this order ran (not yet taken by the
+        // task) gets an order of its own: its forcing stays.
+        let mut state = book.lock();
+        if !state.asked.contains(domain) {
+            state.forced.remove(domain);
+        }
+    }
     info!(domain = %domain, id = %row.id, "Certificate obtained by ACME.");
     book.events.emit(
         EventKind::Certificate,

@@ -35,11 +35,14 @@ use crate::sessions::Sessions;
 use crate::store::{CertRow, CertSource, Store, StoreError};
 
 pub mod acme;
+pub mod dns01;
 mod validate;
 
 pub use acme::AcmeSettings;
 pub use validate::{CertError, Checked, check};
 
+#[cfg(test)]
+mod dns01_tests;
 #[cfg(test)]
 mod pebble_tests;
 #[cfg(test)]
@@ -74,7 +77,7 @@ pub enum RenewError {
     #[error("{0}")]
     Invalid(String),
     #[error(
-        "{0} is a wildcard, which ACME's HTTP-01 cannot prove: upload a renewed certificate with `skiff cert add`"
+        "{0} is a wildcard, which ACME's HTTP-01 cannot prove: configure [acme.dns01] on the coordinator, or upload a renewed certificate with `skiff cert add`"
     )]
     Wildcard(String),
     #[error("no route with TLS wants a certificate for {domain} (routes with TLS: {}): deploy a route for it first, or check the spelling", list_or_none(.wanted))]
@@ -391,7 +394,7 @@ impl CertBook {
     ///
     /// # Errors
     /// [`RenewError`] when ACME is off, the domain is not a valid name or
-    /// a wildcard, or no route wants it.
+    /// a wildcard without DNS-01, or no route wants it.
     pub fn renew(&self, domain: &str) -> Result<Vec<String>, RenewError> {
         if self.acme.is_none() {
             return Err(RenewError::AcmeOff);
@@ -399,7 +402,7 @@ impl CertBook {
         let domain = domain.trim().to_ascii_lowercase();
         skiff_shared::sections::ingress::check_domain(&domain)
             .map_err(|e| RenewError::Invalid(e.to_string()))?;
-        if domain.starts_with("*.") {
+        if domain.starts_with("*.") && !self.proves_wildcards() {
             return Err(RenewError::Wildcard(domain));
         }
         let mut state = self.lock();
@@ -418,6 +421,11 @@ impl CertBook {
             .filter(|r| r.domains.contains(&domain))
             .map(|r| r.id)
             .collect())
+    }
+
+    /// Whether ACME obtains wildcard certificates (by DNS-01).
+    fn proves_wildcards(&self) -> bool {
+        self.acme.as_ref().is_some_and(|a| a.dns01.is_some())
     }
 
     /// The domains a renewal was asked for since the last call.
@@ -473,14 +481,15 @@ impl CertBook {
 
     /// The wanted domains ACME should obtain a certificate for at `now`:
     /// not covered by a valid certificate with more than a third of its
-    /// life left, or forced. Wildcards are left out (HTTP-01 cannot
-    /// prove them).
+    /// life left, or forced. Wildcards are left out without DNS-01
+    /// (HTTP-01 cannot prove them).
     fn due(&self, now: i64) -> Vec<String> {
+        let dns01 = self.proves_wildcards();
         let state = self.lock();
         state
             .wanted
             .iter()
-            .filter(|d| !d.starts_with("*."))
+            .filter(|d| dns01 || !d.starts_with("*."))
             .filter(|d| state.forced.contains(*d) || !fresh_cover(&state.certs, d, now))
             .cloned()
             .collect()

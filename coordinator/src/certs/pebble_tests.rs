@@ -24,10 +24,10 @@ const PEBBLE: &str = "/usr/bin/pebble";
 const DOMAIN: &str = "app.skiff.test";
 
 /// A pebble process; killed when dropped.
-struct Pebble {
+pub(super) struct Pebble {
     child: Child,
     dir: tempfile::TempDir,
-    directory: String,
+    pub(super) directory: String,
 }
 
 impl Drop for Pebble {
@@ -37,7 +37,7 @@ impl Drop for Pebble {
     }
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -47,6 +47,13 @@ fn free_port() -> u16 {
 
 impl Pebble {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Pebble; with `dns_server`, it really validates challenges and
+    /// resolves (DNS-01 TXT records included) through that server,
+    /// otherwise it takes every challenge as valid.
+    pub(super) async fn start_with(dns_server: Option<std::net::SocketAddr>) -> Self {
         assert!(
             std::path::Path::new(PEBBLE).is_file(),
             "{PEBBLE} is missing: run scripts/test.sh, which installs Debian's pebble"
@@ -80,10 +87,14 @@ impl Pebble {
         }});
         std::fs::write(path("pebble.json"), config.to_string()).unwrap();
         let log = std::fs::File::create(path("pebble.log")).unwrap();
-        let child = Command::new(PEBBLE)
-            .arg("-config")
-            .arg(path("pebble.json"))
-            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+        let mut command = Command::new(PEBBLE);
+        command.arg("-config").arg(path("pebble.json"));
+        if let Some(server) = dns_server {
+            command.arg("-dnsserver").arg(server.to_string());
+        }
+        let always_valid = if dns_server.is_some() { "0" } else { "1" };
+        let child = command
+            .env("PEBBLE_VA_ALWAYS_VALID", always_valid)
             .env("PEBBLE_VA_NOSLEEP", "1")
             // Every order goes through its challenge, renewals too.
             .env("PEBBLE_AUTHZREUSE", "0")
@@ -113,11 +124,11 @@ impl Pebble {
         pebble
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default()
     }
 
-    fn settings(&self) -> AcmeSettings {
+    pub(super) fn settings(&self) -> AcmeSettings {
         let mut s = AcmeSettings::new(self.directory.clone());
         s.email = Some("admin@skiff.test".into());
         s.ca_bundle = Some(self.dir.path().join("ca.pem"));

@@ -362,6 +362,7 @@ fn acme_config_is_off_without_a_directory_and_checked_with_one() {
         directory: Some(directory.into()),
         email: email.map(str::to_owned),
         ca_bundle: None,
+        dns01: None,
     };
     let s = with("https://acme.test/dir", Some("ops@example.com"))
         .settings()
@@ -401,6 +402,56 @@ fn acme_config_is_off_without_a_directory_and_checked_with_one() {
     let parsed = crate::config::Config::load(&path).unwrap();
     assert!(parsed.acme.settings().unwrap().is_some());
     std::fs::write(&path, "[acme]\ndirectroy = \"https://acme.test/dir\"\n").unwrap();
+    assert!(
+        crate::config::Config::load(&path).is_err(),
+        "unknown keys refused"
+    );
+}
+
+#[test]
+fn acme_dns01_is_read_from_the_config_file_and_checked_at_validation() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("tsig.key");
+    std::fs::write(&secret, "c2tpZmYtYWNtZS10ZXN0LXNlY3JldA==\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.path().join("coordinator.toml");
+    let text = format!(
+        "[acme]\ndirectory = \"https://acme.test/dir\"\n\n[acme.dns01]\nserver = \"127.0.0.1:5353\"\nzone = \"example.com\"\nkey_name = \"skiff-acme\"\nsecret_file = {:?}\npropagation_timeout = \"30s\"\n",
+        secret.display().to_string()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let parsed = crate::config::Config::load(&path).unwrap();
+    parsed.validate().unwrap();
+    let settings = parsed.acme.settings().unwrap().unwrap();
+    let dns01 = settings.dns01.unwrap();
+    assert_eq!(dns01.server, "127.0.0.1:5353");
+    assert_eq!(dns01.propagation_timeout, Duration::from_secs(30));
+
+    // The start refuses a secret other users may read, naming the key.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = crate::config::Config::load(&path)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("acme.dns01.secret_file"), "{e}");
+    assert!(e.contains("chmod 600"), "{e}");
+
+    // [acme.dns01] without a directory says to set one.
+    std::fs::write(
+        &path,
+        text.replace("directory = \"https://acme.test/dir\"\n", ""),
+    )
+    .unwrap();
+    let e = crate::config::Config::load(&path)
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("acme.directory"), "{e}");
+
+    std::fs::write(&path, text.replace("zone =", "zones =")).unwrap();
     assert!(
         crate::config::Config::load(&path).is_err(),
         "unknown keys refused"

@@ -68,6 +68,10 @@ pub struct Task {
     pub up_to_date: bool,
     /// Why the agent could not create it (such as an image it cannot pull).
     pub error: Option<String>,
+    /// Whether every connected host's DNS server and proxy give it (the
+    /// records publish it and every such host serves them); `None` without
+    /// the cluster's records or for a service with none.
+    pub serving: Option<bool>,
 }
 
 /// The stack's replicas across the cluster.
@@ -75,6 +79,11 @@ pub async fn tasks(d: &Deployer, name: &str) -> Result<Vec<Task>, DeployError> {
     let stack = find_stack(d, name).await?;
     let defs = current_defs(d, name, stack.current_release).await?;
     let mut out = Vec::new();
+    let records = d.dns.as_ref().map(|book| {
+        let records = book.current();
+        let served = book.behind(records.generation, &d.sessions).is_empty();
+        (records, served)
+    });
     for n in d.store.nodes(false).await? {
         let plan = d.plans.get(&n.id);
         let report = d.observed.get(&n.id);
@@ -108,8 +117,14 @@ pub async fn tasks(d: &Deployer, name: &str) -> Result<Vec<Task>, DeployError> {
                     .filter(|e| e.contains(&c.image) || e.contains(&c.name())),
                 _ => None,
             });
+            let serving = records.as_ref().and_then(|(records, served)| {
+                records
+                    .is_published(name, &c.service, c.slot, &n.name, c.revision)
+                    .map(|published| published && *served)
+            });
             out.push(Task {
                 error,
+                serving,
                 container: c.name(),
                 revision: c.revision,
                 service: c.service.clone(),

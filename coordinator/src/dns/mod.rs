@@ -79,6 +79,28 @@ pub struct IngressServed {
     pub at_ms: u64,
 }
 
+impl Records {
+    /// Whether a replica is given in these records: `None` when its
+    /// service has no records (it is on no stack network).
+    pub fn is_published(
+        &self,
+        stack: &str,
+        service: &str,
+        slot: u32,
+        node: &str,
+        release: u64,
+    ) -> Option<bool> {
+        let svc = self
+            .content
+            .services
+            .iter()
+            .find(|s| s.stack == stack && s.service == service)?;
+        Some(svc.replicas.iter().any(|r| {
+            r.slot == slot && r.node == node && r.release == release && r.published
+        }))
+    }
+}
+
 /// The records book.
 #[derive(Debug)]
 pub struct RecordsBook {

@@ -141,7 +141,8 @@ async fn reconcile_creates_adopts_replaces_and_removes_only_its_own_containers()
         host_ip: Some("127.0.0.1".into()),
     }];
     let web2 = spec("web", 2, image);
-    let worker = spec("worker", 1, image);
+    let mut worker = spec("worker", 1, image);
+    worker.restart = RestartSpec::Always;
     for s in [&web1, &web2, &worker] {
         cleanup.1.push(engine.container_name(s));
     }
@@ -215,6 +216,46 @@ async fn reconcile_creates_adopts_replaces_and_removes_only_its_own_containers()
         second["shop.worker.1@1"].0, first["shop.worker.1@1"].0,
         "unchanged service untouched"
     );
+
+    // Killed by hand: Docker leaves both down. The plan still wants them:
+    // `always` is started again (the same container), `unless-stopped`
+    // keeps Docker's meaning and stays down.
+    for s in [&worker, &web2b] {
+        docker
+            .kill_container(
+                &engine.container_name(s),
+                None::<bollard::query_parameters::KillContainerOptions>,
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let killed = ids(&engine).await;
+        if killed["shop.worker.1@1"].1 == State::Down && killed["shop.web.2@1"].1 == State::Down {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never seen down: {killed:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reconcile_once(
+            &engine,
+            &plan(&node, 2, vec![web1b.clone(), web2b.clone(), worker.clone()]),
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    let restarted = ids(&engine).await;
+    assert_eq!(
+        restarted["shop.worker.1@1"],
+        (second["shop.worker.1@1"].0.clone(), State::Up)
+    );
+    assert_eq!(restarted["shop.web.2@1"].1, State::Down);
 
     // Scale down, then to nothing.
     reconcile_once(

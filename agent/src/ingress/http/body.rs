@@ -1,6 +1,7 @@
 //! Bodies that stream through the proxy: a request body cut past the
 //! size limit, and an answer's body that holds its endpoint's in-flight
-//! guard until it ends (and stops when the endpoint's drain time is up).
+//! guard and its endpoint connection until it ends (and stops when the
+//! endpoint's drain time is up).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,8 +12,11 @@ use std::task::{Context, Poll};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::upstream::Lease;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -107,29 +111,47 @@ where
 }
 
 /// An answer's body holding `guard` (the endpoint's in-flight count and
-/// the client connection's) until it ends; cut when `leaving` fires.
-pub(super) struct Guarded<B, G> {
-    inner: B,
+/// the client connection's) until it ends, and the endpoint connection it
+/// came on, which goes back to its pool when the body ended cleanly; cut
+/// when `leaving` fires.
+pub(super) struct Guarded<G> {
+    inner: Incoming,
     guard: Option<G>,
-    leaving: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    lease: Option<Lease>,
+    leaving: CancellationToken,
+    /// Registered with `leaving` only while the body waits for data: most
+    /// answers arrive whole and never need it.
+    waiting: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
-impl<B, G> Guarded<B, G> {
-    pub fn new(inner: B, guard: G, leaving: Option<WaitForCancellationFutureOwned>) -> Self {
+impl<G> Guarded<G> {
+    pub fn new(inner: Incoming, guard: G, lease: Lease, leaving: CancellationToken) -> Self {
         Self {
             inner,
             guard: Some(guard),
-            leaving: leaving.map(Box::pin),
+            lease: Some(lease),
+            leaving,
+            waiting: None,
         }
+    }
+
+    /// The body ended cleanly: its connection can carry another request.
+    fn finish(&mut self) {
+        self.guard = None;
+        if let Some(l) = self.lease.take() {
+            l.release();
+        }
+    }
+
+    /// The body stopped early: its connection closes.
+    fn cut(&mut self) {
+        self.guard = None;
+        self.lease = None;
+        self.waiting = None;
     }
 }
 
-impl<B, G> Body for Guarded<B, G>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-    G: Unpin,
-{
+impl<G: Unpin> Body for Guarded<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -141,24 +163,36 @@ where
         if this.guard.is_none() {
             return Poll::Ready(None);
         }
-        if let Some(l) = this.leaving.as_mut()
-            && l.as_mut().poll(cx).is_ready()
-        {
-            this.guard = None;
+        if this.leaving.is_cancelled() {
+            this.cut();
             return Poll::Ready(Some(Err(BodyError::Drained.into())));
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match polled {
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Ready(Some(Err(e))) => {
-                this.guard = None;
+                this.cut();
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
-                this.guard = None;
+                this.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let leaving = &this.leaving;
+                let waiting = this
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(leaving.clone().cancelled_owned()));
+                if waiting.as_mut().poll(cx).is_ready() {
+                    this.cut();
+                    return Poll::Ready(Some(Err(BodyError::Drained.into())));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -168,5 +202,15 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<G> Drop for Guarded<G> {
+    fn drop(&mut self) {
+        // An answer with nothing left to read (a HEAD, a 204, a body read
+        // to its length) may be dropped unpolled: its connection is clean.
+        if self.lease.is_some() && self.inner.is_end_stream() {
+            self.finish();
+        }
     }
 }

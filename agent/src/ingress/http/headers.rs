@@ -5,17 +5,20 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that concern one connection only (RFC 9110 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether a header concerns one connection only (RFC 9110 7.6.1), or
+/// one proxy (`Proxy-*`), or asks to switch protocols.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    matches!(
+        n,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || n.starts_with("proxy-")
+}
 
 /// The protocol a request asks to switch to (`Upgrade`, with `Connection:
 /// upgrade`), if any.
@@ -37,63 +40,79 @@ pub(super) fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 /// fixed list, any `Proxy-*`, and `Upgrade` unless `upgrade` is given
 /// (then `Connection: upgrade` and that `Upgrade` are set again).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    // One pass to find them; most messages have none, or only
+    // `Connection: keep-alive`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut add = |n: HeaderName| {
+        if !named.contains(&n) {
+            named.push(n);
+        }
+    };
+    for (name, value) in headers.iter() {
+        if !hop_by_hop(name) {
+            continue;
+        }
+        add(name.clone());
+        if name == header::CONNECTION {
+            for t in value.to_str().unwrap_or_default().split(',') {
+                match t.trim() {
+                    "" => {}
+                    t if t.eq_ignore_ascii_case("keep-alive") => add(KEEP_ALIVE),
+                    t => {
+                        if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                            add(n);
+                        }
+                    }
+                }
+            }
+        }
+    }
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for n in proxy {
-        headers.remove(n);
-    }
-    headers.remove(header::UPGRADE);
     if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
 }
 
-/// Adds the client's address to `X-Forwarded-For`, and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`.
+/// A client address as an X-Forwarded-For entry (made once per client
+/// connection).
+pub(super) fn forwarded_for(client: IpAddr) -> HeaderValue {
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Adds the client's address (`client`, from [`forwarded_for`]) to
+/// `X-Forwarded-For`, and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub(super) fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<String> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    let mut value = prior.join(", ");
-    if !value.is_empty() {
-        value.push_str(", ");
-    }
-    value.push_str(&client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert(xff, v);
+    let value = if headers.contains_key(X_FORWARDED_FOR) {
+        let mut value = Vec::new();
+        for prior in headers.get_all(X_FORWARDED_FOR) {
+            if prior.to_str().is_ok() {
+                value.extend_from_slice(prior.as_bytes());
+                value.extend_from_slice(b", ");
+            }
+        }
+        value.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&value).ok()
+    } else {
+        Some(client.clone())
+    };
+    if let Some(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(h) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+        headers.insert(X_FORWARDED_HOST, h.clone());
     }
 }
 
@@ -136,7 +155,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         let host = HeaderValue::from_static("a.io");
-        add_forwarded(&mut h, "5.6.7.8".parse().unwrap(), true, Some(&host));
+        let client = forwarded_for("5.6.7.8".parse().unwrap());
+        add_forwarded(&mut h, &client, true, Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.io");

@@ -14,8 +14,8 @@
 //! - `headers`: hop-by-hop removal and X-Forwarded-*.
 //! - `body`: the size limit on request bodies; answers that hold their
 //!   endpoint's in-flight guard and stop when its drain time is over.
-//! - `upstream`: the per-endpoint clients, dropped when an endpoint
-//!   leaves (its idle connections close with them).
+//! - `upstream`: the per-endpoint pools of HTTP/1.1 connections, dropped
+//!   when an endpoint leaves (its idle connections close with them).
 //! - `tls`: certificates by SNI.
 //! - `activity`: a client connection's idle time.
 //! - `stats`: per-route counters.
@@ -227,7 +227,7 @@ impl HttpProxy {
         let activity = Activity::new();
         let idle = Duration::from_millis(settings.idle_timeout_ms.max(1));
         let info = ConnInfo {
-            client,
+            client_ip: headers::forwarded_for(client.ip()),
             tls,
             activity: activity.clone(),
             cancel: cancel.clone(),

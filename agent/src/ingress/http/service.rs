@@ -2,7 +2,7 @@
 //! endpoint (with one retry where that is safe), upgrades, counters and
 //! the access log.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,15 +21,16 @@ use super::activity::{Activity, Busy};
 use super::body::{Guarded, Limited, ProxyBody, empty, owned_text, text};
 use super::headers::{add_forwarded, strip_hop_by_hop, upgrade_of};
 use super::table::{Entry, Table, normalize_host};
-use crate::ingress::balance::Pick;
+use super::upstream::{Endpoint, Lease, UpstreamError};
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The client connection a request came on.
 #[derive(Debug, Clone)]
 pub(super) struct ConnInfo {
-    /// The client's address (the PROXY header's when there is one).
-    pub client: SocketAddr,
+    /// The client's IP address (the PROXY header's when there is one), as
+    /// text for X-Forwarded-For.
+    pub client_ip: HeaderValue,
     pub tls: bool,
     pub activity: Arc<Activity>,
     pub cancel: CancellationToken,
@@ -55,25 +56,25 @@ enum Fail {
 #[derive(Debug, thiserror::Error)]
 enum SendError {
     #[error("{0}")]
-    Client(#[from] hyper_util::client::legacy::Error),
+    Upstream(#[from] UpstreamError),
     #[error("the endpoint left and its drain time is over")]
     Drained,
 }
 
-/// Sends `req` to `addr`, unless the endpoint's drain time ends first.
+/// Sends `req` to `endpoint`, unless the endpoint's drain time ends first.
 async fn send_to(
-    client: super::upstream::UpstreamClient,
+    endpoint: Arc<Endpoint>,
     req: Request<ProxyBody>,
-    leaving: CancellationToken,
-) -> Result<Response<Incoming>, SendError> {
+    leaving: &CancellationToken,
+) -> Result<(Response<Incoming>, Lease), SendError> {
     tokio::select! {
-        r = client.request(req) => r.map_err(SendError::from),
+        r = endpoint.send(req) => r.map_err(SendError::from),
         () = leaving.cancelled() => Err(SendError::Drained),
     }
 }
 
 fn retryable(e: &SendError) -> bool {
-    matches!(e, SendError::Client(c) if before_any_answer(c))
+    matches!(e, SendError::Upstream(u) if u.before_any_answer())
 }
 
 fn answer(status: StatusCode, body: ProxyBody) -> Response<ProxyBody> {
@@ -84,23 +85,6 @@ fn answer(status: StatusCode, body: ProxyBody) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
-}
-
-/// The endpoint's leaving signal.
-fn leaving(pick: &Pick) -> CancellationToken {
-    pick.leaving()
-}
-
-/// Whether an upstream error happened before the request could have
-/// reached the endpoint's application: connecting failed, or a pooled
-/// connection closed before any byte of the answer.
-fn before_any_answer(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return true;
-    }
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<hyper::Error>())
-        .is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
@@ -122,20 +106,18 @@ impl HttpProxy {
         let start = Instant::now();
         let busy = conn.activity.busy();
         let table = self.table();
-        let raw_host = req
-            .uri()
+        // The URI's parts share the request's buffer: no copy.
+        let uri = req.uri().clone();
+        let host_header = req.headers().get(header::HOST).cloned();
+        let raw_host = uri
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            })
+            .map(|a| a.as_str())
+            .or_else(|| host_header.as_ref().and_then(|v| v.to_str().ok()))
             .unwrap_or_default();
-        let host = normalize_host(&raw_host);
+        let host = normalize_host(raw_host);
+        let host = host.as_ref();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let path = uri.path();
 
         let (response, upstream, entry) = if let Some(token) = path
             .strip_prefix(ACME_PREFIX)
@@ -147,7 +129,7 @@ impl HttpProxy {
             };
             (r, None, None)
         } else {
-            match table.find(&host, &path, conn.tls) {
+            match table.find(host, path, conn.tls) {
                 None => (
                     answer(
                         StatusCode::NOT_FOUND,
@@ -166,7 +148,7 @@ impl HttpProxy {
                     } else {
                         format!(":{port}")
                     };
-                    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
                     let mut r = answer(StatusCode::PERMANENT_REDIRECT, empty());
                     if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
                         r.headers_mut().insert(header::LOCATION, v);
@@ -251,19 +233,16 @@ impl HttpProxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         strip_hop_by_hop(&mut parts.headers, upgrade.clone());
-        add_forwarded(
-            &mut parts.headers,
-            conn.client.ip(),
-            conn.tls,
-            host.as_ref(),
-        );
-        if let Some(h) = &host {
-            parts.headers.insert(header::HOST, h.clone());
+        add_forwarded(&mut parts.headers, &conn.client_ip, conn.tls, host.as_ref());
+        if let Some(h) = host {
+            parts.headers.insert(header::HOST, h);
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        // Endpoints get the origin form (`/path?query`).
+        let uri = match parts.uri.path_and_query() {
+            Some(_) if parts.uri.authority().is_none() => parts.uri.clone(),
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
+        };
         let idempotent = matches!(
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
@@ -285,23 +264,23 @@ impl HttpProxy {
         let pick_one = |skip: &[std::net::Ipv4Addr]| {
             pool.pick(route.balance, route.local_first, &table.node, skip)
         };
-        let request_to =
-            |addr: SocketAddrV4, method: Method, headers: HeaderMap, body: ProxyBody| {
-                let mut r = Request::new(body);
-                *r.method_mut() = method;
-                *r.headers_mut() = headers;
-                *r.version_mut() = Version::HTTP_11;
-                *r.uri_mut() = Uri::try_from(format!("http://{addr}{pq}")).unwrap_or_default();
-                r
-            };
+        let request_to = |method: Method, headers: HeaderMap, body: ProxyBody| {
+            let mut r = Request::new(body);
+            *r.method_mut() = method;
+            *r.headers_mut() = headers;
+            *r.version_mut() = Version::HTTP_11;
+            *r.uri_mut() = uri.clone();
+            r
+        };
         let attempt = async {
             let first = pick_one(&[]).ok_or(Fail::NoEndpoint)?;
             let addr = SocketAddrV4::new(first.ip, route.port);
-            let r = request_to(addr, parts.method.clone(), parts.headers.clone(), body);
-            match send_to(self.upstreams.client(addr), r, leaving(&first)).await {
-                Ok(resp) => {
+            let r = request_to(parts.method, parts.headers, body);
+            let leaving = first.leaving();
+            match send_to(self.upstreams.endpoint(addr), r, &leaving).await {
+                Ok((resp, lease)) => {
                     pool.succeeded(first.ip);
-                    Ok((resp, first, addr))
+                    Ok((resp, lease, first, addr, leaving))
                 }
                 Err(e) if retryable(&e) => {
                     pool.failed(first.ip);
@@ -314,11 +293,12 @@ impl HttpProxy {
                     };
                     drop(first);
                     let addr = SocketAddrV4::new(second.ip, route.port);
-                    let r = request_to(addr, method, headers, empty());
-                    match send_to(self.upstreams.client(addr), r, leaving(&second)).await {
-                        Ok(resp) => {
+                    let r = request_to(method, headers, empty());
+                    let leaving = second.leaving();
+                    match send_to(self.upstreams.endpoint(addr), r, &leaving).await {
+                        Ok((resp, lease)) => {
                             pool.succeeded(second.ip);
-                            Ok((resp, second, addr))
+                            Ok((resp, lease, second, addr, leaving))
                         }
                         Err(e) => {
                             if retryable(&e) {
@@ -332,38 +312,38 @@ impl HttpProxy {
             }
         };
         let timeout = Duration::from_millis(settings.request_timeout_ms);
-        let (mut resp, pick, addr) = match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => {
-                return proxy_made(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The endpoint did not answer in time.\n",
-                    true,
-                );
-            }
-            Ok(Err(Fail::NoEndpoint)) => {
-                return proxy_made(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "No endpoint is available.\n",
-                    true,
-                );
-            }
-            Ok(Err(Fail::Upstream(addr, e))) => {
-                if over.load(Ordering::Relaxed) {
+        let (mut resp, lease, pick, addr, leaving) =
+            match tokio::time::timeout(timeout, attempt).await {
+                Err(_) => {
                     return proxy_made(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "The request body is too large.\n",
-                        false,
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "The endpoint did not answer in time.\n",
+                        true,
                     );
                 }
-                debug!(endpoint = ?addr, error = %e, "An endpoint failed.");
-                let mut f = proxy_made(StatusCode::BAD_GATEWAY, "The endpoint failed.\n", true);
-                f.upstream = addr;
-                return f;
-            }
-            Ok(Ok(answered)) => answered,
-        };
+                Ok(Err(Fail::NoEndpoint)) => {
+                    return proxy_made(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "No endpoint is available.\n",
+                        true,
+                    );
+                }
+                Ok(Err(Fail::Upstream(addr, e))) => {
+                    if over.load(Ordering::Relaxed) {
+                        return proxy_made(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "The request body is too large.\n",
+                            false,
+                        );
+                    }
+                    debug!(endpoint = ?addr, error = %e, "An endpoint failed.");
+                    let mut f = proxy_made(StatusCode::BAD_GATEWAY, "The endpoint failed.\n", true);
+                    f.upstream = addr;
+                    return f;
+                }
+                Ok(Ok(answered)) => answered,
+            };
 
-        let leaving = leaving(&pick);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
@@ -404,7 +384,7 @@ impl HttpProxy {
                         () = cancel.cancelled() => break,
                     }
                 }
-                drop(pick);
+                drop((pick, lease));
             });
             let (mut parts, body) = resp.into_parts();
             parts.version = client_version;
@@ -419,7 +399,7 @@ impl HttpProxy {
         let (mut parts, body) = resp.into_parts();
         parts.version = client_version;
         strip_hop_by_hop(&mut parts.headers, None);
-        let body = Guarded::new(body, (pick, busy), Some(leaving.cancelled_owned()));
+        let body = Guarded::new(body, (pick, busy), lease, leaving);
         Forwarded {
             response: Response::from_parts(parts, body.boxed_unsync()),
             upstream: Some(addr),

@@ -1,6 +1,7 @@
 //! The routing table: what a request's host and path lead to. Built whole
 //! by [`Table::build`] at each update and swapped in at once.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -96,8 +97,8 @@ pub(super) fn path_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// A request's host (the URI's authority, else the Host header): lower
-/// case, without port or trailing dot.
-pub(super) fn normalize_host(raw: &str) -> String {
+/// case, without port or trailing dot (borrowed when `raw` is already so).
+pub(super) fn normalize_host(raw: &str) -> Cow<'_, str> {
     let raw = raw.trim();
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // An IPv6 literal: keep it bracketless.
@@ -107,7 +108,12 @@ pub(super) fn normalize_host(raw: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(raw, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
