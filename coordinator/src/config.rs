@@ -51,6 +51,8 @@ pub struct Config {
     pub ingress: crate::ingress::IngressConfig,
     /// Certificates from an ACME directory for HTTP routes (`[acme]`).
     pub acme: AcmeConfig,
+    /// The containers' log files on every host (`[logs]`).
+    pub logs: crate::logs::config::LogsConfig,
 }
 
 /// ACME: off unless a directory is set.
@@ -336,6 +338,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             ingress: crate::ingress::IngressConfig::default(),
             acme: AcmeConfig::default(),
+            logs: crate::logs::config::LogsConfig::default(),
         }
     }
 }
@@ -400,6 +403,7 @@ impl Config {
             self.network.settings()?;
         }
         self.acme.settings()?;
+        self.logs.validate()?;
         Ok(())
     }
 }

@@ -46,6 +46,7 @@ pub mod identity;
 pub mod ingress;
 pub mod link;
 pub mod listener;
+pub mod logs;
 pub mod network;
 pub mod observed;
 pub mod pki;

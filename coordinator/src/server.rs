@@ -191,6 +191,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         )
         .await?,
     );
+    let logs = Arc::new(open_logs(&config, store.clone()).await?);
     let sections = Arc::new(Sections::new(&SectionHandles {
         store: store.clone(),
         secret_key: secret_key.clone(),
@@ -199,6 +200,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         dns: dns.clone(),
         ingress: config.ingress.settings(),
         certs: Some(certs.clone()),
+        logs: Some(logs.clone()),
     }));
     let plans = Arc::new(PlanBook::new(sections.clone()));
     for row in rows {
@@ -225,7 +227,8 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         config.host_lost_grace,
     )
     .with_network(network.clone())
-    .with_dns(dns);
+    .with_dns(dns)
+    .with_logs(Some(logs.clone()));
     let link = Arc::new(Link {
         identity: identity.clone(),
         store: store.clone(),
@@ -240,6 +243,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         refused: crate::link::Refused::new(&config.agent_limits),
         limits: config.agent_limits.clone(),
         network,
+        logs: Some(logs.clone()),
     });
     let api = Api {
         store: store.clone(),
@@ -251,6 +255,7 @@ pub async fn prepare(config: Config, tree: &TaskTree) -> Result<Coordinator, Ser
         identity,
         secret_key,
         certs: certs.clone(),
+        logs,
         metrics,
         join_token_ttl: config.join_token_ttl,
         tree: tree.clone(),
@@ -309,6 +314,32 @@ async fn open_records(
             Ok(defs) => book.set_services(&stack.name, &defs),
             Err(error) => {
                 warn!(stack = %stack.name, error = %error, "A release cannot be read; its services get the default DNS settings.");
+            }
+        }
+    }
+    Ok(book)
+}
+
+/// The log book at start: `[logs]`, the cluster's sinks, and every
+/// stack's own sinks from its current release.
+async fn open_logs(
+    config: &Config,
+    store: Arc<dyn Store>,
+) -> Result<crate::logs::LogBook, ServerError> {
+    let files = config
+        .logs
+        .settings()
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    let book = crate::logs::LogBook::load(store.clone(), files).await?;
+    for stack in store.stacks().await? {
+        let releases = store.releases(&stack.name).await?;
+        let Some(current) = releases.iter().find(|r| r.number == stack.current_release) else {
+            continue;
+        };
+        match crate::deploy::defs_of(current) {
+            Ok(defs) => book.set_stack(&stack.name, crate::logs::release_sinks(&defs)),
+            Err(error) => {
+                warn!(stack = %stack.name, error = %error, "A release cannot be read; its stack ships to the cluster's sinks.");
             }
         }
     }
@@ -536,6 +567,24 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
                 changes.borrow_and_update();
                 if let Err(error) = crate::deploy::replan_all(&deployer).await {
                     warn!(error = %error, "Sending edge hosts new certificates failed.");
+                }
+            }
+        });
+    }
+    // A change of sinks (the API, a stack's release, a node's name)
+    // gives every host its new `logs` section.
+    if let Some(logs) = c.deployer.logs.clone() {
+        let (deployer, t) = (c.deployer.clone(), tree.clone());
+        tree.spawn("logs-replan", async move {
+            let mut changes = logs.watch();
+            loop {
+                tokio::select! {
+                    () = t.cancelled() => break,
+                    changed = changes.changed() => if changed.is_err() { break },
+                }
+                changes.borrow_and_update();
+                if let Err(error) = crate::deploy::replan_all(&deployer).await {
+                    warn!(error = %error, "Sending hosts their new log sinks failed.");
                 }
             }
         });

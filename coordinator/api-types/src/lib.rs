@@ -17,6 +17,9 @@
 //!   to `skiff login`.
 //! - [`certs`]: TLS certificates for HTTP routes ([`AddCertificate`],
 //!   [`CertificateView`]).
+//! - [`logs`]: the cluster's log sinks with each host's status
+//!   ([`PutSink`], [`SinkView`]) and the lines `skiff logs` streams
+//!   ([`LogEntry`]).
 //! - [`policy`]: the cluster's container policy: the settings an admin
 //!   allows per stack ([`policy::PolicySetting`], parsed the same on both
 //!   sides) and its views.
@@ -38,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub mod access;
 pub mod certs;
 pub mod dns;
+pub mod logs;
 pub mod network;
 pub mod policy;
 pub mod routes;
@@ -48,6 +52,7 @@ pub use certs::{
     AddCertificate, CertificateRenewal, CertificateSource, CertificateView, RenewCertificate,
 };
 pub use dns::{DnsHostView, DnsQueryView, DnsRecordView, DnsView};
+pub use logs::{LogEntry, PutSink, SinkHostView, SinkView};
 pub use network::{
     AddressView, LeaseView, MeshHostView, NetworkProblemView, NetworkView, PeerView,
     StackNetworkView,

@@ -184,3 +184,54 @@ mod dns_tests {
         }
     }
 }
+
+/// An RFC 3339 time's UTC offset (`+01:00`, `-05:30`), split off: the
+/// time as if it were UTC (`...Z`) and the offset in seconds east of UTC,
+/// to subtract. `None` when the text ends in no numeric offset.
+pub fn split_utc_offset(text: &str) -> Option<(String, i64)> {
+    let t = text.trim();
+    if t.len() < 6 || !t.contains('T') && !t.contains(' ') {
+        return None;
+    }
+    let (base, offset) = t.split_at(t.len() - 6);
+    let b = offset.as_bytes();
+    let sign = match b[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    if b[3] != b':' {
+        return None;
+    }
+    let hours: i64 = offset[1..3].parse().ok()?;
+    let minutes: i64 = offset[4..6].parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((format!("{base}Z"), sign * (hours * 3600 + minutes * 60)))
+}
+
+#[cfg(test)]
+mod offset_tests {
+    use super::split_utc_offset;
+
+    #[test]
+    fn offsets_are_split_off() {
+        assert_eq!(
+            split_utc_offset("2026-11-30T12:00:00+01:00"),
+            Some(("2026-11-30T12:00:00Z".into(), 3600))
+        );
+        assert_eq!(
+            split_utc_offset("2026-11-30T12:00:00.5-05:30"),
+            Some(("2026-11-30T12:00:00.5Z".into(), -19800))
+        );
+        for none in [
+            "2026-11-30T12:00:00Z",
+            "10m",
+            "",
+            "2026-11-30T12:00:00+1:000",
+        ] {
+            assert_eq!(split_utc_offset(none), None, "{none}");
+        }
+    }
+}

@@ -257,6 +257,53 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Follows a newline-delimited JSON stream under `/api/v1`, calling
+    /// `on_line` with each non-blank line until it returns false or the
+    /// stream ends.
+    pub async fn follow_lines(
+        &self,
+        path: &str,
+        mut on_line: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let resp = self
+            .send(
+                Method::GET,
+                &format!("/api/v1{path}"),
+                None,
+                "application/x-ndjson",
+            )
+            .await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.http_error(e))?
+                .to_bytes();
+            return Err(Self::api_error(status, &bytes));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| self.http_error(e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim();
+                if !text.is_empty() && !on_line(text) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,7 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/dns"
         | "/dns/query"
         | "/routes"
+        | "/logs/sinks"
             if read =>
         {
             Need::Read
@@ -87,6 +88,7 @@ pub fn need(method: &Method, route: &str) -> Need {
         | "/stacks/{name}/tasks"
         | "/stacks/{name}/releases"
         | "/stacks/{name}/secrets"
+        | "/stacks/{name}/logs"
             if read =>
         {
             Need::Read
@@ -221,6 +223,7 @@ mod tests {
                     || route == "/nodes/{id}/labels"
                     || route.starts_with("/registries") && method != Method::GET
                     || route.starts_with("/certificates") && method != Method::GET
+                    || route.starts_with("/logs/sinks") && method != Method::GET
                     || route.starts_with("/policy") && method != Method::GET;
                 assert!(
                     is_admin_route || n != Need::Admin,
@@ -243,6 +246,10 @@ mod tests {
         assert_eq!(need(&Method::PATCH, "/nodes/{id}/labels"), Need::Admin);
         assert_eq!(need(&Method::POST, "/certificates/renew"), Need::Admin);
         assert_eq!(need(&Method::GET, "/certificates"), Need::Read);
+        assert_eq!(need(&Method::GET, "/logs/sinks"), Need::Read);
+        assert_eq!(need(&Method::PUT, "/logs/sinks/{name}"), Need::Admin);
+        assert_eq!(need(&Method::DELETE, "/logs/sinks/{name}"), Need::Admin);
+        assert_eq!(need(&Method::GET, "/stacks/{name}/logs"), Need::Read);
         assert_eq!(need(&Method::POST, "/login"), Need::Token);
         assert_eq!(need(&Method::GET, "/something/new"), Need::Admin);
         assert!(ApiRole::Admin > ApiRole::Deployer && ApiRole::Deployer > ApiRole::Viewer);

@@ -4,7 +4,7 @@
 //!
 //! One module per area, each with its routes: [`nodes`], [`tokens`],
 //! [`stacks`], [`secrets`], [`registries`], [`policy`], [`events`],
-//! [`network`], [`certs`]. Handlers take the
+//! [`network`], [`certs`], [`logs`] (and [`log_stream`]). Handlers take the
 //! [`Api`] handles they need; the request and answer types are
 //! `skiff-api-types`, shared with the CLI.
 
@@ -38,6 +38,10 @@ mod certs_tests;
 mod dns;
 mod error;
 mod events;
+mod log_stream;
+mod logs;
+#[cfg(test)]
+mod logs_tests;
 mod network;
 mod nodes;
 mod policy;
@@ -62,6 +66,8 @@ pub struct Api {
     pub identity: Arc<Identity>,
     pub secret_key: Arc<SecretKey>,
     pub certs: Arc<crate::certs::CertBook>,
+    /// The cluster's sinks and the hosts' log reports.
+    pub logs: Arc<crate::logs::LogBook>,
     pub metrics: Arc<LinkMetrics>,
     /// Default lifetime of join tokens.
     pub join_token_ttl: Duration,
@@ -106,7 +112,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         registries::set_registry, registries::remove_registry, policy::get_policy, policy::allow,
         policy::revoke, network::network, dns::dns, dns::query, routes::list,
         certs::add_certificate, certs::list_certificates, certs::remove_certificate,
-        certs::renew_certificate),
+        certs::renew_certificate, logs::list_sinks, logs::put_sink, logs::remove_sink,
+        log_stream::stack_logs),
     components(schemas(ApiErrorBody, NodeView, NodeStatus, HostView, DiskView, CreateJoinToken, CreatedJoinToken,
         JoinTokenView, JoinTokenStatus, LabelChange, ClusterView, ContainerView, NodeContainersView,
         DeployRequest, ComposeInputs, DeployView, StepView, StackView, ReleaseView, TaskView, RolloutView, RollbackRequest, ScaleRequest, Event, EventKind, SetSecret, SecretView,
@@ -114,7 +121,8 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         ApiTokenView, ApiTokenStatus, LoginView, PolicyView, PolicyRuleView, PolicyAllowanceView,
         PolicyChange, NetworkView, StackNetworkView, LeaseView, NetworkProblemView, MeshHostView,
         PeerView, AddressView, DnsView, DnsHostView, DnsQueryView, DnsRecordView, IngressView, PublishedPortView, RouteView, EdgeView,
-        AddCertificate, CertificateView, CertificateSource, RenewCertificate, CertificateRenewal)),
+        AddCertificate, CertificateView, CertificateSource, RenewCertificate, CertificateRenewal,
+        PutSink, SinkView, SinkHostView, LogEntry)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -153,6 +161,7 @@ pub fn router(api: Api) -> Router {
         .merge(dns::routes())
         .merge(routes::routes())
         .merge(certs::routes())
+        .merge(logs::routes())
         .route_layer(middleware::from_fn(access::authorize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")

@@ -135,6 +135,7 @@ pub(super) async fn remove_node(
     // Deny and close first: a reconnect racing the removal is refused at TLS.
     api.sessions.revoke(&node.id);
     api.store.remove_node(&node.id, now_ms()).await?;
+    api.logs.forget(&node.id);
     info!(node = %node.id, name = %node.name, "Node removed; its certificate is revoked.");
     // It leaves every other host's mesh.
     if let Some(network) = &api.deployer.network {

@@ -155,6 +155,7 @@ fn edge_host(
             remote_addr: "127.0.0.1:1".into(),
             close: tokio_util::sync::CancellationToken::new(),
             capabilities: vec![Ingress::CAPABILITY.to_owned()],
+            queries: None,
         },
     );
     let seen = Arc::new(Mutex::new(Vec::new()));

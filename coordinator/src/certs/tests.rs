@@ -477,6 +477,7 @@ fn connect(sessions: &Sessions, node: &str, capabilities: &[&str]) {
             remote_addr: "127.0.0.1:1".into(),
             close: tokio_util::sync::CancellationToken::new(),
             capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            queries: None,
         },
     );
 }

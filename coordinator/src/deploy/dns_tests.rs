@@ -123,6 +123,7 @@ impl Sim {
                     remote_addr: String::new(),
                     close: CancellationToken::new(),
                     capabilities: vec!["dns.v1".into()],
+                    queries: None,
                 },
             );
         }

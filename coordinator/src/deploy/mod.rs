@@ -64,6 +64,8 @@ pub struct Deployer {
     /// The DNS records (with the cluster network): every plan change makes
     /// them again, and rollouts unpublish replicas before removing them.
     pub dns: Option<Arc<RecordsBook>>,
+    /// The stacks' own log sinks follow their current release.
+    pub logs: Option<Arc<crate::logs::LogBook>>,
 }
 
 impl Deployer {
@@ -88,6 +90,7 @@ impl Deployer {
             started_at_ms: now_ms(),
             network: None,
             dns: None,
+            logs: None,
         }
     }
 
@@ -102,6 +105,13 @@ impl Deployer {
     #[must_use]
     pub fn with_dns(mut self, dns: Option<Arc<RecordsBook>>) -> Self {
         self.dns = dns;
+        self
+    }
+
+    /// With the stacks' own log sinks kept in `logs`.
+    #[must_use]
+    pub fn with_logs(mut self, logs: Option<Arc<crate::logs::LogBook>>) -> Self {
+        self.logs = logs;
         self
     }
 
@@ -349,6 +359,9 @@ pub async fn deploy_defs(
     let held = hold_dependents(name, &defs, &hosts, &mut transition);
     if let Some(book) = &d.dns {
         book.set_services(name, &defs);
+    }
+    if let Some(logs) = &d.logs {
+        logs.set_stack(name, crate::logs::release_sinks(&defs));
     }
     // Replicas a scale-down removes leave DNS on every host, and are
     // drained, before they are stopped.

@@ -38,6 +38,9 @@ pub async fn remove(d: &Deployer, name: &str) -> Result<usize, DeployError> {
     if let Some(book) = &d.dns {
         book.remove_stack(name);
     }
+    if let Some(logs) = &d.logs {
+        logs.set_stack(name, None);
+    }
     apply(d, new_plans).await?;
     info!(stack = name, containers = removed, "Stack removed.");
     d.events.emit(

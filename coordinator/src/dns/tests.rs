@@ -148,6 +148,7 @@ fn connect(sessions: &Sessions, node: &str, caps: &[&str]) {
             remote_addr: String::new(),
             close: CancellationToken::new(),
             capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            queries: None,
         },
     );
 }

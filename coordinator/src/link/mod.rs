@@ -69,6 +69,8 @@ pub struct Link {
     /// The cluster network, when it is on: told when an agent connects
     /// (it may come from a new address, or be new to the mesh).
     pub network: Option<Arc<crate::network::ClusterNetwork>>,
+    /// Told each connecting node's name, which its `logs` section carries.
+    pub logs: Option<Arc<crate::logs::LogBook>>,
 }
 
 /// The agent binary the coordinator serves to new servers.

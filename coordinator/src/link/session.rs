@@ -32,11 +32,19 @@ use super::Link;
 use super::renewal::{Decision, Renewals};
 use crate::now_ms;
 use crate::plans::NodePlan;
+use crate::sessions::QueryRequest;
 use crate::sessions::SessionInfo;
-use tokio::sync::watch;
+use queries::next_query;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, watch};
+
+/// Queries handed to a session and not yet sent.
+const QUERY_QUEUE: usize = 16;
 
 /// Time an agent has to send its hello after the WebSocket opens.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+
+mod queries;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
@@ -77,7 +85,12 @@ pub async fn accept(
     };
     // Why the node behind this certificate may not open a session, if it may not.
     let refusal = match link.store.node(&node_id).await {
-        Ok(Some(node)) if node.removed_at.is_none() => None,
+        Ok(Some(node)) if node.removed_at.is_none() => {
+            if let Some(logs) = &link.logs {
+                logs.set_name(&node.id, &node.name);
+            }
+            None
+        }
         Ok(Some(_)) => Some("node has been removed from the cluster"),
         Ok(None) => Some("node is not known to this coordinator"),
         Err(error) => {
@@ -148,6 +161,11 @@ struct Session {
     sent: std::collections::HashMap<&'static str, Vec<serde_json::Value>>,
     /// Certificate renewals on this connection.
     renewals: Renewals,
+    /// Queries waiting to be sent (taken from the `Sessions` handle).
+    query_rx: Option<mpsc::Receiver<QueryRequest>>,
+    /// Open queries by the id they were sent with: their section and
+    /// where their answers go.
+    open_queries: queries::OpenQueries,
 }
 
 /// How a session ended, for the log.
@@ -175,6 +193,8 @@ impl Session {
             capabilities: Vec::new(),
             sent: std::collections::HashMap::new(),
             renewals,
+            query_rx: None,
+            open_queries: HashMap::new(),
         }
     }
 
@@ -309,7 +329,7 @@ impl Session {
     }
 
     async fn register(
-        &self,
+        &mut self,
         hello: &Hello,
         close: CancellationToken,
     ) -> Result<(), crate::store::StoreError> {
@@ -323,6 +343,8 @@ impl Session {
                 now_ms(),
             )
             .await?;
+        let (queries, query_rx) = mpsc::channel(QUERY_QUEUE);
+        self.query_rx = Some(query_rx);
         self.link.sessions.insert(
             &self.node_id,
             SessionInfo {
@@ -331,6 +353,7 @@ impl Session {
                 remote_addr: self.peer.to_string(),
                 close,
                 capabilities: hello.capabilities.clone(),
+                queries: Some(queries),
             },
         );
         info!(agent_version = %hello.agent_version, remote = %self.peer, "Agent connected.");
@@ -483,7 +506,15 @@ impl Session {
                         return End::Quiet(format!("sending deliveries failed: {error}"));
                     }
                 }
+                Some(query) = next_query(self.query_rx.as_mut()) => {
+                    if let Err(error) = self.ask(ws, query).await {
+                        return End::Quiet(format!("sending a query failed: {error}"));
+                    }
+                }
                 _ = tick.tick() => {
+                    if let Err(error) = self.cancel_abandoned(ws).await {
+                        return End::Quiet(format!("cancelling a query failed: {error}"));
+                    }
                     if last_rx.elapsed() > silence_limit {
                         return End::Quiet(format!("no message from the agent for {silence_limit:?}"));
                     }
@@ -538,7 +569,7 @@ impl Session {
     {
         match env.body {
             AgentMessage::Heartbeat(_) => Ok(()),
-            AgentMessage::Answer(_) => Ok(()),
+            AgentMessage::Answer(answer) => self.answer(ws, env.re, answer).await,
             AgentMessage::Hello(_) => {
                 Err(End::Closed(CloseCode::Protocol, "hello sent twice".into()))
             }

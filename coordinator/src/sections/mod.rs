@@ -17,6 +17,7 @@ use tokio::sync::watch;
 pub mod containers;
 pub mod dns;
 pub mod ingress;
+pub mod logs;
 pub mod mesh;
 pub mod networks;
 
@@ -137,6 +138,8 @@ pub struct SectionHandles {
     pub ingress: skiff_shared::sections::ingress::ProxySettings,
     /// The certificates edge hosts serve.
     pub certs: Option<Arc<dyn ingress::CertSource>>,
+    /// The log files' settings, the sinks and the hosts' reports.
+    pub logs: Option<Arc<crate::logs::LogBook>>,
 }
 
 impl Sections {
@@ -147,6 +150,9 @@ impl Sections {
         s.add(networks::NetworksFeature {
             network: h.network.clone(),
         });
+        if let Some(book) = &h.logs {
+            s.add(logs::LogsFeature { book: book.clone() });
+        }
         if let Some(network) = &h.network {
             s.add(mesh::MeshFeature {
                 network: network.clone(),

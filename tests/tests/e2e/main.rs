@@ -21,6 +21,7 @@ mod joins;
 mod leaks;
 mod link;
 mod listeners;
+mod logs;
 mod mesh;
 mod networks;
 mod plans;

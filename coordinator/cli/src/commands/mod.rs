@@ -16,6 +16,8 @@
 //! - [`network`]: `skiff network`, the cluster network and its mesh.
 //! - [`dns`]: `skiff dns`, what a name gets and which records hosts serve.
 //! - [`routes`]: `skiff route ls`, the ingress.
+//! - [`logs`]: `skiff logs`, a stack's container output from every host.
+//! - [`sinks`]: `skiff sink`, where the cluster's container output is shipped.
 //!
 //! Each command prints its result on the writer it is given (stdout) and
 //! returns a [`Failure`] for the one error line on stderr.
@@ -32,12 +34,14 @@ pub mod deploy;
 pub mod dns;
 pub mod events;
 pub mod login;
+pub mod logs;
 pub mod network;
 pub mod nodes;
 pub mod policy;
 pub mod registries;
 pub mod routes;
 pub mod secrets;
+pub mod sinks;
 pub mod stacks;
 pub mod tokens;
 
@@ -127,6 +131,13 @@ pub enum Command {
     /// The ingress: ports and HTTP routes served on every edge host.
     #[command(subcommand)]
     Route(routes::RouteCommand),
+    /// A stack's container output from every host it runs on, merged in
+    /// time order (`STACK`, `STACK.SERVICE` or `STACK.SERVICE.N`).
+    Logs(logs::LogsArgs),
+    /// Where the cluster's container output is shipped: syslog, JSON
+    /// lines over HTTP, OpenTelemetry.
+    #[command(subcommand)]
+    Sink(sinks::SinkCommand),
     /// The cluster's recent events: deploys, rollouts, nodes.
     Events {
         /// Keep printing new events as they happen.
@@ -208,6 +219,14 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Route(cmd) => {
             let client = Client::new(&url, token)?;
             routes::run(&client, cmd, &mut out).await?;
+        }
+        Command::Logs(args) => {
+            let client = Client::new(&url, token)?;
+            logs::run(&client, args, &mut out).await?;
+        }
+        Command::Sink(cmd) => {
+            let client = Client::new(&url, token)?;
+            sinks::run(&client, cmd, &mut out).await?;
         }
         Command::Events {
             follow,

@@ -55,6 +55,11 @@ pub struct ServiceDef {
     /// Its ports published on every edge host and its HTTP routes.
     #[serde(default, skip_serializing_if = "IngressSettings::is_empty")]
     pub ingress: IngressSettings,
+    /// The stack's own log sinks (`x-skiff.logs`), the same in every
+    /// service of a release, so that a rollback brings them back; `None`
+    /// ships to the cluster's sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_sinks: Option<Vec<skiff_shared::sections::logs::SinkSpec>>,
 }
 
 /// A service's DNS settings, from `x-skiff.dns` and `x-skiff.drain`.
@@ -487,6 +492,7 @@ pub fn resolve(
             depends_on: svc.depends_on.clone(),
             dns: DnsSettings::of(svc),
             ingress,
+            log_sinks: stack.skiff.log_sinks.clone(),
         });
     }
     check_port_conflicts(&defs, &mut errors);

@@ -551,6 +551,11 @@ pub struct ConfigDef {
 /// `other` (and reported as warnings) so newer settings survive.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SkiffSettings {
+    /// `x-skiff.logs.sinks`: where this stack's container output is
+    /// shipped instead of the cluster's sinks; `Some(empty)` ships it
+    /// nowhere, `None` leaves it to the cluster's sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_sinks: Option<Vec<skiff_shared::sections::logs::SinkSpec>>,
     pub other: BTreeMap<String, serde_json::Value>,
 }
 

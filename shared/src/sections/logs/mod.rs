@@ -20,7 +20,9 @@ use super::{Nothing, SectionKind};
 
 mod sink;
 
-pub use sink::{Endpoint, SinkError, Transport};
+pub use sink::{
+    DEFAULT_BUFFER_BYTES, Endpoint, MAX_BUFFER_BYTES, MIN_BUFFER_BYTES, SinkError, Transport,
+};
 
 /// The `logs` section.
 #[derive(Debug, Clone, Copy)]

@@ -7,6 +7,8 @@ use super::{SinkFormat, SinkSpec};
 pub const MAX_BUFFER_BYTES: u64 = 64 << 30;
 /// Fewest bytes a sink's buffer may be given.
 pub const MIN_BUFFER_BYTES: u64 = 1 << 20;
+/// The buffer a sink gets when its settings name none.
+pub const DEFAULT_BUFFER_BYTES: u64 = 256 << 20;
 
 /// A bad sink or log setting: what (`field`) and why, with the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

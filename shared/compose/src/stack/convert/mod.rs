@@ -17,6 +17,7 @@
 //! - `runtime`: capabilities, devices, security options, host namespaces,
 //!   ulimits, sysctls, `shm_size`, `pids_limit`, `group_add`.
 //! - `skiff`: a service's `x-skiff` mapping.
+//! - `logs`: the stack's own log sinks (`x-skiff.logs`).
 //! - `keys`: the service keys handled, refused and ignored.
 //!
 //! This file holds the context that collects diagnostics, the helpers that
@@ -35,6 +36,7 @@ mod depends;
 mod deploy;
 mod health;
 mod keys;
+mod logs;
 mod mounts;
 mod ports;
 mod routes;

@@ -74,6 +74,10 @@ impl Cx<'_, '_> {
                 "x-skiff" => {
                     if let Some(m) = self.map(value, &p) {
                         for (k, v) in m {
+                            if k.name == "logs" {
+                                stack.skiff.log_sinks = self.stack_logs(v, &join(&p, "logs"));
+                                continue;
+                            }
                             self.warn(
                                 k.pos,
                                 &join(&p, &k.name),
