@@ -336,25 +336,31 @@ impl Coordinator {
         format!("http://{}", self.api)
     }
 
-    /// Runs the `skiff` CLI against the coordinator, with the admin token,
-    /// in `dir`; `stdin` is piped in (none: an empty stdin). Fails the test
-    /// if it does not end within two minutes.
-    pub async fn skiff(&self, dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        use tokio::io::AsyncWriteExt;
+    /// The `skiff` CLI against the coordinator, with the admin token, in
+    /// `dir`, its output piped, killed when dropped.
+    pub fn skiff_command(&self, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(target_bin("skiff"));
         cmd.args(args)
             .current_dir(dir)
             .env("SKIFF_URL", self.api_url())
             .env("SKIFF_TOKEN", self.admin_token())
             .env("SKIFF_CONFIG", self.root.path().join("cli.toml"))
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs the `skiff` CLI against the coordinator, with the admin token,
+    /// in `dir`; `stdin` is piped in (none: an empty stdin). Fails the test
+    /// if it does not end within two minutes.
+    pub async fn skiff(&self, dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.skiff_command(dir, args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         let mut child = cmd.spawn().expect("skiff starts");
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             // The command may refuse its arguments and exit before reading.

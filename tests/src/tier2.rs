@@ -244,9 +244,19 @@ impl Host {
     /// Stops the agent (SIGTERM, then waits for it to exit) and starts it
     /// again the way the install script starts a detached agent.
     pub async fn restart_agent(&self) -> anyhow::Result<()> {
+        self.stop_and_start_agent("TERM").await
+    }
+
+    /// Kills the agent (SIGKILL: no chance to save anything) and starts it
+    /// again the way the install script starts a detached agent.
+    pub async fn kill_agent(&self) -> anyhow::Result<()> {
+        self.stop_and_start_agent("KILL").await
+    }
+
+    async fn stop_and_start_agent(&self, signal: &str) -> anyhow::Result<()> {
         let out = self
             .exec(&format!(
-                "pid=$(cat {AGENT_PID}) && kill \"$pid\" && \
+                "pid=$(cat {AGENT_PID}) && kill -{signal} \"$pid\" && \
                  i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || exit 1; sleep 0.1; done; \
                  setsid sh -c 'cd / && echo $$ >{AGENT_PID} && exec /usr/local/bin/skiff-agent run --config /etc/skiff/agent.toml' \
                  >>{AGENT_LOG} 2>&1 </dev/null &"
@@ -254,7 +264,7 @@ impl Host {
             .await;
         anyhow::ensure!(
             out.status.success(),
-            "restart of the agent in {}: {}",
+            "restart (SIG{signal}) of the agent in {}: {}",
             self.name,
             text(&out)
         );

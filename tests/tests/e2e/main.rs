@@ -22,6 +22,7 @@ mod leaks;
 mod link;
 mod listeners;
 mod logs;
+mod logs_hosts;
 mod mesh;
 mod networks;
 mod plans;

@@ -30,6 +30,9 @@ pub enum SinkCommand {
         name: String,
         /// `udp://`, `tcp://` or `tls://host:port` for syslog; an
         /// `http://` or `https://` URL for json_lines and otlp.
+        // Its own id: the global `--url` (the API's) is `url`, and clap
+        // would take this argument for it.
+        #[arg(id = "sink_url", value_name = "URL")]
         url: String,
         /// syslog, json_lines or otlp.
         #[arg(long, default_value = "syslog")]
@@ -223,7 +226,10 @@ mod tests {
             "tcp://logs:601",
         ])
         .unwrap();
+        // The sink's URL is not taken for the API's (`--url`).
+        assert_eq!(cli.url, None);
         let crate::commands::Command::Sink(SinkCommand::Add {
+            url,
             format,
             buffer,
             when_full,
@@ -232,6 +238,7 @@ mod tests {
         else {
             panic!("not sink add");
         };
+        assert_eq!(url, "tcp://logs:601");
         assert_eq!(
             (format.as_str(), buffer.as_str(), when_full.as_str()),
             ("syslog", "256MiB", "block")
