@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use skiff_api_types::LogEntry;
+use skiff_api_types::{LogEntry, SinkView};
 use skiff_tests::tier2::{Checks, Tier2, Tier2Options, skipped, text};
 use skiff_tests::wait_for;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -317,16 +317,28 @@ async fn container_lines_reach_rsyslog_from_every_host_with_none_missing() {
         .await;
 
     checks
-        .check("skiff sink ls shows what each host delivered", async {
-            let out = t2.skiff(&["sink", "ls"]).await;
-            anyhow::ensure!(out.status.success(), "sink ls: {}", text(&out));
-            let shown = text(&out);
-            anyhow::ensure!(
-                shown.contains("central") && shown.contains("h0") && shown.contains("h1"),
-                "{shown}"
-            );
-            Ok(())
-        })
+        .check(
+            "skiff sink ls shows each host delivering and dropping nothing",
+            async {
+                let out = t2.skiff(&["sink", "ls", "--json"]).await;
+                anyhow::ensure!(out.status.success(), "sink ls: {}", text(&out));
+                let sinks: Vec<SinkView> = serde_json::from_slice(&out.stdout)?;
+                let central = sinks
+                    .iter()
+                    .find(|s| s.name == "central")
+                    .ok_or_else(|| anyhow::anyhow!("no sink central in {sinks:?}"))?;
+                let hosts: BTreeSet<&str> = central.hosts.iter().map(|h| h.host.as_str()).collect();
+                anyhow::ensure!(hosts == BTreeSet::from(["h0", "h1"]), "{central:?}");
+                anyhow::ensure!(
+                    central
+                        .hosts
+                        .iter()
+                        .all(|h| h.delivered > 0 && h.dropped == 0),
+                    "{central:?}"
+                );
+                Ok(())
+            },
+        )
         .await;
 
     checks.finish(&t2).await;
