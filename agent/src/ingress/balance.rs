@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,9 @@ struct EndpointState {
     node: Arc<str>,
     in_flight: AtomicUsize,
     health: Mutex<Health>,
+    /// Whether `health` is not the default (a failure since the last
+    /// success): while false, requests neither lock nor change it.
+    troubled: AtomicBool,
     /// Fired `drain_timeout_ms` after the endpoint left the section.
     leaving: CancellationToken,
     /// Cancels the pending drain timer when it comes back in time.
@@ -87,6 +90,7 @@ impl EndpointState {
             node: node.into(),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(Health::default()),
+            troubled: AtomicBool::new(false),
             leaving: CancellationToken::new(),
             reprieve: Mutex::new(None),
         }
@@ -97,11 +101,13 @@ impl EndpointState {
     }
 
     fn ejected(&self, now: Instant) -> bool {
-        self.health().ejected_until.is_some_and(|until| now < until)
+        self.troubled.load(Ordering::Acquire)
+            && self.health().ejected_until.is_some_and(|until| now < until)
     }
 
     fn failed(&self, now: Instant) {
         let mut h = self.health();
+        self.troubled.store(true, Ordering::Release);
         h.consecutive = h.consecutive.saturating_add(1);
         if h.consecutive >= EJECT_AFTER {
             h.ejected_until = Some(now + h.backoff);
@@ -110,7 +116,12 @@ impl EndpointState {
     }
 
     fn succeeded(&self) {
-        *self.health() = Health::default();
+        if !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
+        let mut h = self.health();
+        *h = Health::default();
+        self.troubled.store(false, Ordering::Release);
     }
 }
 
@@ -177,29 +188,70 @@ impl Pool {
         skip: &[Ipv4Addr],
         now: Instant,
     ) -> Option<Pick> {
-        let open: Vec<&Arc<EndpointState>> = self
-            .endpoints
-            .iter()
-            .filter(|e| !skip.contains(&e.ip))
-            .collect();
-        if open.is_empty() {
+        // No allocation for the common pool sizes: whether each endpoint is
+        // ejected is read once, into a bit set on the stack.
+        let n = self.endpoints.len();
+        let mut small = [0_u64; 4];
+        let mut large = Vec::new();
+        let ejected: &mut [u64] = if n <= 256 {
+            &mut small
+        } else {
+            large.resize(n.div_ceil(64), 0);
+            &mut large
+        };
+        let (mut open, mut healthy) = (0_usize, 0_usize);
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if skip.contains(&e.ip) {
+                continue;
+            }
+            open += 1;
+            if e.ejected(now) {
+                ejected[i / 64] |= 1 << (i % 64);
+            } else {
+                healthy += 1;
+            }
+        }
+        if open == 0 {
             return None;
         }
-        let healthy: Vec<&Arc<EndpointState>> =
-            open.iter().copied().filter(|e| !e.ejected(now)).collect();
-        let mut candidates = if healthy.is_empty() { open } else { healthy };
-        if local_first && candidates.iter().any(|e| &*e.node == local_node) {
-            candidates.retain(|e| &*e.node == local_node);
+        let healthy_only = healthy > 0;
+        let eligible = |i: usize, e: &EndpointState| {
+            let left_out = healthy_only && ejected[i / 64] & (1 << (i % 64)) != 0;
+            !left_out && !skip.contains(&e.ip)
+        };
+        let local_only = local_first
+            && self
+                .endpoints
+                .iter()
+                .enumerate()
+                .any(|(i, e)| eligible(i, e) && &*e.node == local_node);
+        let candidates = || {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(move |(i, e)| eligible(*i, e) && (!local_only || &*e.node == local_node))
+                .map(|(_, e)| e)
+        };
+        let count = candidates().count();
+        if count == 0 {
+            return None;
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let chosen = match balance {
-            Balance::RoundRobin => candidates[turn % candidates.len()],
+            Balance::RoundRobin => candidates().nth(turn % count)?,
             Balance::LeastConnections => {
-                let n = candidates.len();
-                // Start at the turn so that ties are taken in turn.
-                (0..n)
-                    .map(|i| candidates[(turn + i) % n])
-                    .min_by_key(|e| e.in_flight.load(Ordering::Acquire))?
+                // Ties are taken in turn: among the fewest in flight, the
+                // first at or after the turn's place.
+                let start = turn % count;
+                candidates()
+                    .enumerate()
+                    .min_by_key(|(k, e)| {
+                        (
+                            e.in_flight.load(Ordering::Acquire),
+                            (k + count - start) % count,
+                        )
+                    })
+                    .map(|(_, e)| e)?
             }
         };
         chosen.in_flight.fetch_add(1, Ordering::AcqRel);

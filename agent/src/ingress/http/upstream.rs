@@ -204,7 +204,10 @@ impl Endpoint {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: connecting is rare, and its future (the connect, its
+        // timeout and the handshake) would otherwise make every request's
+        // future larger, and every move of it longer.
+        let mut sender = Box::pin(self.connect()).await?;
         let resp = sender.send_request(req).await?;
         Ok((resp, self.lease(sender)))
     }

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod controller;
 mod harness;
+mod pool;
 use harness::*;
 
 const A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
