@@ -209,23 +209,18 @@ impl Client {
 }
 
 impl Client {
-    /// Follows a server-sent-event stream under `/api/v1`, calling `on_data`
-    /// with each event's data until it returns false or the stream ends.
-    pub async fn follow_events(
+    /// GETs a stream under `/api/v1` accepting `accept`: its body once the
+    /// answer is a success, the API's error otherwise.
+    async fn open_stream(
         &self,
         path: &str,
-        mut on_data: impl FnMut(&str) -> bool,
-    ) -> Result<(), ClientError> {
+        accept: &str,
+    ) -> Result<hyper::body::Incoming, ClientError> {
         let resp = self
-            .send(
-                Method::GET,
-                &format!("/api/v1{path}"),
-                None,
-                "text/event-stream",
-            )
+            .send(Method::GET, &format!("/api/v1{path}"), None, accept)
             .await?;
         let status = resp.status();
-        let mut body = resp.into_body();
+        let body = resp.into_body();
         if !status.is_success() {
             let bytes = body
                 .collect()
@@ -234,6 +229,17 @@ impl Client {
                 .to_bytes();
             return Err(Self::api_error(status, &bytes));
         }
+        Ok(body)
+    }
+
+    /// Follows a server-sent-event stream under `/api/v1`, calling `on_data`
+    /// with each event's data until it returns false or the stream ends.
+    pub async fn follow_events(
+        &self,
+        path: &str,
+        mut on_data: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut body = self.open_stream(path, "text/event-stream").await?;
         let mut buf = String::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.http_error(e))?;
@@ -266,24 +272,7 @@ impl Client {
         path: &str,
         mut on_line: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let resp = self
-            .send(
-                Method::GET,
-                &format!("/api/v1{path}"),
-                None,
-                "application/x-ndjson",
-            )
-            .await?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| self.http_error(e))?
-                .to_bytes();
-            return Err(Self::api_error(status, &bytes));
-        }
+        let mut body = self.open_stream(path, "application/x-ndjson").await?;
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| self.http_error(e))?;
