@@ -556,38 +556,24 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
                 certs.want(crate::ingress::tls_domains(&book.ingress()));
             }
         });
-        let (deployer, certs, t) = (c.deployer.clone(), c.certs.clone(), tree.clone());
-        tree.spawn("ingress-certificates", async move {
-            let mut changes = certs.changed();
-            loop {
-                tokio::select! {
-                    () = t.cancelled() => break,
-                    changed = changes.changed() => if changed.is_err() { break },
-                }
-                changes.borrow_and_update();
-                if let Err(error) = crate::deploy::replan_all(&deployer).await {
-                    warn!(error = %error, "Sending edge hosts new certificates failed.");
-                }
-            }
-        });
+        replan_on_change(
+            &tree,
+            "ingress-certificates",
+            c.deployer.clone(),
+            c.certs.changed(),
+            "Sending edge hosts new certificates failed.",
+        );
     }
     // A change of sinks (the API, a stack's release, a node's name)
     // gives every host its new `logs` section.
     if let Some(logs) = c.deployer.logs.clone() {
-        let (deployer, t) = (c.deployer.clone(), tree.clone());
-        tree.spawn("logs-replan", async move {
-            let mut changes = logs.watch();
-            loop {
-                tokio::select! {
-                    () = t.cancelled() => break,
-                    changed = changes.changed() => if changed.is_err() { break },
-                }
-                changes.borrow_and_update();
-                if let Err(error) = crate::deploy::replan_all(&deployer).await {
-                    warn!(error = %error, "Sending hosts their new log sinks failed.");
-                }
-            }
-        });
+        replan_on_change(
+            &tree,
+            "logs-replan",
+            c.deployer.clone(),
+            logs.watch(),
+            "Sending hosts their new log sinks failed.",
+        );
     }
     // Rollouts the last run of the coordinator left unfinished carry on.
     let deployer = c.deployer.clone();
@@ -624,4 +610,28 @@ pub async fn run(c: Coordinator, api: TcpListener, agent: TcpListener) -> Result
     }
     info!("Coordinator stopped.");
     Ok(())
+}
+
+/// Builds every node's plan again whenever `changes` fires, until the tree
+/// is cancelled or the sender is gone.
+fn replan_on_change(
+    tree: &TaskTree,
+    name: &'static str,
+    deployer: crate::deploy::Deployer,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    failed: &'static str,
+) {
+    let t = tree.clone();
+    tree.spawn(name, async move {
+        loop {
+            tokio::select! {
+                () = t.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+            changes.borrow_and_update();
+            if let Err(error) = crate::deploy::replan_all(&deployer).await {
+                warn!(error = %error, "{failed}");
+            }
+        }
+    });
 }
