@@ -27,7 +27,22 @@ struct Rsyslog {
     dir: tempfile::TempDir,
     address: String,
     port: u16,
+    /// Takes TLS (RFC 5425) with the certificate in its dir.
+    tls: bool,
     child: Option<Child>,
+}
+
+/// A CA (its PEM) and a certificate it signed for `ip`, with its key.
+fn pki(ip: &str) -> anyhow::Result<(String, String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "skiff logs test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![ip.to_owned()])?.signed_by(&key, &ca)?;
+    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
 }
 
 impl Rsyslog {
@@ -40,21 +55,50 @@ impl Rsyslog {
             dir: tempfile::tempdir()?,
             address: address.to_owned(),
             port,
+            tls: false,
             child: None,
         };
         r.run().await?;
         Ok(r)
     }
 
+    /// One taking TLS with a certificate for `address`; returns it and
+    /// the PEM of the CA that signed the certificate.
+    async fn start_tls(address: &str, port: u16) -> anyhow::Result<(Self, String)> {
+        let dir = tempfile::tempdir()?;
+        let (ca, cert, key) = pki(address)?;
+        std::fs::write(dir.path().join("ca.pem"), &ca)?;
+        std::fs::write(dir.path().join("cert.pem"), cert)?;
+        std::fs::write(dir.path().join("key.pem"), key)?;
+        let mut r = Self {
+            dir,
+            address: address.to_owned(),
+            port,
+            tls: true,
+            child: None,
+        };
+        r.run().await?;
+        Ok((r, ca))
+    }
+
     /// Starts rsyslogd (again) and waits until it takes connections.
     async fn run(&mut self) -> anyhow::Result<()> {
         let d = self.dir.path();
         let conf = d.join("rsyslog.conf");
+        let module = if self.tls {
+            format!(
+                r#"global(DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{d}/ca.pem" DefaultNetstreamDriverCertFile="{d}/cert.pem" DefaultNetstreamDriverKeyFile="{d}/key.pem")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")"#,
+                d = d.display()
+            )
+        } else {
+            r#"module(load="imtcp")"#.to_owned()
+        };
         std::fs::write(
             &conf,
             format!(
                 r#"global(workDirectory="{work}")
-module(load="imtcp")
+{module}
 input(type="imtcp" address="{addr}" port="{port}")
 template(name="t" type="string" string="%hostname% %app-name% %procid% %msgid% %structured-data% %msg%\n")
 action(type="omfile" file="{out}" template="t")
@@ -106,6 +150,7 @@ struct Received {
 /// Reads the receiver's file: per (host, replica), the numbers seen; any
 /// line of the stack whose metadata is wrong is an error.
 fn received(file: &Path, stack: &str) -> anyhow::Result<BTreeMap<(String, u32), Received>> {
+    let service = "seq";
     let text = std::fs::read_to_string(file).unwrap_or_default();
     let mut out: BTreeMap<(String, u32), Received> = BTreeMap::new();
     for line in text.lines() {
@@ -120,7 +165,7 @@ fn received(file: &Path, stack: &str) -> anyhow::Result<BTreeMap<(String, u32), 
         ) else {
             continue;
         };
-        if app != format!("{stack}.seq") {
+        if app != format!("{stack}.{service}") {
             continue;
         }
         let Some((sd, msg)) = rest.split_once("] ") else {
@@ -136,7 +181,7 @@ fn received(file: &Path, stack: &str) -> anyhow::Result<BTreeMap<(String, u32), 
         anyhow::ensure!(
             field("host").as_deref() == Some(host)
                 && field("stack").as_deref() == Some(stack)
-                && field("service").as_deref() == Some("seq")
+                && field("service").as_deref() == Some(service)
                 && field("replica") == Some(replica.to_string())
                 && field("release").is_some_and(|r| r.parse::<u64>().is_ok_and(|r| r >= 1))
                 && field("stream").as_deref() == Some(msgid),
@@ -241,6 +286,31 @@ async fn container_lines_reach_rsyslog_from_every_host_with_none_missing() {
         .check(
             "lines of replicas on both hosts reach rsyslog with their metadata",
             async { complete_past(&rsyslog, &stack, 20).await.map(|_| ()) },
+        )
+        .await;
+
+    checks
+        .check(
+            "a stack's own sink over TLS takes its lines, and the cluster's sink none of them",
+            async {
+                let port = skiff_tests::cluster::free_port();
+                let (tls, ca) = Rsyslog::start_tls(&t2.gateway, port).await?;
+                std::fs::write(t2.dir.path().join("receiver-ca.pem"), ca)?;
+                let own = format!("s{}", t2.run.replace('-', ""));
+                let compose = format!(
+                    "{}x-skiff:\n  logs:\n    sinks:\n      - {{name: secure, url: \"tls://{}:{port}\", format: syslog, ca_file: receiver-ca.pem}}\n",
+                    compose(&t2.run),
+                    t2.gateway
+                );
+                t2.deploy(&own, &compose).await?;
+                t2.wait_running(&own, 2).await?;
+                complete_past(&tls, &own, 20).await?;
+                let central = received(&rsyslog.out(), &own)?;
+                anyhow::ensure!(central.is_empty(), "the cluster's sink got {:?}", central.keys());
+                let out = t2.skiff(&["stack", "rm", &own]).await;
+                anyhow::ensure!(out.status.success(), "stack rm: {}", text(&out));
+                Ok(())
+            },
         )
         .await;
 
