@@ -229,7 +229,9 @@ pub struct Reporter<K> {
 }
 
 impl<K: SectionKind> Reporter<K> {
-    pub(crate) fn new(reports: Arc<Reports>) -> Self {
+    /// A reporter into `reports` (the supervisor's; a bench or a test may
+    /// run a controller alone with its own).
+    pub fn new(reports: Arc<Reports>) -> Self {
         Self {
             reports,
             kind: std::marker::PhantomData,
