@@ -41,16 +41,6 @@ fn dockerd_pid() -> String {
         .unwrap_or_default()
 }
 
-#[derive(serde::Deserialize)]
-struct JsonLine<'a> {
-    #[serde(borrow)]
-    log: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    stream: &'a str,
-    #[serde(borrow)]
-    time: &'a str,
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -148,14 +138,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             if reader.read_line(&mut buf)? == 0 {
                 break;
             }
-            let l: JsonLine<'_> = serde_json::from_str(&buf)?;
-            let t = humantime::parse_rfc3339(l.time).ok();
-            ts_sum ^= t.map_or(0, |t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos().into())
-            });
-            m += u64::from(l.stream == "stdout");
-            mbytes += l.log.len() as u64;
+            // Decoded as the agent decodes it.
+            let f = skiff_agent::logs::jsonfile::decode(buf.as_bytes())
+                .ok_or("a line of the json-file does not decode")?;
+            ts_sum ^= f.ts_ns % 1_000_000_000;
+            m += u64::from(f.stream == skiff_agent::logs::record::Stream::Stdout);
+            mbytes += f.text.len() as u64;
         }
         let file = (cpu_seconds("self") - me0, t0.elapsed());
         println!(
