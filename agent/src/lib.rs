@@ -49,6 +49,21 @@ pub mod plan;
 pub mod supervisor;
 pub mod weave;
 
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// A loopback port free for both TCP and UDP (some tests listen on
+    /// both with one number).
+    pub(crate) fn free_port() -> u16 {
+        loop {
+            let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = t.local_addr().unwrap().port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+}
+
 /// How long shutdown waits for tasks to end.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

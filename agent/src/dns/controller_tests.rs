@@ -1,6 +1,7 @@
 //! The DNS controller as the link drives it: sections published through
 //! the supervisor's router, reports read back, queries on loopback.
 
+use crate::test_support::free_port;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -17,14 +18,6 @@ use super::{Controller, DnsOptions};
 use crate::supervisor::{Router, Supervisor};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn section(generation: u64, listen: &[Ipv4Addr], web: &[&str]) -> DnsSection {
     DnsSection {

@@ -2,6 +2,7 @@
 //! sockets: sections published through the supervisor's router, reports
 //! read back, small echo servers on 127.0.0.x as the endpoints.
 
+use crate::test_support::free_port;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -21,16 +22,6 @@ use super::{Controller, IngressOptions};
 use crate::supervisor::{Router, Supervisor};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 fn lo(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)

@@ -2,6 +2,7 @@
 //! a delivered certificate, published through the supervisor's router;
 //! requests through the HTTP and HTTPS ports it opens.
 
+use crate::test_support::free_port;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -24,14 +25,6 @@ use crate::supervisor::{Router, Supervisor};
 
 const LO: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 const ENDPOINT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn publish(router: &Router, generation: u64, s: &IngressSection) {
     let mut sections = BTreeMap::new();

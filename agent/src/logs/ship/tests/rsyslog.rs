@@ -2,6 +2,7 @@
 //! by the test: TCP with octet counting, TLS, a receiver away and back,
 //! a full buffer, and a TLS setting refused on probation.
 
+use crate::test_support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -169,14 +170,6 @@ impl Drop for Rsyslog {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
